@@ -1,0 +1,216 @@
+"""The worker process: a fresh interpreter that runs tasks read from its channel.
+
+It is started by the Rust core as ``python -c "from loky._worker import main; main()"``
+with its channel on file descriptor 3, and imports as little as it can: the executor
+machinery, cloudpickle and traceback are loaded only when a task needs them.
+
+Conversation on the channel (frames laid out in ``src/wire.rs``):
+
+    parent -> INIT   (settings, pickled initializer)
+    worker -> READY  or INIT_FAILED (then exits)
+    parent -> TASK   (pickled fn, args, kwargs)          one or many at a time
+    worker -> RESULT (pickled outcome), in task order;   results are sent in batches
+    parent closes its end                                -> the worker exits
+"""
+
+import os
+import pickle
+import sys
+from struct import Struct
+from time import monotonic
+
+from ._core import (
+    HEADER_LEN,
+    KIND_INIT_FAILED,
+    KIND_READY,
+    KIND_RESULT,
+    KIND_RETIRING,
+    WORKER_FD,
+)
+
+HEADER = Struct("<QQII")
+assert HEADER.size == HEADER_LEN
+
+# Outcome tags, the first item of a RESULT body.
+OK = 0
+RAISED = 1  # (RAISED, exception, worker traceback text)
+TASK_UNPICKLE_FAILED = 2  # (TASK_UNPICKLE_FAILED, worker traceback text)
+
+# Nesting depth of this process; read by loky.process_executor.
+DEPTH = 0
+
+# Longest a finished result waits for the rest of its batch, in seconds.
+BATCH_HOLD = 0.002
+
+# One read or write call moves at most this much (Linux caps a call below 2 GiB).
+_IO_CHUNK = 1 << 30
+
+
+class Channel:
+    """Blocking framed I/O on the worker's end of its socket."""
+
+    def __init__(self, fd):
+        self.fd = fd
+        self.staged = bytearray()
+        self.outgoing = []
+
+    def _fill(self):
+        data = os.read(self.fd, 1 << 20)
+        if not data:
+            raise EOFError
+        self.staged += data
+
+    def has_frame(self):
+        """True if a whole frame is already buffered (more work is queued)."""
+        if len(self.staged) < HEADER_LEN:
+            return False
+        length = HEADER.unpack_from(self.staged)[0]
+        return len(self.staged) >= HEADER_LEN + length
+
+    def read_frame(self):
+        """Return (kind, task_id, body); raise EOFError when the parent closed."""
+        while len(self.staged) < HEADER_LEN:
+            self._fill()
+        length, task_id, kind, _ = HEADER.unpack_from(self.staged)
+        end = HEADER_LEN + length
+        if len(self.staged) >= end:
+            body = bytes(self.staged[HEADER_LEN:end])
+            del self.staged[:end]
+            return kind, task_id, body
+        # A large body: read the rest straight into its final buffer.
+        body = bytearray(length)
+        have = len(self.staged) - HEADER_LEN
+        body[:have] = self.staged[HEADER_LEN:]
+        self.staged.clear()
+        view = memoryview(body)
+        while have < length:
+            n = os.readv(self.fd, [view[have : have + _IO_CHUNK]])
+            if n == 0:
+                raise EOFError
+            have += n
+        return kind, task_id, body
+
+    def queue(self, kind, task_id, body):
+        self.outgoing.append(HEADER.pack(len(body), task_id, kind, 0))
+        self.outgoing.append(body)
+
+    def flush(self):
+        parts, self.outgoing = self.outgoing, []
+        views = [memoryview(p) for p in parts if len(p)]
+        while views:
+            n = os.writev(self.fd, views[:64] if len(views) > 64 else views)
+            while n:
+                if n >= len(views[0]):
+                    n -= len(views[0])
+                    views.pop(0)
+                else:
+                    views[0] = views[0][n:]
+                    n = 0
+            # Large parts are cut to what one call can take.
+            if views and len(views[0]) > _IO_CHUNK:
+                views[0:1] = [views[0][:_IO_CHUNK], views[0][_IO_CHUNK:]]
+
+
+def _traceback_text(exc):
+    import traceback
+
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
+class Runner:
+    """Runs tasks and turns their outcome into bytes for the parent."""
+
+    def __init__(self):
+        self.result_reducers = None
+
+    def dumps(self, outcome):
+        # Plain pickle is enough for most results; the loky pickler (cloudpickle by
+        # default) handles the rest and applies result reducers.
+        if self.result_reducers is None:
+            try:
+                return pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception:
+                pass
+        from .backend.reduction import dumps_bytes
+
+        return dumps_bytes(outcome, reducers=self.result_reducers)
+
+    def run(self, body):
+        try:
+            fn, args, kwargs = pickle.loads(body)
+        except BaseException as exc:
+            return self.dumps((TASK_UNPICKLE_FAILED, _traceback_text(exc)))
+        try:
+            outcome = (OK, fn(*args, **kwargs))
+        except BaseException as exc:
+            outcome = (RAISED, exc, _traceback_text(exc))
+        del fn, args, kwargs
+        try:
+            return self.dumps(outcome)
+        except BaseException as exc:
+            # The result (or the exception) cannot be pickled: report that instead.
+            text = _traceback_text(exc)
+            if outcome[0] == RAISED:
+                text = f"{text}\nwhile sending the task's own error:\n{outcome[2]}"
+            return self.dumps_error(exc, text)
+
+    def dumps_error(self, exc, text):
+        try:
+            return self.dumps((RAISED, exc, text))
+        except BaseException:
+            return self.dumps((RAISED, pickle.PicklingError(repr(exc)), text))
+
+
+def _setup(settings):
+    global DEPTH
+    DEPTH = settings["depth"]
+    sys.path[:] = settings["sys_path"]
+    if "PYTHONFAULTHANDLER" not in os.environ:
+        import faulthandler
+
+        faulthandler.enable()
+
+
+def main():
+    channel = Channel(WORKER_FD)
+    try:
+        _, _, body = channel.read_frame()
+    except EOFError:
+        return
+    settings, initializer_blob = pickle.loads(body)
+    _setup(settings)
+    runner = Runner()
+    try:
+        initializer, initargs, runner.result_reducers = pickle.loads(initializer_blob)
+        if initializer is not None:
+            initializer(*initargs)
+    except BaseException as exc:
+        try:
+            report = pickle.dumps((exc, _traceback_text(exc)))
+        except BaseException:
+            report = pickle.dumps((None, _traceback_text(exc)))
+        channel.queue(KIND_INIT_FAILED, 0, report)
+        channel.flush()
+        sys.exit(1)
+    channel.queue(KIND_READY, 0, b"")
+    channel.flush()
+    del body, initializer_blob
+    batch_started = 0.0
+    try:
+        while True:
+            _, task_id, body = channel.read_frame()
+            if not channel.outgoing:
+                batch_started = monotonic()
+            channel.queue(KIND_RESULT, task_id, runner.run(body))
+            del body
+            # Results go back in batches while more tasks are already queued here,
+            # but none waits long for the others.
+            if not channel.has_frame() or monotonic() - batch_started > BATCH_HOLD:
+                channel.flush()
+    except EOFError:
+        pass
+    finally:
+        try:
+            channel.flush()
+        except OSError:
+            pass  # the parent is gone

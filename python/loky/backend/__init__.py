@@ -1,0 +1,1 @@
+"""Process-management helpers shared by the executors: contexts, pickling, utilities."""

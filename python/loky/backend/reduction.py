@@ -1,0 +1,119 @@
+"""Pickling of tasks and results with the loky pickler.
+
+The loky pickler is cloudpickle's by default (so lambdas, closures and functions from
+``__main__`` travel by value); ``LOKY_PICKLER`` or `set_loky_pickler` choose another
+module that provides a ``Pickler`` class (``"pickle"`` for the standard one). Reducers
+registered here apply to every pickle; an executor's ``job_reducers`` and
+``result_reducers`` add to them for its own tasks and results.
+"""
+
+import copyreg
+import io
+import os
+import pickle
+from pickle import HIGHEST_PROTOCOL, loads
+
+__all__ = [
+    "dump",
+    "dumps",
+    "loads",
+    "register",
+    "set_loky_pickler",
+    "get_loky_pickler",
+    "get_loky_pickler_name",
+]
+
+# type -> reduce function, applied by every loky pickler.
+_registered_reducers = {}
+
+_LokyPickler = None
+_loky_pickler_name = None
+
+
+def register(type_, reduce_function):
+    """Make every loky pickler reduce instances of `type_` with `reduce_function`."""
+    _registered_reducers[type_] = reduce_function
+
+
+def _pickler_base(name):
+    if name == "cloudpickle":
+        from cloudpickle import CloudPickler
+
+        return CloudPickler
+    import importlib
+
+    try:
+        return importlib.import_module(name).Pickler
+    except (ImportError, AttributeError) as exc:
+        raise type(exc)(
+            f"Cannot use {name!r} as the loky pickler (set by LOKY_PICKLER or "
+            f"set_loky_pickler): it must name an importable module with a "
+            f"Pickler class. {exc}"
+        ) from exc
+
+
+def set_loky_pickler(loky_pickler=None):
+    """Choose the pickler for tasks: "cloudpickle" (default), "pickle", or the name of
+    a module with a ``Pickler`` class. None means ``LOKY_PICKLER`` or the default."""
+    global _LokyPickler, _loky_pickler_name
+    if loky_pickler is None:
+        loky_pickler = os.environ.get("LOKY_PICKLER")
+    if not loky_pickler:
+        loky_pickler = "cloudpickle"
+    if loky_pickler == _loky_pickler_name:
+        return
+    base = _pickler_base(loky_pickler)
+
+    class LokyPickler(base):
+        """`base` with the registered reducers and per-call ones in its dispatch table."""
+
+        def __init__(self, file, reducers=None, protocol=HIGHEST_PROTOCOL):
+            table = dict(getattr(base, "dispatch_table", None) or copyreg.dispatch_table)
+            table.update(_registered_reducers)
+            if reducers:
+                table.update(reducers)
+            # The C pickler reads its dispatch table when it is initialized.
+            self.dispatch_table = table
+            base.__init__(self, file, protocol=protocol)
+
+        def register(self, type_, reduce_function):
+            self.dispatch_table[type_] = reduce_function
+
+    LokyPickler.__qualname__ = LokyPickler.__name__ = f"LokyPickler[{loky_pickler}]"
+    _LokyPickler = LokyPickler
+    _loky_pickler_name = loky_pickler
+
+
+def get_loky_pickler():
+    return _LokyPickler
+
+
+def get_loky_pickler_name():
+    return _loky_pickler_name
+
+
+def dump(obj, file, reducers=None, protocol=None):
+    """Pickle `obj` into `file` with the loky pickler."""
+    if protocol is None:
+        protocol = HIGHEST_PROTOCOL
+    _LokyPickler(file, reducers=reducers, protocol=protocol).dump(obj)
+
+
+def dumps(obj, reducers=None, protocol=None):
+    """Pickle `obj` with the loky pickler; returns a bytes-like object."""
+    buffer = io.BytesIO()
+    dump(obj, buffer, reducers=reducers, protocol=protocol)
+    return buffer.getbuffer()
+
+
+def dumps_bytes(obj, reducers=None):
+    """Like `dumps`, as a bytes object (no copy)."""
+    buffer = io.BytesIO()
+    dump(obj, buffer, reducers=reducers)
+    return buffer.getvalue()
+
+
+set_loky_pickler()
+
+# `pickle` itself is re-exported for callers that expect it here.
+PicklingError = pickle.PicklingError

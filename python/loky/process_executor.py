@@ -1,0 +1,467 @@
+"""ProcessPoolExecutor: run callables in a pool of fresh Python interpreters.
+
+Data flow::
+
+    submit(fn, *args)  -- pickled here, in the caller's thread, one task at a time
+        |
+        v
+    _core.Pool (Rust)  -- queue -> manager thread -> one socket per worker -> worker
+        |                 (spawns, dispatches, reads results, sees deaths at once)
+        v
+    result thread      -- Pool.next_events(): a batch of raw outcomes per wake-up,
+                          unpickled and set on their futures under one GIL hold
+
+The Rust core never runs Python code; this module only pickles, unpickles and keeps the
+futures. A worker that dies fails only the task it was running and is replaced.
+"""
+
+import itertools
+import os
+import sys
+import threading
+import weakref
+from concurrent.futures import Executor
+from concurrent.futures.process import BrokenProcessPool as _StdBrokenProcessPool
+from functools import partial
+from pickle import PicklingError, loads
+
+from . import _core
+from ._base import Future
+from ._worker import OK, RAISED, TASK_UNPICKLE_FAILED
+from .backend import reduction
+from .backend.context import cpu_count
+
+__all__ = [
+    "ProcessPoolExecutor",
+    "BrokenProcessPool",
+    "TerminatedWorkerError",
+    "ShutdownExecutorError",
+    "LokyRecursionError",
+]
+
+
+def _depth_of_this_process():
+    worker = sys.modules.get("loky._worker")
+    return worker.DEPTH if worker is not None else 0
+
+
+# Nesting depth: 0 in the main process, parent's + 1 in a worker.
+_CURRENT_DEPTH = _depth_of_this_process()
+MAX_DEPTH = int(os.environ.get("LOKY_MAX_DEPTH", 10))
+
+
+class LokyRecursionError(RuntimeError):
+    """A process tries to start executors nested deeper than LOKY_MAX_DEPTH."""
+
+
+class BrokenProcessPool(_StdBrokenProcessPool):
+    """The executor cannot run tasks any more, or a task's payload could not travel."""
+
+
+class TerminatedWorkerError(BrokenProcessPool):
+    """The worker running a task died (signal, os._exit, out-of-memory kill...)."""
+
+
+class ShutdownExecutorError(RuntimeError):
+    """The executor was shut down while a task was pending or running."""
+
+
+class _RemoteTraceback(Exception):
+    """Carries the worker-side traceback text as the cause of a task's exception."""
+
+    def __init__(self, tb=None):
+        self.tb = f'\n"""\n{tb}"""'
+
+    def __str__(self):
+        return self.tb
+
+
+def _rebuild_exc(exc, tb):
+    exc.__cause__ = _RemoteTraceback(tb)
+    return exc
+
+
+class _ExceptionWithTraceback:
+    """Pickles `exc` so that it unpickles with its traceback text as the cause."""
+
+    def __init__(self, exc):
+        import traceback
+
+        tb = exc.__traceback__ or sys.exc_info()[2]
+        self.exc = exc
+        self.tb = "".join(traceback.format_exception(type(exc), exc, tb))
+
+    def __reduce__(self):
+        return _rebuild_exc, (self.exc, self.tb)
+
+
+def _signal_name(exitcode):
+    if exitcode < 0:
+        import signal
+
+        try:
+            return signal.Signals(-exitcode).name
+        except ValueError:
+            return "UNKNOWN"
+    return "EXIT" if exitcode != 255 else "UNKNOWN"
+
+
+def _format_exitcodes(exitcodes):
+    return "{" + ", ".join(f"{_signal_name(e)}({e})" for e in exitcodes) + "}"
+
+
+def _terminated_worker_error(pid, exitcode):
+    return TerminatedWorkerError(
+        "A worker process managed by the executor was unexpectedly terminated. "
+        "This could be caused by a segmentation fault while calling the function "
+        "or by an excessive memory usage causing the Operating System to kill the "
+        f"worker.\n\nThe exit codes of the workers are {_format_exitcodes([exitcode])}"
+        f" (worker pid {pid}).\nDetailed tracebacks of the workers should have been "
+        "printed to stderr in the executor process if faulthandler was not disabled."
+    )
+
+
+def _with_cause(error, cause):
+    error.__cause__ = cause
+    return error
+
+
+def _decode_result(body):
+    """Turn a RESULT body into (ok, value_or_exception)."""
+    try:
+        outcome = loads(body)
+    except BaseException as exc:
+        import traceback
+
+        return False, _with_cause(
+            BrokenProcessPool(
+                "A result has failed to un-serialize. Please ensure that the objects "
+                "returned by the function are always picklable."
+            ),
+            _RemoteTraceback("".join(traceback.format_exception(exc))),
+        )
+    tag = outcome[0]
+    if tag == OK:
+        return True, outcome[1]
+    if tag == RAISED:
+        return False, _with_cause(outcome[1], _RemoteTraceback(outcome[2]))
+    assert tag == TASK_UNPICKLE_FAILED, tag
+    return False, _with_cause(
+        BrokenProcessPool(
+            "A task has failed to un-serialize. Please ensure that the arguments of "
+            "the function are all picklable."
+        ),
+        _RemoteTraceback(outcome[1]),
+    )
+
+
+def _fail(future, error):
+    if not future.done():
+        try:
+            future.set_exception(error)
+        except Exception:  # finished or cancelled meanwhile
+            pass
+
+
+class _PoolState:
+    """What the result thread shares with the executor: no reference to the executor
+    itself, so an executor nobody holds can be garbage collected."""
+
+    def __init__(self, pool):
+        self.pool = pool
+        self.futures = {}
+        self.broken = None  # error message once the pool cannot run tasks
+
+    def unqueue(self, task_id):
+        if self.pool.cancel(task_id):
+            self.futures.pop(task_id, None)
+            return True
+        return False
+
+    def fail_all(self, make_error):
+        futures, self.futures = self.futures, {}
+        for future in list(futures.values()):
+            _fail(future, make_error())
+
+    def handle(self, events):
+        """Apply one batch of events from the core. False once the pool has closed."""
+        for kind, task_id, pid, body, exitcode, message in events:
+            if kind == _core.EV_RESULT:
+                future = self.futures.pop(task_id, None)
+                if future is None:
+                    continue
+                ok, value = _decode_result(body)
+                try:
+                    if ok:
+                        future.set_result(value)
+                    else:
+                        future.set_exception(value)
+                except Exception:  # cancelled or failed by a kill meanwhile
+                    pass
+            elif kind == _core.EV_WORKER_DIED:
+                future = self.futures.pop(task_id, None)
+                if future is not None:
+                    _fail(future, _terminated_worker_error(pid, exitcode))
+            elif kind == _core.EV_INIT_FAILED:
+                self._break(_initializer_error(body))
+            elif kind == _core.EV_START_FAILED:
+                self._break(_start_error(pid, exitcode, message))
+            elif kind == _core.EV_CLOSED:
+                return False
+        return True
+
+    def _break(self, error):
+        if self.broken is None:
+            self.broken = str(error)
+            self.pool.shutdown(True)
+        self.fail_all(lambda: _with_cause(BrokenProcessPool(self.broken), error.__cause__))
+
+
+def _initializer_error(body):
+    exc, tb = loads(body)
+    error = BrokenProcessPool(
+        "A worker failed to run the executor's initializer, so the executor cannot "
+        f"run tasks: {exc!r}. Fix the initializer (its traceback is the cause of this "
+        "error) and create a new executor."
+    )
+    error.__cause__ = _RemoteTraceback(tb)
+    if exc is not None:
+        error.__cause__.__cause__ = exc
+    return error
+
+
+def _start_error(pid, exitcode, message):
+    if not message:
+        message = (
+            f"worker process {pid} exited with status "
+            f"{_format_exitcodes([exitcode])} before it was ready"
+        )
+    return BrokenProcessPool(
+        f"The executor could not start its workers: {message}. Check that "
+        f"{sys.executable!r} can import loky (its stderr may say more)."
+    )
+
+
+def _run_results(state):
+    """Body of the result thread: apply event batches until the pool closes."""
+    try:
+        while state.handle(state.pool.next_events()):
+            pass
+    finally:
+        state.fail_all(lambda: ShutdownExecutorError("The executor was shut down."))
+        _live_pools.discard(state)
+
+
+# Pools whose result thread is running: shut down at interpreter exit.
+_live_pools = set()
+_interpreter_exiting = False
+
+
+def _on_interpreter_exit():
+    """Let pending tasks finish, then stop every pool before the interpreter goes."""
+    global _interpreter_exiting
+    _interpreter_exiting = True
+    for state in list(_live_pools):
+        state.pool.shutdown(False)
+    for state in list(_live_pools):
+        thread = state.thread
+        if thread is not threading.current_thread():
+            thread.join()
+
+
+threading._register_atexit(_on_interpreter_exit)
+
+_WORKER_BOOTSTRAP = "from loky._worker import main; main()"
+
+
+def _check_max_depth():
+    if 0 < MAX_DEPTH <= _CURRENT_DEPTH:
+        raise LokyRecursionError(
+            f"Could not spawn extra nested workers at depth {_CURRENT_DEPTH}: the "
+            f"limit is {MAX_DEPTH}. Raise it with the LOKY_MAX_DEPTH environment "
+            "variable if this nesting is intended."
+        )
+
+
+def _check_env(env):
+    if env is None:
+        return {}
+    if not isinstance(env, dict):
+        raise TypeError(f"env must be a dict of str to str, got {type(env).__name__}")
+    for key, value in env.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise TypeError(
+                f"env must map str to str; got {key!r}: {value!r} "
+                f"({type(key).__name__}: {type(value).__name__})"
+            )
+    return dict(env)
+
+
+def _process_chunk(fn, chunk):
+    return [fn(*args) for args in chunk]
+
+
+def _chunks(chunksize, *iterables):
+    it = zip(*iterables)
+    while chunk := tuple(itertools.islice(it, chunksize)):
+        yield chunk
+
+
+class ProcessPoolExecutor(Executor):
+    """An executor that runs calls in a pool of worker processes.
+
+    Workers are fresh Python interpreters started on the first `submit`. A worker that
+    dies fails only the task it was running (with `TerminatedWorkerError`) and is
+    replaced; the executor keeps working.
+
+    Args:
+        max_workers: number of worker processes (default: `cpu_count()`).
+        job_reducers, result_reducers: dicts of type -> reduce function used when
+            pickling tasks (in this process) and results (in the workers). Without
+            `result_reducers`, `job_reducers` are used for both.
+        timeout: seconds after which an idle worker exits; the pool grows back on the
+            next submit. None keeps workers until shutdown.
+        context: start method; workers are always fresh interpreters started by
+            fork+exec, so this only selects how ``__main__`` is treated.
+        initializer, initargs: ``initializer(*initargs)`` runs once in each worker
+            before its first task.
+        env: environment variables (str to str) set in each worker before its
+            interpreter starts.
+        max_tasks_per_child: replace a worker after it has run this many tasks.
+    """
+
+    def __init__(
+        self,
+        max_workers=None,
+        job_reducers=None,
+        result_reducers=None,
+        timeout=None,
+        context=None,
+        initializer=None,
+        initargs=(),
+        env=None,
+        max_tasks_per_child=None,
+    ):
+        if max_workers is None:
+            max_workers = cpu_count()
+        elif not isinstance(max_workers, int) or max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        if max_tasks_per_child is not None and (
+            not isinstance(max_tasks_per_child, int) or max_tasks_per_child <= 0
+        ):
+            raise ValueError("max_tasks_per_child must be a positive integer or None")
+        if timeout is not None and timeout < 0:
+            raise ValueError(f"timeout must be None or >= 0 seconds, got {timeout!r}")
+        _check_max_depth()
+        self._max_workers = max_workers
+        self._env = _check_env(env)
+        self._context = context
+        self._initializer = initializer
+        self._initargs = tuple(initargs)
+        self._job_reducers = job_reducers
+        self._result_reducers = job_reducers if result_reducers is None else result_reducers
+        self._timeout = timeout
+        self._max_tasks_per_child = max_tasks_per_child
+        self._submit_lock = threading.Lock()
+        self._task_ids = itertools.count()
+        self._state = None
+        self._shutdown_thread = False
+
+    # -- starting ---------------------------------------------------------------
+
+    def _init_message(self):
+        settings = {"depth": _CURRENT_DEPTH + 1, "sys_path": list(sys.path)}
+        initializer = reduction.dumps_bytes(
+            (self._initializer, self._initargs, self._result_reducers),
+            reducers=self._job_reducers,
+        )
+        return reduction.dumps_bytes((settings, initializer))
+
+    def _start_pool(self):
+        package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        bootstrap = f"import sys; sys.path.insert(0, {package_root!r}); {_WORKER_BOOTSTRAP}"
+        pool = _core.Pool(
+            sys.executable,
+            ["-c", bootstrap],
+            list(self._env.items()),
+            self._init_message(),
+            self._max_workers,
+            self._timeout,
+            self._max_tasks_per_child,
+        )
+        state = _PoolState(pool)
+        state.thread = threading.Thread(
+            target=_run_results, args=(state,), name="loky-results", daemon=True
+        )
+        _live_pools.add(state)
+        state.thread.start()
+        # An executor dropped without shutdown() finishes its work, then stops.
+        weakref.finalize(self, pool.shutdown, False).atexit = False
+        self._state = state
+        return state
+
+    # -- public API ---------------------------------------------------------------
+
+    def submit(self, fn, /, *args, **kwargs):
+        with self._submit_lock:
+            if self._shutdown_thread:
+                raise ShutdownExecutorError("cannot schedule new futures after shutdown")
+            if _interpreter_exiting:
+                raise ShutdownExecutorError(
+                    "cannot schedule new futures after interpreter shutdown"
+                )
+            state = self._state or self._start_pool()
+            if state.broken is not None:
+                raise BrokenProcessPool(state.broken)
+            future = Future()
+            try:
+                body = reduction.dumps_bytes((fn, args, kwargs), reducers=self._job_reducers)
+            except Exception as exc:
+                error = PicklingError("Could not pickle the task to send it to the workers.")
+                future.set_exception(_with_cause(error, exc))
+                return future
+            task_id = next(self._task_ids)
+            future._unqueue = partial(state.unqueue, task_id)
+            state.futures[task_id] = future
+            state.pool.submit(task_id, body)
+            return future
+
+    submit.__doc__ = Executor.submit.__doc__
+
+    def map(self, fn, *iterables, timeout=None, chunksize=1):
+        """Like the builtin map, evaluated in the workers; `chunksize` items travel
+        together in one task."""
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        if chunksize == 1:
+            return super().map(fn, *iterables, timeout=timeout)
+        results = super().map(
+            partial(_process_chunk, fn), _chunks(chunksize, *iterables), timeout=timeout
+        )
+        return itertools.chain.from_iterable(results)
+
+    def shutdown(self, wait=True, kill_workers=False):
+        """Stop the executor. Pending work finishes first, unless `kill_workers`:
+        then every worker is killed with its children and unfinished futures fail
+        with ShutdownExecutorError."""
+        with self._submit_lock:
+            self._shutdown_thread = True
+            state = self._state
+        if state is None:
+            return
+        state.pool.shutdown(bool(kill_workers))
+        if kill_workers:
+            state.fail_all(
+                lambda: ShutdownExecutorError(
+                    "The executor was shut down with kill_workers=True before this "
+                    "task finished."
+                )
+            )
+        if wait and state.thread is not threading.current_thread():
+            state.thread.join()
+            state.pool.join()
+
+    def _worker_pids(self):
+        return [] if self._state is None else self._state.pool.pids()

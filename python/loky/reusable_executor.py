@@ -1,0 +1,163 @@
+"""The process-wide reusable executor.
+
+`get_reusable_executor` returns one executor for the whole process and keeps returning
+it while the arguments stay the same, so workers (and what they imported) are reused
+across calls. A different `max_workers` resizes it in place; other changes, or a broken
+or shut-down executor, replace it.
+"""
+
+import threading
+
+from .backend.context import cpu_count
+from .process_executor import ProcessPoolExecutor
+
+__all__ = ["get_reusable_executor"]
+
+# Guards the singleton; also each reusable executor's `_submit_resize_lock`, so that a
+# submit never lands on an executor that is being replaced.
+_executor_lock = threading.RLock()
+_executor = None
+_executor_kwargs = None
+_executor_ids = iter(range(1 << 62))
+
+
+def get_reusable_executor(
+    max_workers=None,
+    context=None,
+    timeout=10,
+    kill_workers=False,
+    reuse="auto",
+    job_reducers=None,
+    result_reducers=None,
+    initializer=None,
+    initargs=(),
+    env=None,
+    max_tasks_per_child=None,
+):
+    """Return the process-wide executor, creating or adapting it as needed.
+
+    - `reuse="auto"`: reuse the current executor if all other arguments are equal;
+      `reuse=True`: reuse it whatever they are; `reuse=False`: replace it.
+    - A different `max_workers` resizes the executor (`None` means `cpu_count()`, or
+      the current size when `reuse=True`).
+    - A broken or shut-down executor is replaced; the old one is shut down with
+      `kill_workers` as given.
+    - `timeout`: seconds after which idle workers exit (they come back on demand).
+    """
+    executor, _ = _ReusablePoolExecutor.get_reusable_executor(
+        max_workers=max_workers,
+        context=context,
+        timeout=timeout,
+        kill_workers=kill_workers,
+        reuse=reuse,
+        job_reducers=job_reducers,
+        result_reducers=result_reducers,
+        initializer=initializer,
+        initargs=initargs,
+        env=env,
+        max_tasks_per_child=max_tasks_per_child,
+    )
+    return executor
+
+
+class _ReusablePoolExecutor(ProcessPoolExecutor):
+    """The class of the reusable executor; subclasses get the same singleton."""
+
+    def __init__(
+        self,
+        submit_resize_lock,
+        max_workers=None,
+        context=None,
+        timeout=None,
+        executor_id=0,
+        job_reducers=None,
+        result_reducers=None,
+        initializer=None,
+        initargs=(),
+        env=None,
+        max_tasks_per_child=None,
+    ):
+        super().__init__(
+            max_workers=max_workers,
+            context=context,
+            timeout=timeout,
+            job_reducers=job_reducers,
+            result_reducers=result_reducers,
+            initializer=initializer,
+            initargs=initargs,
+            env=env,
+            max_tasks_per_child=max_tasks_per_child,
+        )
+        self.executor_id = executor_id
+        self._submit_resize_lock = submit_resize_lock
+
+    @classmethod
+    def get_reusable_executor(
+        cls,
+        max_workers=None,
+        context=None,
+        timeout=10,
+        kill_workers=False,
+        reuse="auto",
+        job_reducers=None,
+        result_reducers=None,
+        initializer=None,
+        initargs=(),
+        env=None,
+        max_tasks_per_child=None,
+    ):
+        """Return ``(executor, is_reused)``; see `get_reusable_executor`."""
+        global _executor, _executor_kwargs
+        if reuse not in ("auto", True, False):
+            raise ValueError(f"reuse must be 'auto', True or False, got {reuse!r}")
+        with _executor_lock:
+            executor = _executor
+            if max_workers is None:
+                if reuse is True and executor is not None:
+                    max_workers = executor._max_workers
+                else:
+                    max_workers = cpu_count()
+            elif not isinstance(max_workers, int) or max_workers <= 0:
+                raise ValueError(f"max_workers must be greater than 0, got {max_workers}.")
+            kwargs = dict(
+                context=context,
+                timeout=timeout,
+                job_reducers=job_reducers,
+                result_reducers=result_reducers,
+                initializer=initializer,
+                initargs=initargs,
+                env=env,
+                max_tasks_per_child=max_tasks_per_child,
+            )
+            if executor is not None:
+                reusable = reuse is True or (reuse == "auto" and kwargs == _executor_kwargs)
+                if reusable and not executor._is_broken_or_shut_down():
+                    executor._resize(max_workers)
+                    return executor, True
+                executor.shutdown(wait=True, kill_workers=kill_workers)
+            _executor = cls(
+                _executor_lock, max_workers=max_workers, executor_id=next(_executor_ids), **kwargs
+            )
+            _executor_kwargs = kwargs
+            return _executor, False
+
+    def _is_broken_or_shut_down(self):
+        state = self._state
+        return self._shutdown_thread or (state is not None and state.broken is not None)
+
+    def submit(self, fn, /, *args, **kwargs):
+        with self._submit_resize_lock:
+            current = _executor
+            if self._shutdown_thread and current is not None and current is not self:
+                # This executor was replaced by a newer one: run the task there.
+                return ProcessPoolExecutor.submit(current, fn, *args, **kwargs)
+            return super().submit(fn, *args, **kwargs)
+
+    def _resize(self, max_workers):
+        """Change the number of workers; surviving workers and queued work stay."""
+        with self._submit_resize_lock:
+            if max_workers == self._max_workers:
+                return
+            self._max_workers = max_workers
+            if self._state is not None:
+                self._state.pool.resize(max_workers)

@@ -1,0 +1,172 @@
+//! `loky._core`: the Python bindings of the process-management core. All PyO3 glue is
+//! here; the modules below know nothing of Python.
+
+mod cpu;
+mod manager;
+mod procfs;
+mod spawn;
+mod wire;
+mod worker_table;
+
+use std::time::Duration;
+
+use pyo3::exceptions::{PyOSError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+use manager::{Config, Event, Manager, Shutdown};
+use spawn::WorkerCommand;
+
+/// Event kinds returned by `Pool.next_events`.
+const EV_RESULT: u8 = 0;
+const EV_WORKER_DIED: u8 = 1;
+const EV_INIT_FAILED: u8 = 2;
+const EV_START_FAILED: u8 = 3;
+const EV_CLOSED: u8 = 4;
+
+/// One event as a tuple: (kind, task_id, pid, body or None, exitcode, message).
+type EventTuple<'py> = (u8, u64, i32, Option<Bound<'py, PyBytes>>, i32, String);
+
+fn event_tuple(py: Python<'_>, event: Event) -> EventTuple<'_> {
+    match event {
+        Event::Result { task_id, pid, body } => {
+            (EV_RESULT, task_id, pid, Some(PyBytes::new(py, &body)), 0, String::new())
+        }
+        Event::WorkerDied {
+            task_id,
+            pid,
+            exitcode,
+        } => (EV_WORKER_DIED, task_id, pid, None, exitcode, String::new()),
+        Event::InitFailed { pid, body } => {
+            (EV_INIT_FAILED, 0, pid, Some(PyBytes::new(py, &body)), 0, String::new())
+        }
+        Event::StartFailed {
+            pid,
+            exitcode,
+            message,
+        } => (EV_START_FAILED, 0, pid, None, exitcode, message),
+        Event::Closed => (EV_CLOSED, 0, 0, None, 0, String::new()),
+    }
+}
+
+/// A pool of worker processes driven by a manager thread.
+#[pyclass(module = "loky._core", frozen)]
+struct Pool {
+    manager: Manager,
+}
+
+#[pymethods]
+impl Pool {
+    #[new]
+    #[pyo3(signature = (program, args, env, init, max_workers, idle_timeout=None, max_tasks_per_child=None))]
+    fn new(
+        program: String,
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+        init: Vec<u8>,
+        max_workers: usize,
+        idle_timeout: Option<f64>,
+        max_tasks_per_child: Option<u64>,
+    ) -> PyResult<Self> {
+        if max_workers == 0 {
+            return Err(PyValueError::new_err("max_workers must be greater than 0"));
+        }
+        let idle_timeout = match idle_timeout {
+            Some(t) if !(t.is_finite() && t >= 0.0) => {
+                return Err(PyValueError::new_err(format!(
+                    "timeout must be a non-negative number of seconds, got {t}"
+                )))
+            }
+            t => t.map(Duration::from_secs_f64),
+        };
+        let config = Config {
+            command: WorkerCommand { program, args, env },
+            init: init.into(),
+            max_workers,
+            idle_timeout,
+            max_tasks_per_child,
+        };
+        let manager = Manager::start(config)
+            .map_err(|e| PyOSError::new_err(format!("could not start the pool manager: {e}")))?;
+        Ok(Pool { manager })
+    }
+
+    /// Queue a pickled task. It is copied: the caller's buffer may be reused at once.
+    fn submit(&self, task_id: u64, body: &[u8]) {
+        self.manager.submit(task_id, body.to_vec());
+    }
+
+    /// Take a task back if no worker has received it yet.
+    fn cancel(&self, task_id: u64) -> bool {
+        self.manager.cancel(task_id)
+    }
+
+    fn resize(&self, max_workers: usize) -> PyResult<()> {
+        if max_workers == 0 {
+            return Err(PyValueError::new_err("max_workers must be greater than 0"));
+        }
+        self.manager.resize(max_workers);
+        Ok(())
+    }
+
+    /// Graceful: finish queued work, then stop the workers. Kill: stop them now.
+    fn shutdown(&self, kill: bool) {
+        self.manager.shutdown(if kill { Shutdown::Kill } else { Shutdown::Graceful });
+    }
+
+    /// Wait for the manager thread to end, without holding the GIL.
+    fn join(&self, py: Python<'_>) {
+        py.detach(|| self.manager.join());
+    }
+
+    fn pids(&self) -> Vec<i32> {
+        self.manager.pids()
+    }
+
+    fn pending_count(&self) -> usize {
+        self.manager.pending_count()
+    }
+
+    /// Wait (without the GIL) for at least one event, or `timeout` seconds, and return
+    /// every event queued by then.
+    #[pyo3(signature = (timeout=None, max_events=4096))]
+    fn next_events<'py>(
+        &self,
+        py: Python<'py>,
+        timeout: Option<f64>,
+        max_events: usize,
+    ) -> Vec<EventTuple<'py>> {
+        let timeout = timeout.map(|t| Duration::from_secs_f64(t.max(0.0)));
+        let events = py.detach(|| self.manager.next_events(timeout, max_events));
+        events.into_iter().map(|e| event_tuple(py, e)).collect()
+    }
+}
+
+/// Number of CPUs this process can use (see `loky.cpu_count`). `root` points the
+/// /proc and /sys lookups at another directory tree (for tests).
+#[pyfunction]
+#[pyo3(signature = (only_physical_cores=false, limit=None, root="/"))]
+fn cpu_count(only_physical_cores: bool, limit: Option<i64>, root: &str) -> usize {
+    let limit = limit.map(|l| l.max(1) as usize);
+    cpu::cpu_count(std::path::Path::new(root), only_physical_cores, limit)
+}
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Pool>()?;
+    m.add_function(wrap_pyfunction!(cpu_count, m)?)?;
+    m.add("EV_RESULT", EV_RESULT)?;
+    m.add("EV_WORKER_DIED", EV_WORKER_DIED)?;
+    m.add("EV_INIT_FAILED", EV_INIT_FAILED)?;
+    m.add("EV_START_FAILED", EV_START_FAILED)?;
+    m.add("EV_CLOSED", EV_CLOSED)?;
+    m.add("HEADER_LEN", wire::HEADER_LEN)?;
+    m.add("KIND_TASK", wire::TASK)?;
+    m.add("KIND_INIT", wire::INIT)?;
+    m.add("KIND_RESULT", wire::RESULT)?;
+    m.add("KIND_READY", wire::READY)?;
+    m.add("KIND_INIT_FAILED", wire::INIT_FAILED)?;
+    m.add("KIND_RETIRING", wire::RETIRING)?;
+    m.add("WORKER_FD", spawn::WORKER_FD)?;
+    Ok(())
+}

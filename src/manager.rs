@@ -1,0 +1,577 @@
+//! The manager: one thread per executor that owns the workers.
+//!
+//! ```text
+//!  submit() ──► Control.pending ──(eventfd)──► manager thread ──► worker channel ──► worker
+//!  next_events() ◄── events channel ◄── manager thread ◄── worker channel ◄────────── worker
+//!                                              ▲
+//!                                  pidfd readable: worker exited
+//! ```
+//!
+//! The thread never touches Python: callers hand it pickled tasks and receive raw
+//! outcomes, which the Python side turns into future results in batches. It waits in
+//! poll(2) on the wake-up eventfd, every worker's channel and every worker's pidfd, so a
+//! result, a death or a request is seen at once.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use parking_lot::Mutex;
+
+use crate::spawn::{kill_tree, spawn_worker, try_reap, WorkerCommand};
+use crate::wire::{Frame, INIT_FAILED, READY, RESULT, RETIRING};
+use crate::worker_table::{State, Task, Worker};
+
+pub struct Config {
+    pub command: WorkerCommand,
+    /// Body of the first message every worker gets (settings and initializer).
+    pub init: Arc<Vec<u8>>,
+    pub max_workers: usize,
+    pub idle_timeout: Option<Duration>,
+    pub max_tasks_per_child: Option<u64>,
+}
+
+/// What the manager reports to the Python side.
+#[derive(Debug)]
+pub enum Event {
+    /// A worker sent back the outcome of a task.
+    Result { task_id: u64, pid: i32, body: Vec<u8> },
+    /// A worker died while running this task.
+    WorkerDied { task_id: u64, pid: i32, exitcode: i32 },
+    /// A worker's initializer failed; the body describes the error. No more workers start.
+    InitFailed { pid: i32, body: Vec<u8> },
+    /// A worker could not start at all. No more workers start.
+    StartFailed { pid: i32, exitcode: i32, message: String },
+    /// The manager has stopped and every worker has exited.
+    Closed,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shutdown {
+    /// Finish pending work, then let the workers exit.
+    Graceful,
+    /// Kill every worker and its children now; drop pending work.
+    Kill,
+}
+
+/// The part of the manager's state that callers change.
+struct Control {
+    pending: VecDeque<Task>,
+    max_workers: usize,
+    shutdown: Option<Shutdown>,
+    pids: Vec<i32>,
+}
+
+struct Shared {
+    control: Mutex<Control>,
+    wake: OwnedFd,
+}
+
+impl Shared {
+    fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to our eventfd.
+        unsafe { libc::write(self.wake.as_raw_fd(), &one as *const u64 as *const libc::c_void, 8) };
+    }
+}
+
+/// The handle the Python glue holds.
+pub struct Manager {
+    shared: Arc<Shared>,
+    events: Receiver<Event>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Manager {
+    pub fn start(config: Config) -> io::Result<Manager> {
+        // SAFETY: plain eventfd creation; the result is checked before use.
+        let wake = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if wake < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let shared = Arc::new(Shared {
+            control: Mutex::new(Control {
+                pending: VecDeque::new(),
+                max_workers: config.max_workers,
+                shutdown: None,
+                pids: Vec::new(),
+            }),
+            // SAFETY: eventfd returned a fresh descriptor that we now own.
+            wake: unsafe { OwnedFd::from_raw_fd(wake) },
+        });
+        let (sender, events) = crossbeam_channel::unbounded();
+        let mut run = ManagerLoop::new(config, shared.clone(), sender);
+        let thread = std::thread::Builder::new()
+            .name("loky-manager".into())
+            .spawn(move || run.run())?;
+        Ok(Manager {
+            shared,
+            events,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    pub fn submit(&self, id: u64, body: Vec<u8>) {
+        self.shared.control.lock().pending.push_back(Task {
+            id,
+            body: Arc::new(body),
+        });
+        self.shared.wake();
+    }
+
+    /// Remove a task that no worker has received yet. False if it is already out.
+    pub fn cancel(&self, id: u64) -> bool {
+        let mut control = self.shared.control.lock();
+        match control.pending.iter().position(|t| t.id == id) {
+            Some(i) => {
+                control.pending.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn resize(&self, max_workers: usize) {
+        self.shared.control.lock().max_workers = max_workers;
+        self.shared.wake();
+    }
+
+    pub fn shutdown(&self, mode: Shutdown) {
+        {
+            let mut control = self.shared.control.lock();
+            if control.shutdown != Some(Shutdown::Kill) {
+                control.shutdown = Some(mode);
+            }
+        }
+        self.shared.wake();
+    }
+
+    pub fn pids(&self) -> Vec<i32> {
+        self.shared.control.lock().pids.clone()
+    }
+
+    pub fn pending_count(&self) -> usize {
+        self.shared.control.lock().pending.len()
+    }
+
+    /// Wait up to `timeout` for events, then take every event already queued.
+    pub fn next_events(&self, timeout: Option<Duration>, max: usize) -> Vec<Event> {
+        let first = match timeout {
+            Some(t) => self.events.recv_timeout(t).ok(),
+            None => self.events.recv().ok(),
+        };
+        let mut out: Vec<Event> = first.into_iter().collect();
+        while out.len() < max {
+            match self.events.try_recv() {
+                Ok(event) => out.push(event),
+                Err(_) => break,
+            }
+        }
+        out
+    }
+
+    /// Wait for the manager thread to end (after a shutdown request).
+    pub fn join(&self) {
+        if let Some(thread) = self.thread.lock().take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Manager {
+    fn drop(&mut self) {
+        self.shutdown(Shutdown::Graceful);
+    }
+}
+
+/// Tasks this fast or faster are sent to a worker in batches.
+const BATCH_BELOW: Duration = Duration::from_millis(2);
+const MAX_BATCH: usize = 64;
+
+struct ManagerLoop {
+    config: Config,
+    shared: Arc<Shared>,
+    events: Sender<Event>,
+    workers: Vec<Worker>,
+    /// Workers that died or were recycled and should be replaced even with no work queued.
+    replacements_owed: usize,
+    /// Set once a worker could not start or initialize: start no more.
+    broken: bool,
+    /// Moving average of how long a task keeps a worker busy.
+    service_time: Option<Duration>,
+}
+
+impl ManagerLoop {
+    fn new(config: Config, shared: Arc<Shared>, events: Sender<Event>) -> ManagerLoop {
+        ManagerLoop {
+            config,
+            shared,
+            events,
+            workers: Vec::new(),
+            replacements_owed: 0,
+            broken: false,
+            service_time: None,
+        }
+    }
+
+    fn emit(&self, event: Event) {
+        let _ = self.events.send(event);
+    }
+
+    fn run(&mut self) {
+        loop {
+            let (shutdown, max_workers) = {
+                let control = self.shared.control.lock();
+                (control.shutdown, control.max_workers)
+            };
+            if shutdown == Some(Shutdown::Kill) {
+                self.kill_all();
+                break;
+            }
+            self.adjust_pool(max_workers, shutdown.is_some());
+            self.dispatch();
+            self.retire_idle(shutdown.is_some());
+            self.flush_all();
+            self.publish_pids();
+            if shutdown.is_some() && self.workers.is_empty() && self.nothing_pending() {
+                break;
+            }
+            self.wait_and_handle();
+        }
+        self.publish_pids();
+        self.emit(Event::Closed);
+    }
+
+    fn nothing_pending(&self) -> bool {
+        self.broken || self.shared.control.lock().pending.is_empty()
+    }
+
+    fn publish_pids(&self) {
+        self.shared.control.lock().pids = self.workers.iter().map(|w| w.pid).collect();
+    }
+
+    /// Start workers up to the target while there is work (or a replacement is owed);
+    /// drain the surplus when the target shrank.
+    fn adjust_pool(&mut self, target: usize, shutting_down: bool) {
+        let live = self.workers.iter().filter(|w| w.is_live()).count();
+        if live > target {
+            self.shrink(live - target);
+            return;
+        }
+        if self.broken {
+            return;
+        }
+        let pending = !self.shared.control.lock().pending.is_empty();
+        let wanted = if pending {
+            target - live
+        } else if shutting_down {
+            0
+        } else {
+            self.replacements_owed.min(target - live)
+        };
+        self.replacements_owed = 0;
+        for _ in 0..wanted {
+            match spawn_worker(&self.config.command) {
+                Ok(spawned) => self.workers.push(Worker::new(spawned, &self.config.init)),
+                Err(err) => {
+                    self.broken = true;
+                    self.emit(Event::StartFailed {
+                        pid: 0,
+                        exitcode: 0,
+                        message: format!(
+                            "could not start worker '{}': {err}",
+                            self.config.command.program
+                        ),
+                    });
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Retire `count` workers, idle ones first; busy ones finish what they hold.
+    fn shrink(&mut self, mut count: usize) {
+        for idle_first in [true, false] {
+            for worker in self.workers.iter_mut().filter(|w| w.is_live()) {
+                if count == 0 {
+                    return;
+                }
+                if worker.inflight.is_empty() == idle_first {
+                    if idle_first {
+                        worker.request_exit();
+                    } else {
+                        worker.state = State::Draining;
+                    }
+                    count -= 1;
+                }
+            }
+        }
+    }
+
+    fn batch_limit(&self, pending: usize, ready: usize) -> usize {
+        match self.service_time {
+            Some(t) if t < BATCH_BELOW => pending.div_ceil(ready.max(1)).clamp(1, MAX_BATCH),
+            _ => 1,
+        }
+    }
+
+    fn dispatch(&mut self) {
+        let mut control = self.shared.control.lock();
+        if control.pending.is_empty() {
+            return;
+        }
+        let ready = self.workers.iter().filter(|w| w.state == State::Ready).count();
+        if ready == 0 {
+            return;
+        }
+        let limit = self.batch_limit(control.pending.len(), ready);
+        let budget = self.config.max_tasks_per_child;
+        // Least loaded first, so work spreads over the pool.
+        let mut order: Vec<usize> = (0..self.workers.len())
+            .filter(|&i| self.workers[i].state == State::Ready)
+            .collect();
+        order.sort_by_key(|&i| self.workers[i].inflight.len());
+        for i in order {
+            let worker = &mut self.workers[i];
+            while worker.inflight.len() < limit {
+                if budget.is_some_and(|b| worker.tasks_sent >= b) {
+                    break;
+                }
+                let Some(task) = control.pending.pop_front() else {
+                    return;
+                };
+                worker.send(task);
+            }
+            if budget.is_some_and(|b| worker.tasks_sent >= b) {
+                // Spent: finish what it holds, then make room for a fresh one.
+                worker.state = State::Draining;
+            }
+        }
+    }
+
+    /// Ask idle workers to exit: drained ones, and any idle past the timeout.
+    fn retire_idle(&mut self, shutting_down: bool) {
+        let now = Instant::now();
+        let nothing_pending = self.nothing_pending();
+        for worker in self.workers.iter_mut() {
+            if !worker.inflight.is_empty() || worker.state == State::Exiting {
+                continue;
+            }
+            let timed_out = worker.state == State::Ready
+                && self
+                    .config
+                    .idle_timeout
+                    .is_some_and(|t| now.duration_since(worker.idle_since) >= t);
+            let done = shutting_down && nothing_pending && worker.state != State::Starting;
+            if worker.state == State::Draining || timed_out || done {
+                worker.request_exit();
+            }
+        }
+    }
+
+    fn flush_all(&mut self) {
+        for worker in self.workers.iter_mut() {
+            if worker.channel_closed || worker.writer.is_empty() {
+                continue;
+            }
+            if worker.writer.flush(worker.fd()).is_err() {
+                // The worker is going away; its pidfd reports the exit.
+                worker.channel_closed = true;
+                continue;
+            }
+            if worker.state == State::Exiting && worker.writer.is_empty() {
+                worker.close_write();
+            }
+        }
+    }
+
+    /// Time until the next idle timeout, if any worker is idle.
+    fn next_deadline(&self) -> Option<Duration> {
+        let timeout = self.config.idle_timeout?;
+        let now = Instant::now();
+        self.workers
+            .iter()
+            .filter(|w| w.state == State::Ready && w.inflight.is_empty())
+            .map(|w| (w.idle_since + timeout).saturating_duration_since(now))
+            .min()
+    }
+
+    fn wait_and_handle(&mut self) {
+        // poll set: wake fd, then per worker its pidfd and (while open) its channel.
+        let mut fds = vec![libc::pollfd {
+            fd: self.shared.wake.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        for worker in &self.workers {
+            fds.push(libc::pollfd {
+                fd: worker.pidfd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+            let mut events = libc::POLLIN;
+            if !worker.writer.is_empty() {
+                events |= libc::POLLOUT;
+            }
+            fds.push(libc::pollfd {
+                fd: if worker.channel_closed { -1 } else { worker.fd() },
+                events,
+                revents: 0,
+            });
+        }
+        let timeout_ms = match self.next_deadline() {
+            Some(d) => d.as_millis().min(i32::MAX as u128) as i32 + 1,
+            None => -1,
+        };
+        // SAFETY: fds is a valid array of fds.len() pollfd structures.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+        if n <= 0 {
+            return; // timeout or EINTR: the loop re-evaluates everything
+        }
+        if fds[0].revents != 0 {
+            let mut buf = [0u8; 8];
+            // SAFETY: reads at most 8 bytes into a live buffer from our eventfd.
+            unsafe { libc::read(fds[0].fd, buf.as_mut_ptr().cast(), 8) };
+        }
+        // Read channels first, so results written just before an exit are not lost.
+        let mut exited = Vec::new();
+        for (i, worker_fds) in fds[1..].chunks(2).enumerate() {
+            let (pid_fd, chan) = (worker_fds[0], worker_fds[1]);
+            if chan.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0
+                || pid_fd.revents != 0
+            {
+                self.read_worker(i);
+            }
+            if pid_fd.revents != 0 {
+                exited.push(i);
+            }
+        }
+        // Remove from the back so earlier indices stay valid.
+        for &i in exited.iter().rev() {
+            if let Ok(Some(exitcode)) = try_reap(&self.workers[i].pidfd) {
+                let worker = self.workers.remove(i);
+                self.on_exit(worker, exitcode);
+            }
+        }
+    }
+
+    fn read_worker(&mut self, i: usize) {
+        let worker = &mut self.workers[i];
+        if worker.channel_closed {
+            return;
+        }
+        let outcome = worker.reader.read_available(worker.fd());
+        if outcome.closed {
+            worker.channel_closed = true;
+        }
+        for frame in outcome.frames {
+            self.on_frame(i, frame);
+        }
+    }
+
+    fn on_frame(&mut self, i: usize, frame: Frame) {
+        let worker = &mut self.workers[i];
+        match frame.header.kind {
+            RESULT => {
+                let now = Instant::now();
+                let task = worker.inflight.pop_front();
+                let spent = now.duration_since(worker.busy_since);
+                worker.busy_since = now;
+                if worker.inflight.is_empty() {
+                    worker.idle_since = now;
+                }
+                let pid = worker.pid;
+                self.service_time = Some(match self.service_time {
+                    Some(avg) => (avg * 7 + spent) / 8,
+                    None => spent,
+                });
+                debug_assert_eq!(task.map(|t| t.id), Some(frame.header.task_id));
+                self.emit(Event::Result {
+                    task_id: frame.header.task_id,
+                    pid,
+                    body: frame.body,
+                });
+            }
+            READY => {
+                if worker.state == State::Starting {
+                    worker.state = State::Ready;
+                    worker.idle_since = Instant::now();
+                }
+            }
+            INIT_FAILED => worker.init_error = Some(frame.body),
+            RETIRING => {
+                // It exits after this message: give its queued tasks to others.
+                worker.state = State::Exiting;
+                self.replacements_owed += 1;
+                let mut control = self.shared.control.lock();
+                for task in worker.inflight.drain(..).rev() {
+                    control.pending.push_front(task);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_exit(&mut self, mut worker: Worker, exitcode: i32) {
+        if let Some(body) = worker.init_error.take() {
+            self.broken = true;
+            self.emit(Event::InitFailed { pid: worker.pid, body });
+            return;
+        }
+        if worker.state == State::Starting {
+            self.broken = true;
+            self.emit(Event::StartFailed {
+                pid: worker.pid,
+                exitcode,
+                message: String::new(),
+            });
+            return;
+        }
+        let expected = worker.state == State::Exiting && worker.inflight.is_empty();
+        if !expected {
+            self.replacements_owed += 1;
+        }
+        if let Some(running) = worker.inflight.pop_front() {
+            self.emit(Event::WorkerDied {
+                task_id: running.id,
+                pid: worker.pid,
+                exitcode,
+            });
+        }
+        // Tasks it had received but not started run elsewhere.
+        let mut control = self.shared.control.lock();
+        for task in worker.inflight.drain(..).rev() {
+            control.pending.push_front(task);
+        }
+    }
+
+    fn kill_all(&mut self) {
+        for worker in &self.workers {
+            kill_tree(worker.pid, libc::SIGKILL);
+        }
+        for worker in self.workers.drain(..) {
+            wait_for_exit(&worker.pidfd);
+        }
+        self.shared.control.lock().pending.clear();
+    }
+}
+
+/// Block until the process behind `pidfd` has exited, then reap it.
+fn wait_for_exit(pidfd: &OwnedFd) {
+    let mut fd = libc::pollfd {
+        fd: pidfd.as_raw_fd() as RawFd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    loop {
+        if let Ok(Some(_)) | Err(_) = try_reap(pidfd) {
+            return;
+        }
+        // SAFETY: polls one live pollfd.
+        unsafe { libc::poll(&mut fd, 1, 1000) };
+    }
+}

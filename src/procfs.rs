@@ -1,0 +1,59 @@
+//! Process-tree lookups in /proc, to kill a worker together with everything it started.
+
+use std::collections::HashMap;
+use std::fs;
+
+/// The parent pid recorded in /proc/<pid>/stat ("pid (comm) state ppid ...").
+fn parent_of(stat: &str) -> Option<i32> {
+    // comm may contain spaces and parentheses: the fields resume after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Every live descendant of `root`, children before grandchildren.
+pub fn descendants(root: i32) -> Vec<i32> {
+    let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
+    if let Ok(entries) = fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+                continue;
+            };
+            if let Some(ppid) = fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| parent_of(&stat))
+            {
+                children.entry(ppid).or_default().push(pid);
+            }
+        }
+    }
+    let mut found = Vec::new();
+    let mut frontier = vec![root];
+    while let Some(pid) = frontier.pop() {
+        for &child in children.get(&pid).map(Vec::as_slice).unwrap_or_default() {
+            found.push(child);
+            frontier.push(child);
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_parent_with_odd_command_names() {
+        assert_eq!(parent_of("12 (a) b (c)) S 7 12 12 0"), Some(7));
+        assert_eq!(parent_of("1 (init) S 0 1 1"), Some(0));
+        assert_eq!(parent_of("garbage"), None);
+    }
+
+    #[test]
+    fn finds_own_child() {
+        let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        let found = descendants(std::process::id() as i32);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(found.contains(&(child.id() as i32)));
+    }
+}

@@ -1,0 +1,325 @@
+//! The framing on a worker's channel.
+//!
+//! Every message is a 24-byte little-endian header followed by its body:
+//!
+//! ```text
+//!   u64 body length | u64 task id | u32 kind | u32 reserved | body ...
+//! ```
+//!
+//! The body is opaque here (pickles, laid out by the Python side). Lengths are 64-bit,
+//! so a body may exceed 4 GiB. Bodies are read straight into their final buffer and
+//! written with vectored I/O from the caller's memory.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::Arc;
+
+pub const HEADER_LEN: usize = 24;
+
+/// Parent to worker: run this task.
+pub const TASK: u32 = 1;
+/// Parent to worker, first message: configuration and initializer.
+pub const INIT: u32 = 2;
+/// Worker to parent: the outcome of a task.
+pub const RESULT: u32 = 1;
+/// Worker to parent: initialized, ready for tasks.
+pub const READY: u32 = 3;
+/// Worker to parent: the initializer failed; the body describes why. The worker exits.
+pub const INIT_FAILED: u32 = 4;
+/// Worker to parent: about to exit on its own (memory growth); send nothing more.
+pub const RETIRING: u32 = 5;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    pub len: u64,
+    pub task_id: u64,
+    pub kind: u32,
+}
+
+impl Header {
+    pub fn encode(&self) -> [u8; HEADER_LEN] {
+        let mut out = [0u8; HEADER_LEN];
+        out[0..8].copy_from_slice(&self.len.to_le_bytes());
+        out[8..16].copy_from_slice(&self.task_id.to_le_bytes());
+        out[16..20].copy_from_slice(&self.kind.to_le_bytes());
+        out
+    }
+
+    pub fn decode(raw: &[u8]) -> Header {
+        let u64_at = |i: usize| u64::from_le_bytes(raw[i..i + 8].try_into().unwrap());
+        Header {
+            len: u64_at(0),
+            task_id: u64_at(8),
+            kind: u32::from_le_bytes(raw[16..20].try_into().unwrap()),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Frame {
+    pub header: Header,
+    pub body: Vec<u8>,
+}
+
+/// Reads frames from a non-blocking descriptor as bytes arrive.
+pub struct FrameReader {
+    stage: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// A frame whose body is being read directly into its own buffer.
+    partial: Option<(Header, Vec<u8>, usize)>,
+}
+
+const STAGE_LEN: usize = 256 * 1024;
+
+fn read_into(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: buf is a valid writable slice of buf.len() bytes.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+/// What one `read_available` call found.
+pub struct ReadOutcome {
+    pub frames: Vec<Frame>,
+    /// The peer closed its end (or the channel failed).
+    pub closed: bool,
+}
+
+impl Default for FrameReader {
+    fn default() -> Self {
+        FrameReader {
+            stage: vec![0u8; STAGE_LEN],
+            start: 0,
+            end: 0,
+            partial: None,
+        }
+    }
+}
+
+impl FrameReader {
+    /// Read everything available without blocking and return the complete frames.
+    pub fn read_available(&mut self, fd: RawFd) -> ReadOutcome {
+        let mut frames = Vec::new();
+        loop {
+            if let Some((header, mut body, filled)) = self.partial.take() {
+                // Large body: read straight into it.
+                match read_into(fd, &mut body[filled..]) {
+                    Ok(0) => return ReadOutcome { frames, closed: true },
+                    Ok(n) if filled + n == body.len() => frames.push(Frame { header, body }),
+                    Ok(n) => self.partial = Some((header, body, filled + n)),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.partial = Some((header, body, filled));
+                        return ReadOutcome { frames, closed: false };
+                    }
+                    Err(_) => return ReadOutcome { frames, closed: true },
+                }
+                continue;
+            }
+            self.parse_staged(&mut frames);
+            if self.partial.is_some() {
+                continue;
+            }
+            // Compact, then refill the staging buffer.
+            if self.start > 0 {
+                self.stage.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            }
+            match read_into(fd, &mut self.stage[self.end..]) {
+                Ok(0) => return ReadOutcome { frames, closed: true },
+                Ok(n) => self.end += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return ReadOutcome { frames, closed: false }
+                }
+                Err(_) => return ReadOutcome { frames, closed: true },
+            }
+        }
+    }
+
+    /// Take complete frames out of the staging buffer; start a partial one if a body
+    /// does not fit.
+    fn parse_staged(&mut self, frames: &mut Vec<Frame>) {
+        while self.end - self.start >= HEADER_LEN {
+            let header = Header::decode(&self.stage[self.start..self.start + HEADER_LEN]);
+            let body_start = self.start + HEADER_LEN;
+            let available = self.end - body_start;
+            let len = header.len as usize;
+            if available >= len {
+                let body = self.stage[body_start..body_start + len].to_vec();
+                self.start = body_start + len;
+                frames.push(Frame { header, body });
+            } else if HEADER_LEN + len <= self.stage.len() {
+                return; // fits in the stage once more bytes arrive
+            } else {
+                let mut body = vec![0u8; len];
+                body[..available].copy_from_slice(&self.stage[body_start..self.end]);
+                self.start = 0;
+                self.end = 0;
+                self.partial = Some((header, body, available));
+                return;
+            }
+        }
+    }
+}
+
+/// One outgoing frame: its header and the body segments, shared with the task table so
+/// a task can be re-sent elsewhere if its worker dies before running it.
+pub struct OutFrame {
+    header: [u8; HEADER_LEN],
+    body: Arc<Vec<u8>>,
+}
+
+impl OutFrame {
+    pub fn new(task_id: u64, kind: u32, body: Arc<Vec<u8>>) -> OutFrame {
+        let header = Header {
+            len: body.len() as u64,
+            task_id,
+            kind,
+        };
+        OutFrame {
+            header: header.encode(),
+            body,
+        }
+    }
+
+    fn len(&self) -> usize {
+        HEADER_LEN + self.body.len()
+    }
+}
+
+/// Frames waiting to be written to a non-blocking descriptor.
+#[derive(Default)]
+pub struct FrameWriter {
+    queue: VecDeque<OutFrame>,
+    /// Bytes of the first queued frame already written.
+    written: usize,
+}
+
+const MAX_IOVECS: usize = 64;
+
+impl FrameWriter {
+    pub fn push(&mut self, frame: OutFrame) {
+        self.queue.push_back(frame);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Write as much as the descriptor takes. Returns Err on a broken channel.
+    pub fn flush(&mut self, fd: RawFd) -> io::Result<()> {
+        while !self.queue.is_empty() {
+            let mut iov: Vec<libc::iovec> = Vec::with_capacity(MAX_IOVECS);
+            let mut skip = self.written;
+            for frame in self.queue.iter() {
+                for part in [&frame.header[..], &frame.body[..]] {
+                    if skip >= part.len() {
+                        skip -= part.len();
+                        continue;
+                    }
+                    let rest = &part[skip..];
+                    skip = 0;
+                    iov.push(libc::iovec {
+                        iov_base: rest.as_ptr() as *mut libc::c_void,
+                        iov_len: rest.len(),
+                    });
+                }
+                if iov.len() >= MAX_IOVECS - 1 {
+                    break;
+                }
+            }
+            // SAFETY: every iovec points into a frame owned by self.queue, alive for the call.
+            let n = unsafe { libc::writev(fd, iov.as_ptr(), iov.len() as libc::c_int) };
+            if n < 0 {
+                let err = io::Error::last_os_error();
+                match err.kind() {
+                    io::ErrorKind::Interrupted => continue,
+                    io::ErrorKind::WouldBlock => return Ok(()),
+                    _ => return Err(err),
+                }
+            }
+            self.advance(n as usize);
+        }
+        Ok(())
+    }
+
+    fn advance(&mut self, mut n: usize) {
+        while n > 0 {
+            let remaining = self.queue[0].len() - self.written;
+            if n >= remaining {
+                n -= remaining;
+                self.written = 0;
+                self.queue.pop_front();
+            } else {
+                self.written += n;
+                n = 0;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    fn pair() -> (std::os::unix::net::UnixStream, std::os::unix::net::UnixStream) {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        b.set_nonblocking(true).unwrap();
+        (a, b)
+    }
+
+    #[test]
+    fn header_roundtrip_keeps_64_bit_lengths() {
+        let h = Header {
+            len: 5 << 32,
+            task_id: u64::MAX - 1,
+            kind: READY,
+        };
+        assert_eq!(Header::decode(&h.encode()), h);
+    }
+
+    #[test]
+    fn many_small_frames_and_one_large_arrive_intact() {
+        let (a, b) = pair();
+        let mut writer = FrameWriter::default();
+        let mut reader = FrameReader::default();
+        let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        for id in 0..100u64 {
+            writer.push(OutFrame::new(id, TASK, Arc::new(vec![id as u8; id as usize])));
+        }
+        writer.push(OutFrame::new(1000, TASK, Arc::new(big.clone())));
+        let mut got = Vec::new();
+        while got.len() < 101 {
+            writer.flush(a.as_raw_fd()).unwrap();
+            let out = reader.read_available(b.as_raw_fd());
+            assert!(!out.closed);
+            got.extend(out.frames);
+        }
+        assert!(writer.is_empty());
+        for (id, frame) in got.iter().take(100).enumerate() {
+            assert_eq!(frame.header.task_id, id as u64);
+            assert_eq!(frame.body, vec![id as u8; id]);
+        }
+        assert_eq!(got[100].header.task_id, 1000);
+        assert_eq!(got[100].body, big);
+    }
+
+    #[test]
+    fn reports_closed_peer() {
+        let (a, b) = pair();
+        drop(a);
+        let mut reader = FrameReader::default();
+        assert!(reader.read_available(b.as_raw_fd()).closed);
+    }
+}
