@@ -58,7 +58,8 @@ struct Pool {
 #[pymethods]
 impl Pool {
     #[new]
-    #[pyo3(signature = (program, args, env, init, max_workers, idle_timeout=None, max_tasks_per_child=None))]
+    #[pyo3(signature = (program, args, env, init, max_workers, idle_timeout=None, max_tasks_per_child=None, pass_fds=Vec::new()))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         program: String,
         args: Vec<String>,
@@ -67,6 +68,7 @@ impl Pool {
         max_workers: usize,
         idle_timeout: Option<f64>,
         max_tasks_per_child: Option<u64>,
+        pass_fds: Vec<i32>,
     ) -> PyResult<Self> {
         if max_workers == 0 {
             return Err(PyValueError::new_err("max_workers must be greater than 0"));
@@ -80,7 +82,12 @@ impl Pool {
             t => t.map(Duration::from_secs_f64),
         };
         let config = Config {
-            command: WorkerCommand { program, args, env },
+            command: WorkerCommand {
+                program,
+                args,
+                env,
+                pass_fds,
+            },
             init: init.into(),
             max_workers,
             idle_timeout,
@@ -142,6 +149,35 @@ impl Pool {
     }
 }
 
+/// Fork+exec `program` with `args`, the environment overrides `env`, and `pass_fds`
+/// inherited. Returns (pid, pidfd); the caller owns the pidfd (pollable: readable once
+/// the process has exited) and reaps the child with `reap`.
+#[pyfunction]
+#[pyo3(signature = (program, args, env, pass_fds=Vec::new()))]
+fn spawn_process(
+    program: String,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    pass_fds: Vec<i32>,
+) -> PyResult<(i32, i32)> {
+    let cmd = WorkerCommand {
+        program,
+        args,
+        env,
+        pass_fds,
+    };
+    let (pid, pidfd) = spawn::spawn_process(&cmd)
+        .map_err(|e| PyOSError::new_err(format!("could not start '{}': {e}", cmd.program)))?;
+    Ok((pid, std::os::fd::IntoRawFd::into_raw_fd(pidfd)))
+}
+
+/// Reap the child behind `pidfd` if it has exited: its exit code, or minus the signal
+/// that killed it; None while it runs. Does not close `pidfd`.
+#[pyfunction]
+fn reap(pidfd: i32) -> PyResult<Option<i32>> {
+    spawn::try_reap(pidfd).map_err(|e| PyOSError::new_err(e.to_string()))
+}
+
 /// Number of CPUs this process can use (see `loky.cpu_count`). `root` points the
 /// /proc and /sys lookups at another directory tree (for tests).
 #[pyfunction]
@@ -155,6 +191,8 @@ fn cpu_count(only_physical_cores: bool, limit: Option<i64>, root: &str) -> usize
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Pool>()?;
     m.add_function(wrap_pyfunction!(cpu_count, m)?)?;
+    m.add_function(wrap_pyfunction!(spawn_process, m)?)?;
+    m.add_function(wrap_pyfunction!(reap, m)?)?;
     m.add("EV_RESULT", EV_RESULT)?;
     m.add("EV_WORKER_DIED", EV_WORKER_DIED)?;
     m.add("EV_INIT_FAILED", EV_INIT_FAILED)?;

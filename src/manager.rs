@@ -452,7 +452,7 @@ impl ManagerLoop {
         }
         // Remove from the back so earlier indices stay valid.
         for &i in exited.iter().rev() {
-            if let Ok(Some(exitcode)) = try_reap(&self.workers[i].pidfd) {
+            if let Ok(Some(exitcode)) = try_reap(self.workers[i].pidfd.as_raw_fd()) {
                 let worker = self.workers.remove(i);
                 self.on_exit(worker, exitcode);
             }
@@ -568,7 +568,7 @@ fn wait_for_exit(pidfd: &OwnedFd) {
         revents: 0,
     };
     loop {
-        if let Ok(Some(_)) | Err(_) = try_reap(pidfd) {
+        if let Ok(Some(_)) | Err(_) = try_reap(pidfd.as_raw_fd()) {
             return;
         }
         // SAFETY: polls one live pollfd.

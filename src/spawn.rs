@@ -15,6 +15,17 @@ pub struct WorkerCommand {
     pub program: String,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// Descriptors the child inherits under the same numbers (e.g. a tracker's pipe).
+    pub pass_fds: Vec<RawFd>,
+}
+
+/// Clear FD_CLOEXEC so `fd` survives exec. Async-signal-safe.
+fn inherit(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor number; an invalid one only returns an error.
+    let flags = cvt(unsafe { libc::fcntl(fd, libc::F_GETFD) })?;
+    // SAFETY: as above.
+    cvt(unsafe { libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) })?;
+    Ok(())
 }
 
 /// A started worker process, its pidfd and the parent's end of its channel.
@@ -88,21 +99,20 @@ pub fn spawn_worker(cmd: &WorkerCommand) -> io::Result<Spawned> {
     let child_fd = child_end.as_raw_fd();
     let parent_pid = std::process::id() as libc::pid_t;
 
-    let mut command = Command::new(&cmd.program);
-    command.args(&cmd.args).stdin(Stdio::null());
-    for (key, value) in &cmd.env {
-        command.env(key, value);
-    }
+    let mut command = command_for(cmd);
+    let pass_fds = cmd.pass_fds.clone();
     // SAFETY: the closure runs in the forked child before exec and only makes
     // async-signal-safe libc calls on descriptors and ids it owns.
     unsafe {
         command.pre_exec(move || {
             if child_fd == WORKER_FD {
-                let flags = cvt(libc::fcntl(WORKER_FD, libc::F_GETFD))?;
-                cvt(libc::fcntl(WORKER_FD, libc::F_SETFD, flags & !libc::FD_CLOEXEC))?;
+                inherit(WORKER_FD)?;
             } else {
                 // dup2 clears FD_CLOEXEC on the new descriptor.
                 cvt(libc::dup2(child_fd, WORKER_FD))?;
+            }
+            for &fd in &pass_fds {
+                inherit(fd)?;
             }
             // Own process group: killing the group takes the worker's children with it,
             // and a terminal's Ctrl-C goes to the parent only, which then stops the pool.
@@ -129,16 +139,45 @@ pub fn spawn_worker(cmd: &WorkerCommand) -> io::Result<Spawned> {
     })
 }
 
+fn command_for(cmd: &WorkerCommand) -> Command {
+    let mut command = Command::new(&cmd.program);
+    command.args(&cmd.args).stdin(Stdio::null());
+    for (key, value) in &cmd.env {
+        command.env(key, value);
+    }
+    command
+}
+
+/// Fork+exec a plain child (no channel, same process group): for multiprocessing-style
+/// processes, which manage their own pipes through `pass_fds`.
+pub fn spawn_process(cmd: &WorkerCommand) -> io::Result<(i32, OwnedFd)> {
+    let mut command = command_for(cmd);
+    let pass_fds = cmd.pass_fds.clone();
+    // SAFETY: the closure only clears FD_CLOEXEC (fcntl is async-signal-safe).
+    unsafe {
+        command.pre_exec(move || {
+            for &fd in &pass_fds {
+                inherit(fd)?;
+            }
+            Ok(())
+        });
+    }
+    let child = command.spawn()?;
+    let pid = child.id() as i32;
+    drop(child);
+    Ok((pid, pidfd_open(pid)?))
+}
+
 /// The exit status of a reaped worker in `multiprocessing` convention: the exit code,
 /// or minus the signal number that killed it. `None` while it is still running.
-pub fn try_reap(pidfd: &OwnedFd) -> io::Result<Option<i32>> {
+pub fn try_reap(pidfd: RawFd) -> io::Result<Option<i32>> {
     // SAFETY: siginfo_t is plain data; zeroed is a valid initial value.
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    // SAFETY: pidfd is an open pidfd and info points to a live siginfo_t.
+    // SAFETY: info points to a live siginfo_t; a bad pidfd only yields an error.
     cvt(unsafe {
         libc::waitid(
             libc::P_PIDFD,
-            pidfd.as_raw_fd() as libc::id_t,
+            pidfd as libc::id_t,
             &mut info,
             libc::WEXITED | libc::WNOHANG,
         )
