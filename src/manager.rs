@@ -116,11 +116,19 @@ impl Manager {
     }
 
     pub fn submit(&self, id: u64, body: Vec<u8>) {
-        self.shared.control.lock().pending.push_back(Task {
-            id,
-            body: Arc::new(body),
-        });
-        self.shared.wake();
+        let was_empty = {
+            let mut control = self.shared.control.lock();
+            control.pending.push_back(Task {
+                id,
+                body: Arc::new(body),
+            });
+            control.pending.len() == 1
+        };
+        // A non-empty queue means the manager was already told, or is waiting for a
+        // worker to free up, which wakes it anyway.
+        if was_empty {
+            self.shared.wake();
+        }
     }
 
     /// Remove a task that no worker has received yet. False if it is already out.

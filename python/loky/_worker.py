@@ -120,7 +120,8 @@ def _traceback_text(exc):
 class Runner:
     """Runs tasks and turns their outcome into bytes for the parent."""
 
-    def __init__(self):
+    def __init__(self, pickler_name):
+        self.pickler_name = pickler_name
         self.result_reducers = None
 
     def dumps(self, outcome):
@@ -131,9 +132,14 @@ class Runner:
                 return pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
             except Exception:
                 pass
-        from .backend.reduction import dumps_bytes
+        return self._loky_reduction().dumps_bytes(outcome, reducers=self.result_reducers)
 
-        return dumps_bytes(outcome, reducers=self.result_reducers)
+    def _loky_reduction(self):
+        from .backend import reduction
+
+        if self.pickler_name and reduction.get_loky_pickler_name() != self.pickler_name:
+            reduction.set_loky_pickler(self.pickler_name)
+        return reduction
 
     def run(self, body):
         try:
@@ -161,6 +167,44 @@ class Runner:
             return self.dumps((RAISED, pickle.PicklingError(repr(exc)), text))
 
 
+class MemoryGuard:
+    """Between tasks, at most once a second: collect garbage and, on Linux, compare the
+    resident size with the one measured after the first task. A worker that grew more
+    than LOKY_MAX_MEMORY_LEAK_SIZE bytes (default 300 MB) asks to be replaced."""
+
+    CHECK_INTERVAL = 1.0
+
+    def __init__(self):
+        self.limit = int(float(os.environ.get("LOKY_MAX_MEMORY_LEAK_SIZE", 3e8)))
+        self.reference = None
+        self.last_check = monotonic()
+
+    @staticmethod
+    def resident_bytes():
+        try:
+            with open("/proc/self/statm", "rb") as statm:
+                return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def leaking(self):
+        """Called after each task; True if this worker should be replaced."""
+        now = monotonic()
+        if self.reference is not None and now - self.last_check < self.CHECK_INTERVAL:
+            return False
+        import gc
+
+        gc.collect()
+        self.last_check = monotonic()
+        size = self.resident_bytes()
+        if size is None:
+            return False
+        if self.reference is None:
+            self.reference = size
+            return False
+        return size - self.reference > self.limit
+
+
 def _setup(settings):
     global DEPTH
     DEPTH = settings["depth"]
@@ -179,7 +223,7 @@ def main():
         return
     settings, initializer_blob = pickle.loads(body)
     _setup(settings)
-    runner = Runner()
+    runner = Runner(settings.get("pickler"))
     try:
         initializer, initargs, runner.result_reducers = pickle.loads(initializer_blob)
         if initializer is not None:
@@ -195,6 +239,7 @@ def main():
     channel.queue(KIND_READY, 0, b"")
     channel.flush()
     del body, initializer_blob
+    memory = MemoryGuard()
     batch_started = 0.0
     try:
         while True:
@@ -203,6 +248,10 @@ def main():
                 batch_started = monotonic()
             channel.queue(KIND_RESULT, task_id, runner.run(body))
             del body
+            if memory.leaking():
+                # Tasks already sent here go to other workers.
+                channel.queue(KIND_RETIRING, 0, b"")
+                break
             # Results go back in batches while more tasks are already queued here,
             # but none waits long for the others.
             if not channel.has_frame() or monotonic() - batch_started > BATCH_HOLD:

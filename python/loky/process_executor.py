@@ -372,7 +372,11 @@ class ProcessPoolExecutor(Executor):
     # -- starting ---------------------------------------------------------------
 
     def _init_message(self):
-        settings = {"depth": _CURRENT_DEPTH + 1, "sys_path": list(sys.path)}
+        settings = {
+            "depth": _CURRENT_DEPTH + 1,
+            "sys_path": list(sys.path),
+            "pickler": reduction.get_loky_pickler_name(),
+        }
         initializer = reduction.dumps_bytes(
             (self._initializer, self._initargs, self._result_reducers),
             reducers=self._job_reducers,

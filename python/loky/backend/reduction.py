@@ -29,10 +29,34 @@ _registered_reducers = {}
 _LokyPickler = None
 _loky_pickler_name = None
 
+# The slot the C pickler reads its dispatch table from.
+_C_DISPATCH_TABLE = pickle.Pickler.__dict__["dispatch_table"]
+
 
 def register(type_, reduce_function):
     """Make every loky pickler reduce instances of `type_` with `reduce_function`."""
     _registered_reducers[type_] = reduce_function
+
+
+# (id of the per-call reducers, sizes of the tables merged) -> (reducers, merged table).
+# Building a dispatch table costs more than pickling a small task, so it is done once
+# per set of reducers; the sizes notice registrations made since.
+_merged_tables = {}
+
+
+def _dispatch_table(base, reducers):
+    key = (id(reducers), len(copyreg.dispatch_table), len(_registered_reducers))
+    cached = _merged_tables.get(key)
+    if cached is not None and cached[0] is reducers:
+        return cached[1]
+    table = dict(getattr(base, "dispatch_table", None) or copyreg.dispatch_table)
+    table.update(_registered_reducers)
+    if reducers:
+        table.update(reducers)
+    if len(_merged_tables) > 16:
+        _merged_tables.clear()
+    _merged_tables[key] = (reducers, table)
+    return table
 
 
 def _pickler_base(name):
@@ -68,16 +92,17 @@ def set_loky_pickler(loky_pickler=None):
         """`base` with the registered reducers and per-call ones in its dispatch table."""
 
         def __init__(self, file, reducers=None, protocol=HIGHEST_PROTOCOL):
-            table = dict(getattr(base, "dispatch_table", None) or copyreg.dispatch_table)
-            table.update(_registered_reducers)
-            if reducers:
-                table.update(reducers)
             # The C pickler reads its dispatch table when it is initialized.
-            self.dispatch_table = table
+            self.dispatch_table = _dispatch_table(base, reducers)
             base.__init__(self, file, protocol=protocol)
 
         def register(self, type_, reduce_function):
-            self.dispatch_table[type_] = reduce_function
+            """Reduce `type_` with `reduce_function` in this pickler only."""
+            table = dict(self.dispatch_table)  # the shared table stays as it is
+            table[type_] = reduce_function
+            self.dispatch_table = table
+            if isinstance(self, pickle.Pickler):
+                _C_DISPATCH_TABLE.__set__(self, table)
 
     LokyPickler.__qualname__ = LokyPickler.__name__ = f"LokyPickler[{loky_pickler}]"
     _LokyPickler = LokyPickler
