@@ -5,6 +5,7 @@ mod cpu;
 mod manager;
 mod procfs;
 mod spawn;
+mod template;
 mod wire;
 mod worker_table;
 
@@ -58,7 +59,7 @@ struct Pool {
 #[pymethods]
 impl Pool {
     #[new]
-    #[pyo3(signature = (program, args, env, init, max_workers, idle_timeout=None, max_tasks_per_child=None, pass_fds=Vec::new()))]
+    #[pyo3(signature = (program, args, env, init, max_workers, idle_timeout=None, max_tasks_per_child=None, pass_fds=Vec::new(), template_args=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         program: String,
@@ -69,6 +70,7 @@ impl Pool {
         idle_timeout: Option<f64>,
         max_tasks_per_child: Option<u64>,
         pass_fds: Vec<i32>,
+        template_args: Option<Vec<String>>,
     ) -> PyResult<Self> {
         if max_workers == 0 {
             return Err(PyValueError::new_err("max_workers must be greater than 0"));
@@ -81,13 +83,19 @@ impl Pool {
             }
             t => t.map(Duration::from_secs_f64),
         };
+        let command = WorkerCommand {
+            program,
+            args,
+            env,
+            pass_fds,
+        };
+        let template = template_args.map(|args| WorkerCommand {
+            args,
+            ..command.clone()
+        });
         let config = Config {
-            command: WorkerCommand {
-                program,
-                args,
-                env,
-                pass_fds,
-            },
+            command,
+            template,
             init: init.into(),
             max_workers,
             idle_timeout,
@@ -178,6 +186,34 @@ fn reap(pidfd: i32) -> PyResult<Option<i32>> {
     spawn::try_reap(pidfd).map_err(|e| PyOSError::new_err(e.to_string()))
 }
 
+/// Template side: block (without the GIL) until the manager asks for a worker or a
+/// forked worker exits. Returns ("fork", socket fd), ("exited", index into
+/// `children`) or ("closed", -1).
+#[pyfunction]
+fn template_next(py: Python<'_>, control: i32, children: Vec<i32>) -> PyResult<(&'static str, i64)> {
+    let request = py
+        .detach(|| template::next_request(control, &children))
+        .map_err(|e| PyOSError::new_err(format!("template control socket: {e}")))?;
+    Ok(match request {
+        template::Request::Fork(fd) => ("fork", std::os::fd::IntoRawFd::into_raw_fd(fd) as i64),
+        template::Request::ChildExited(i) => ("exited", i as i64),
+        template::Request::Closed => ("closed", -1),
+    })
+}
+
+/// In a worker just forked by the template: own process group, and die with the
+/// template (which dies with the executor's process). False if the template is gone.
+#[pyfunction]
+fn detach_forked_worker(template_pid: i32) -> PyResult<bool> {
+    // SAFETY: plain syscalls on our own process.
+    unsafe {
+        if libc::setpgid(0, 0) != 0 || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+            return Err(PyOSError::new_err(std::io::Error::last_os_error().to_string()));
+        }
+        Ok(libc::getppid() == template_pid)
+    }
+}
+
 /// Number of CPUs this process can use (see `loky.cpu_count`). `root` points the
 /// /proc and /sys lookups at another directory tree (for tests).
 #[pyfunction]
@@ -193,6 +229,10 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cpu_count, m)?)?;
     m.add_function(wrap_pyfunction!(spawn_process, m)?)?;
     m.add_function(wrap_pyfunction!(reap, m)?)?;
+    m.add_function(wrap_pyfunction!(template_next, m)?)?;
+    m.add_function(wrap_pyfunction!(detach_forked_worker, m)?)?;
+    m.add("KIND_FORKED", template::FORKED)?;
+    m.add("KIND_EXITED", template::EXITED)?;
     m.add("EV_RESULT", EV_RESULT)?;
     m.add("EV_WORKER_DIED", EV_WORKER_DIED)?;
     m.add("EV_INIT_FAILED", EV_INIT_FAILED)?;

@@ -22,12 +22,15 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
 
-use crate::spawn::{kill_tree, spawn_worker, try_reap, WorkerCommand};
+use crate::spawn::{kill_tree, pidfd_open, spawn_worker, try_reap, Spawned, WorkerCommand};
+use crate::template::{Template, EXITED, FORKED};
 use crate::wire::{Frame, INIT_FAILED, READY, RESULT, RETIRING};
 use crate::worker_table::{State, Task, Worker};
 
 pub struct Config {
     pub command: WorkerCommand,
+    /// How to start the template that forks replacement workers; None: always exec.
+    pub template: Option<WorkerCommand>,
     /// Body of the first message every worker gets (settings and initializer).
     pub init: Arc<Vec<u8>>,
     pub max_workers: usize,
@@ -211,6 +214,9 @@ struct ManagerLoop {
     broken: bool,
     /// Moving average of how long a task keeps a worker busy.
     service_time: Option<Duration>,
+    template: Option<Template>,
+    /// The template could not start or died: start workers with exec only.
+    template_failed: bool,
 }
 
 impl ManagerLoop {
@@ -223,6 +229,8 @@ impl ManagerLoop {
             replacements_owed: 0,
             broken: false,
             service_time: None,
+            template: None,
+            template_failed: false,
         }
     }
 
@@ -241,6 +249,9 @@ impl ManagerLoop {
                 break;
             }
             self.adjust_pool(max_workers, shutdown.is_some());
+            if shutdown.is_none() {
+                self.maybe_start_template();
+            }
             self.dispatch();
             self.retire_idle(shutdown.is_some());
             self.flush_all();
@@ -250,8 +261,44 @@ impl ManagerLoop {
             }
             self.wait_and_handle();
         }
+        if let Some(template) = self.template.take() {
+            // Its workers are gone; EOF on its socket makes it exit.
+            let pidfd = template.process.pidfd;
+            drop(template.process.channel);
+            wait_for_exit(&pidfd);
+        }
         self.publish_pids();
         self.emit(Event::Closed);
+    }
+
+    /// Start the template once the first workers are up, so it does not compete with
+    /// them for the CPU during a cold start.
+    fn maybe_start_template(&mut self) {
+        let Some(command) = &self.config.template else {
+            return;
+        };
+        if self.template.is_some() || self.template_failed || self.broken {
+            return;
+        }
+        let starting = self.workers.iter().any(|w| w.state == State::Starting);
+        let ready = self.workers.iter().any(|w| w.state == State::Ready);
+        if starting || !ready {
+            return;
+        }
+        match Template::start(command) {
+            Ok(template) => self.template = Some(template),
+            Err(_) => self.template_failed = true,
+        }
+    }
+
+    /// Start one worker: forked by the template when it is ready, else exec'd.
+    fn start_worker(&mut self) -> io::Result<()> {
+        if let Some(template) = self.template.as_mut().filter(|t| t.ready) {
+            return template.request();
+        }
+        let spawned = spawn_worker(&self.config.command)?;
+        self.workers.push(Worker::new(spawned, &self.config.init, false));
+        Ok(())
     }
 
     fn nothing_pending(&self) -> bool {
@@ -265,7 +312,8 @@ impl ManagerLoop {
     /// Start workers up to the target while there is work (or a replacement is owed);
     /// drain the surplus when the target shrank.
     fn adjust_pool(&mut self, target: usize, shutting_down: bool) {
-        let live = self.workers.iter().filter(|w| w.is_live()).count();
+        let forking = self.template.as_ref().map_or(0, |t| t.requested.len());
+        let live = self.workers.iter().filter(|w| w.is_live()).count() + forking;
         if live > target {
             self.shrink(live - target);
             return;
@@ -283,8 +331,8 @@ impl ManagerLoop {
         };
         self.replacements_owed = 0;
         for _ in 0..wanted {
-            match spawn_worker(&self.config.command) {
-                Ok(spawned) => self.workers.push(Worker::new(spawned, &self.config.init)),
+            match self.start_worker() {
+                Ok(()) => {}
                 Err(err) => {
                     self.broken = true;
                     self.emit(Event::StartFailed {
@@ -382,6 +430,11 @@ impl ManagerLoop {
     }
 
     fn flush_all(&mut self) {
+        if let Some(template) = self.template.as_mut() {
+            if template.writer.flush(template.fd()).is_err() {
+                self.template_failed = true; // its exit is handled when its pidfd fires
+            }
+        }
         for worker in self.workers.iter_mut() {
             if worker.channel_closed || worker.writer.is_empty() {
                 continue;
@@ -416,8 +469,9 @@ impl ManagerLoop {
             revents: 0,
         }];
         for worker in &self.workers {
+            // The template reports the exit of the workers it forked.
             fds.push(libc::pollfd {
-                fd: worker.pidfd.as_raw_fd(),
+                fd: if worker.from_template { -1 } else { worker.pidfd.as_raw_fd() },
                 events: libc::POLLIN,
                 revents: 0,
             });
@@ -427,6 +481,23 @@ impl ManagerLoop {
             }
             fds.push(libc::pollfd {
                 fd: if worker.channel_closed { -1 } else { worker.fd() },
+                events,
+                revents: 0,
+            });
+        }
+        let workers_end = fds.len();
+        if let Some(template) = &self.template {
+            fds.push(libc::pollfd {
+                fd: template.process.pidfd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+            let mut events = libc::POLLIN;
+            if !template.writer.is_empty() {
+                events |= libc::POLLOUT;
+            }
+            fds.push(libc::pollfd {
+                fd: template.fd(),
                 events,
                 revents: 0,
             });
@@ -447,7 +518,7 @@ impl ManagerLoop {
         }
         // Read channels first, so results written just before an exit are not lost.
         let mut exited = Vec::new();
-        for (i, worker_fds) in fds[1..].chunks(2).enumerate() {
+        for (i, worker_fds) in fds[1..workers_end].chunks(2).enumerate() {
             let (pid_fd, chan) = (worker_fds[0], worker_fds[1]);
             if chan.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0
                 || pid_fd.revents != 0
@@ -463,6 +534,78 @@ impl ManagerLoop {
             if let Ok(Some(exitcode)) = try_reap(self.workers[i].pidfd.as_raw_fd()) {
                 let worker = self.workers.remove(i);
                 self.on_exit(worker, exitcode);
+            }
+        }
+        if let [pid_fd, chan] = fds[workers_end..] {
+            if chan.revents != 0 {
+                self.read_template();
+            }
+            if pid_fd.revents != 0 {
+                self.on_template_exit();
+            }
+        }
+    }
+
+    fn read_template(&mut self) {
+        let Some(template) = self.template.as_mut() else {
+            return;
+        };
+        let outcome = template.reader.read_available(template.fd());
+        for frame in outcome.frames {
+            let pid = frame.header.task_id as i32;
+            match frame.header.kind {
+                READY => {
+                    if let Some(t) = self.template.as_mut() {
+                        t.ready = true;
+                    }
+                }
+                FORKED => self.on_forked(pid),
+                EXITED => {
+                    let code = frame.body.get(..8).map_or(-1, |b| {
+                        i64::from_le_bytes(b.try_into().unwrap()) as i32
+                    });
+                    if let Some(i) = self.workers.iter().position(|w| w.pid == pid) {
+                        self.read_worker(i); // results written just before the exit
+                        let worker = self.workers.remove(i);
+                        self.on_exit(worker, code);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn on_forked(&mut self, pid: i32) {
+        let Some(channel) = self.template.as_mut().and_then(|t| t.requested.pop_front()) else {
+            return;
+        };
+        match pidfd_open(pid) {
+            Ok(pidfd) => {
+                let spawned = Spawned { pid, pidfd, channel };
+                self.workers.push(Worker::new(spawned, &self.config.init, true));
+            }
+            // Gone already: the template reports its exit, and the pool tops up.
+            Err(_) => self.replacements_owed += 1,
+        }
+    }
+
+    /// The template died (it should not): its workers die with it (parent-death
+    /// signal). Count them as killed and go on with exec'd workers.
+    fn on_template_exit(&mut self) {
+        let Some(template) = self.template.take() else {
+            return;
+        };
+        wait_for_exit(&template.process.pidfd);
+        self.template_failed = true;
+        let mut i = 0;
+        while i < self.workers.len() {
+            if self.workers[i].from_template {
+                self.read_worker(i);
+                let worker = self.workers.remove(i);
+                kill_tree(worker.pid, libc::SIGKILL);
+                self.on_exit(worker, -libc::SIGKILL);
+            } else {
+                i += 1;
             }
         }
     }
@@ -561,25 +704,28 @@ impl ManagerLoop {
         for worker in &self.workers {
             kill_tree(worker.pid, libc::SIGKILL);
         }
+        if let Some(template) = &self.template {
+            kill_tree(template.process.pid, libc::SIGKILL);
+        }
         for worker in self.workers.drain(..) {
             wait_for_exit(&worker.pidfd);
+        }
+        if let Some(template) = self.template.take() {
+            wait_for_exit(&template.process.pidfd);
         }
         self.shared.control.lock().pending.clear();
     }
 }
 
-/// Block until the process behind `pidfd` has exited, then reap it.
+/// Block until the process behind `pidfd` has exited, then reap it if it is our child
+/// (the template reaps the workers it forked).
 fn wait_for_exit(pidfd: &OwnedFd) {
     let mut fd = libc::pollfd {
         fd: pidfd.as_raw_fd() as RawFd,
         events: libc::POLLIN,
         revents: 0,
     };
-    loop {
-        if let Ok(Some(_)) | Err(_) = try_reap(pidfd.as_raw_fd()) {
-            return;
-        }
-        // SAFETY: polls one live pollfd.
-        unsafe { libc::poll(&mut fd, 1, 1000) };
-    }
+    // SAFETY: polls one live pollfd; readable once the process has exited.
+    while unsafe { libc::poll(&mut fd, 1, -1) } < 0 {}
+    let _ = try_reap(pidfd.as_raw_fd());
 }

@@ -87,15 +87,21 @@ fn set_buffer_sizes(fd: RawFd) {
     }
 }
 
-/// Fork+exec one worker. Between fork and exec the child only calls async-signal-safe
-/// functions (dup2, fcntl, setpgid, prctl).
-pub fn spawn_worker(cmd: &WorkerCommand) -> io::Result<Spawned> {
+/// A worker's channel: (the manager's end, non-blocking; the worker's end).
+pub fn channel_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     let (parent_end, child_end) = socketpair()?;
     // The manager multiplexes with poll: its end never blocks.
     // SAFETY: fcntl on a descriptor we own.
     cvt(unsafe { libc::fcntl(parent_end.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) })?;
     set_buffer_sizes(parent_end.as_raw_fd());
     set_buffer_sizes(child_end.as_raw_fd());
+    Ok((parent_end, child_end))
+}
+
+/// Fork+exec one worker. Between fork and exec the child only calls async-signal-safe
+/// functions (dup2, fcntl, setpgid, prctl).
+pub fn spawn_worker(cmd: &WorkerCommand) -> io::Result<Spawned> {
+    let (parent_end, child_end) = channel_pair()?;
     let child_fd = child_end.as_raw_fd();
     let parent_pid = std::process::id() as libc::pid_t;
 

@@ -12,7 +12,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
 pub const HEADER_LEN: usize = 24;
@@ -171,11 +171,13 @@ impl FrameReader {
     }
 }
 
-/// One outgoing frame: its header and the body segments, shared with the task table so
-/// a task can be re-sent elsewhere if its worker dies before running it.
+/// One outgoing frame: its header, its body (shared with the task table so a task can
+/// be re-sent elsewhere if its worker dies before running it) and optionally a
+/// descriptor that travels with its first byte (SCM_RIGHTS).
 pub struct OutFrame {
     header: [u8; HEADER_LEN],
     body: Arc<Vec<u8>>,
+    fd: Option<OwnedFd>,
 }
 
 impl OutFrame {
@@ -188,7 +190,13 @@ impl OutFrame {
         OutFrame {
             header: header.encode(),
             body,
+            fd: None,
         }
+    }
+
+    pub fn with_fd(mut self, fd: OwnedFd) -> OutFrame {
+        self.fd = Some(fd);
+        self
     }
 
     fn len(&self) -> usize {
@@ -220,7 +228,13 @@ impl FrameWriter {
         while !self.queue.is_empty() {
             let mut iov: Vec<libc::iovec> = Vec::with_capacity(MAX_IOVECS);
             let mut skip = self.written;
-            for frame in self.queue.iter() {
+            // A frame carrying a descriptor starts a call of its own, so the descriptor
+            // arrives with that frame's first byte.
+            let passing = if self.written == 0 { self.queue[0].fd.as_ref() } else { None };
+            for (i, frame) in self.queue.iter().enumerate() {
+                if i > 0 && (passing.is_some() || frame.fd.is_some()) {
+                    break;
+                }
                 for part in [&frame.header[..], &frame.body[..]] {
                     if skip >= part.len() {
                         skip -= part.len();
@@ -237,8 +251,7 @@ impl FrameWriter {
                     break;
                 }
             }
-            // SAFETY: every iovec points into a frame owned by self.queue, alive for the call.
-            let n = unsafe { libc::writev(fd, iov.as_ptr(), iov.len() as libc::c_int) };
+            let n = send_iov(fd, &iov, passing.map(|p| p.as_raw_fd()));
             if n < 0 {
                 let err = io::Error::last_os_error();
                 match err.kind() {
@@ -253,6 +266,10 @@ impl FrameWriter {
     }
 
     fn advance(&mut self, mut n: usize) {
+        if n > 0 {
+            // Sent with the first byte: the peer holds its own copy now.
+            self.queue[0].fd = None;
+        }
         while n > 0 {
             let remaining = self.queue[0].len() - self.written;
             if n >= remaining {
@@ -264,6 +281,67 @@ impl FrameWriter {
                 n = 0;
             }
         }
+    }
+}
+
+/// sendmsg(2) of `iov`, with a descriptor attached if given. MSG_NOSIGNAL: a dead peer
+/// is an error to handle, not a SIGPIPE.
+fn send_iov(sock: RawFd, iov: &[libc::iovec], fd: Option<RawFd>) -> isize {
+    // SAFETY: CMSG_SPACE is a pure size computation.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
+    let mut control = vec![0u8; space];
+    // SAFETY: msghdr is plain data; every pointer set below outlives the sendmsg call,
+    // and the control buffer is large enough for one descriptor (CMSG_SPACE).
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
+        msg.msg_iovlen = iov.len();
+        let Some(fd) = fd else {
+            return libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL);
+        };
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut RawFd, fd);
+        libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL)
+    }
+}
+
+/// recvmsg(2) into `buf`, accepting at most one descriptor. Returns the byte count
+/// and the descriptor, if one came with these bytes.
+pub fn recv_with_fd(sock: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<OwnedFd>)> {
+    // SAFETY: CMSG_SPACE is a pure size computation.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
+    let mut control = vec![0u8; space];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: as in send_with_fd; the kernel writes at most msg_controllen bytes of
+    // control data and at most buf.len() bytes of data.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space;
+        let n = libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC);
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut fd = None;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        if !cmsg.is_null()
+            && (*cmsg).cmsg_level == libc::SOL_SOCKET
+            && (*cmsg).cmsg_type == libc::SCM_RIGHTS
+        {
+            let raw = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const RawFd);
+            fd = Some(OwnedFd::from_raw_fd(raw));
+        }
+        Ok((n as usize, fd))
     }
 }
 
@@ -313,6 +391,25 @@ mod tests {
         }
         assert_eq!(got[100].header.task_id, 1000);
         assert_eq!(got[100].body, big);
+    }
+
+    #[test]
+    fn descriptor_travels_with_its_frame() {
+        let (a, b) = pair();
+        let (x, _y) = pair();
+        let mut writer = FrameWriter::default();
+        writer.push(OutFrame::new(1, TASK, Arc::new(vec![1, 2, 3])));
+        writer.push(OutFrame::new(2, TASK, Arc::new(vec![])).with_fd(OwnedFd::from(x)));
+        writer.flush(a.as_raw_fd()).unwrap();
+        assert!(writer.is_empty());
+        let mut buf = [0u8; HEADER_LEN + 3];
+        let (n, fd) = recv_with_fd(b.as_raw_fd(), &mut buf).unwrap();
+        assert_eq!((n, fd.is_some()), (HEADER_LEN + 3, false));
+        let mut buf = [0u8; HEADER_LEN];
+        let (n, fd) = recv_with_fd(b.as_raw_fd(), &mut buf).unwrap();
+        assert_eq!(n, HEADER_LEN);
+        assert_eq!(Header::decode(&buf).task_id, 2);
+        assert!(fd.is_some());
     }
 
     #[test]

@@ -42,10 +42,12 @@ pub struct Worker {
     pub channel_closed: bool,
     /// The worker said why it would exit (its initializer failed).
     pub init_error: Option<Vec<u8>>,
+    /// Forked by the template, which reaps it and reports its exit status.
+    pub from_template: bool,
 }
 
 impl Worker {
-    pub fn new(spawned: Spawned, init: &Arc<Vec<u8>>) -> Worker {
+    pub fn new(spawned: Spawned, init: &Arc<Vec<u8>>, from_template: bool) -> Worker {
         let now = Instant::now();
         let mut writer = FrameWriter::default();
         writer.push(OutFrame::new(0, INIT, init.clone()));
@@ -62,6 +64,7 @@ impl Worker {
             busy_since: now,
             channel_closed: false,
             init_error: None,
+            from_template,
         }
     }
 

@@ -47,6 +47,7 @@ _LAZY = {
     "wrap_non_picklable_objects": ".cloudpickle_wrapper",
     "BrokenProcessPool": ".process_executor",
     "ProcessPoolExecutor": ".process_executor",
+    "use_with_joblib": "._joblib",
 }
 
 

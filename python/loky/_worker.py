@@ -21,6 +21,8 @@ from time import monotonic
 
 from ._core import (
     HEADER_LEN,
+    KIND_EXITED,
+    KIND_FORKED,
     KIND_INIT_FAILED,
     KIND_READY,
     KIND_RESULT,
@@ -38,6 +40,10 @@ TASK_UNPICKLE_FAILED = 2  # (TASK_UNPICKLE_FAILED, worker traceback text)
 
 # Nesting depth of this process; read by loky.process_executor.
 DEPTH = 0
+
+# Write end of the parent's resource tracker pipe, inherited under this number (None if
+# the parent uses no tracker); read by loky.backend.resource_tracker.
+TRACKER_FD = None
 
 # Longest a finished result waits for the rest of its batch, in seconds.
 BATCH_HOLD = 0.002
@@ -206,9 +212,16 @@ class MemoryGuard:
 
 
 def _setup(settings):
-    global DEPTH
+    global DEPTH, TRACKER_FD
     DEPTH = settings["depth"]
     sys.path[:] = settings["sys_path"]
+    TRACKER_FD = settings.get("tracker_fd")
+    if settings.get("joblib"):
+        # The parent runs joblib on this package: so must this worker, before it
+        # unpickles anything that names joblib.externals.loky.
+        from ._joblib import install
+
+        install()
     if "PYTHONFAULTHANDLER" not in os.environ:
         import faulthandler
 
@@ -225,6 +238,11 @@ def main():
     _setup(settings)
     runner = Runner(settings.get("pickler"))
     try:
+        if settings.get("main"):
+            # "spawn" / "loky_init_main": the parent's __main__, as __mp_main__.
+            from .backend.spawn import import_main
+
+            import_main(settings["main"])
         initializer, initargs, runner.result_reducers = pickle.loads(initializer_blob)
         if initializer is not None:
             initializer(*initargs)
@@ -263,3 +281,52 @@ def main():
             channel.flush()
         except OSError:
             pass  # the parent is gone
+
+
+def serve_template():
+    """Run as the pool's template: fork a worker each time the manager asks, reap the
+    workers and report their exit codes. Never runs user code, so forking is safe."""
+    from ._core import detach_forked_worker, template_next
+
+    control = Channel(WORKER_FD)
+    control.queue(KIND_READY, 0, b"")
+    control.flush()
+    children = {}  # pidfd -> pid
+    while True:
+        pidfds = list(children)
+        request, value = template_next(WORKER_FD, pidfds)
+        if request == "fork":
+            pid = os.fork()
+            if pid == 0:
+                _become_worker(value, pidfds, detach_forked_worker)
+            os.close(value)
+            children[os.pidfd_open(pid)] = pid
+            control.queue(KIND_FORKED, pid, b"")
+        elif request == "exited":
+            pidfd = pidfds[value]
+            pid = children.pop(pidfd)
+            os.close(pidfd)
+            _, status = os.waitpid(pid, 0)
+            code = os.waitstatus_to_exitcode(status)
+            control.queue(KIND_EXITED, pid, code.to_bytes(8, "little", signed=True))
+        else:
+            return
+        control.flush()
+
+
+def _become_worker(channel_fd, template_fds, detach_forked_worker):
+    """In a child of the template: take the worker's socket as fd 3 and run."""
+    template_pid = os.getppid()
+    os.dup2(channel_fd, WORKER_FD)  # replaces the template's control socket
+    os.close(channel_fd)
+    for fd in template_fds:
+        os.close(fd)
+    if not detach_forked_worker(template_pid):
+        os._exit(1)
+    try:
+        main()
+    finally:
+        # Never return into the template's loop.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)

@@ -29,7 +29,8 @@ from . import _core
 from ._base import Future
 from ._worker import OK, RAISED, TASK_UNPICKLE_FAILED
 from .backend import reduction
-from .backend.context import cpu_count
+from .backend import spawn
+from .backend.context import cpu_count, executor_start_method
 
 __all__ = [
     "ProcessPoolExecutor",
@@ -272,6 +273,7 @@ def _on_interpreter_exit():
 threading._register_atexit(_on_interpreter_exit)
 
 _WORKER_BOOTSTRAP = "from loky._worker import main; main()"
+_TEMPLATE_BOOTSTRAP = "from loky._worker import serve_template; serve_template()"
 
 
 def _check_max_depth():
@@ -321,8 +323,11 @@ class ProcessPoolExecutor(Executor):
             `result_reducers`, `job_reducers` are used for both.
         timeout: seconds after which an idle worker exits; the pool grows back on the
             next submit. None keeps workers until shutdown.
-        context: start method; workers are always fresh interpreters started by
-            fork+exec, so this only selects how ``__main__`` is treated.
+        context: start method name or multiprocessing context: "loky" (default),
+            "loky_init_main", "spawn" or "forkserver". Workers are always fresh
+            interpreters started by fork+exec; with "loky_init_main" and "spawn" each
+            one first imports the parent's ``__main__`` as ``__mp_main__``. "fork" is
+            refused (ValueError).
         initializer, initargs: ``initializer(*initargs)`` runs once in each worker
             before its first task.
         env: environment variables (str to str) set in each worker before its
@@ -358,6 +363,7 @@ class ProcessPoolExecutor(Executor):
         self._max_workers = max_workers
         self._env = _check_env(env)
         self._context = context
+        self._start_method = executor_start_method(context)
         self._initializer = initializer
         self._initargs = tuple(initargs)
         self._job_reducers = job_reducers
@@ -371,12 +377,14 @@ class ProcessPoolExecutor(Executor):
 
     # -- starting ---------------------------------------------------------------
 
-    def _init_message(self):
+    def _init_message(self, child_settings=None):
         settings = {
             "depth": _CURRENT_DEPTH + 1,
             "sys_path": list(sys.path),
             "pickler": reduction.get_loky_pickler_name(),
         }
+        # Resource tracker pipe, joblib switch, __main__ to import (backend/spawn.py).
+        settings.update(child_settings or {})
         initializer = reduction.dumps_bytes(
             (self._initializer, self._initargs, self._result_reducers),
             reducers=self._job_reducers,
@@ -385,15 +393,18 @@ class ProcessPoolExecutor(Executor):
 
     def _start_pool(self):
         package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        bootstrap = f"import sys; sys.path.insert(0, {package_root!r}); {_WORKER_BOOTSTRAP}"
+        find_package = f"import sys; sys.path.insert(0, {package_root!r}); "
+        child_settings, pass_fds = spawn.child_settings(self._start_method)
         pool = _core.Pool(
             sys.executable,
-            ["-c", bootstrap],
+            ["-c", find_package + _WORKER_BOOTSTRAP],
             list(self._env.items()),
-            self._init_message(),
+            self._init_message(child_settings),
             self._max_workers,
             self._timeout,
             self._max_tasks_per_child,
+            template_args=["-c", find_package + _TEMPLATE_BOOTSTRAP],
+            pass_fds=pass_fds,
         )
         state = _PoolState(pool)
         state.thread = threading.Thread(

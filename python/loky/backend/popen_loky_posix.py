@@ -1,0 +1,178 @@
+"""Start a `LokyProcess`: a fresh interpreter, fork+exec'd by this package's spawner.
+
+    parent                                             child (python -c "...; main(fd)")
+    pickle (settings, process object) ── pipe ──────►  apply settings, unpickle,
+    descriptors the pickle refers to ── inherited ──►  run process_obj._bootstrap()
+    pidfd: sentinel, exit status
+
+The process object is pickled with the loky pickler (cloudpickle: the target may be a
+lambda or a closure) plus multiprocessing's reducers, so that queues, pipes and locks
+travel as they do with the "spawn" start method. The parent keeps its end of the pipe
+open while the child runs: the child sees it close if the parent dies
+(`multiprocessing.parent_process()`).
+"""
+
+import io
+import os
+import pickle
+import signal
+import sys
+import weakref
+from multiprocessing import process as mp_process
+from multiprocessing.connection import wait
+from multiprocessing.context import set_spawning_popen
+from multiprocessing.reduction import ForkingPickler
+
+from .. import _core
+from . import reduction, spawn
+
+__all__ = ["Popen"]
+
+
+class _DupFd:
+    """A descriptor handed to the child: it keeps its number there."""
+
+    def __init__(self, fd):
+        self.fd = fd
+
+    def detach(self):
+        return self.fd
+
+
+def _close_fds(*fds):
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+class Popen:
+    """The `_popen` of a `LokyProcess`; the sentinel is the child's pidfd."""
+
+    method = "loky"
+    DupFd = _DupFd
+
+    def __init__(self, process_obj):
+        self.returncode = None
+        self.pid = None
+        self.sentinel = None
+        self._fds = []
+        self._finalizer = None
+        self._launch(process_obj)
+
+    def duplicate_for_child(self, fd):
+        self._fds.append(fd)
+        return fd
+
+    def _launch(self, process_obj):
+        imports_main = getattr(process_obj, "init_main_module", False)
+        settings, pass_fds = spawn.child_settings(
+            "loky_init_main" if imports_main else "loky"
+        )
+        self._fds.extend(pass_fds)
+        settings["name"] = process_obj.name
+        settings["sys_path"] = list(sys.path)
+        settings["authkey"] = bytes(mp_process.current_process().authkey)
+        payload = io.BytesIO()
+        set_spawning_popen(self)
+        try:
+            pickle.dump(settings, payload, protocol=pickle.HIGHEST_PROTOCOL)
+            reduction.dump(
+                process_obj, payload, reducers=dict(ForkingPickler._extra_reducers)
+            )
+        finally:
+            set_spawning_popen(None)
+
+        child_r, parent_w = os.pipe()
+        package_root = os.path.dirname(
+            os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        )
+        code = (
+            f"import sys; sys.path.insert(0, {package_root!r}); "
+            f"from loky.backend.popen_loky_posix import main; main({child_r})"
+        )
+        env = getattr(process_obj, "env", None) or {}
+        try:
+            self.pid, self.sentinel = _core.spawn_process(
+                sys.executable,
+                ["-c", code],
+                [(str(k), str(v)) for k, v in env.items()],
+                sorted(set(self._fds + [child_r])),
+            )
+        except BaseException:
+            os.close(parent_w)
+            raise
+        finally:
+            os.close(child_r)
+        self._finalizer = weakref.finalize(self, _close_fds, parent_w, self.sentinel)
+        with open(parent_w, "wb", closefd=False) as pipe:
+            pipe.write(payload.getbuffer())
+
+    def poll(self, flag=os.WNOHANG):
+        if self.returncode is None:
+            if flag == 0:
+                wait([self.sentinel])
+            status = _core.reap(self.sentinel)
+            if status is not None:
+                self.returncode = status
+        return self.returncode
+
+    def wait(self, timeout=None):
+        if self.returncode is None:
+            if not wait([self.sentinel], timeout):
+                return None
+            return self.poll()
+        return self.returncode
+
+    def _send_signal(self, sig):
+        if self.returncode is None:
+            try:
+                signal.pidfd_send_signal(self.sentinel, sig)
+            except ProcessLookupError:
+                pass
+
+    def terminate(self):
+        self._send_signal(signal.SIGTERM)
+
+    def kill(self):
+        self._send_signal(signal.SIGKILL)
+
+    def close(self):
+        if self._finalizer is not None:
+            self._finalizer()
+
+
+def main(fd):
+    """Body of the child: apply the settings, unpickle the process object, run it."""
+    settings = {}
+    try:
+        parent_sentinel = os.dup(fd)
+        with open(fd, "rb") as from_parent:
+            settings = pickle.load(from_parent)
+            sys.path[:] = settings["sys_path"]
+            if settings["joblib"]:
+                from .. import _joblib
+
+                _joblib.install()
+            if settings["tracker_fd"] is not None:
+                from . import resource_tracker
+
+                resource_tracker._resource_tracker._fd = settings["tracker_fd"]
+            current = mp_process.current_process()
+            current.authkey = settings["authkey"]
+            current._inheriting = True
+            try:
+                spawn.import_main(settings["main"])
+                process_obj = pickle.load(from_parent)
+            finally:
+                del current._inheriting
+    except BaseException:
+        import traceback
+
+        name = settings.get("name", "")
+        sys.stderr.write(f"loky: could not start the process {name!r}:\n")
+        traceback.print_exc()
+        sys.exit(1)
+    exitcode = process_obj._bootstrap(parent_sentinel=parent_sentinel)
+    sys.exit(exitcode)

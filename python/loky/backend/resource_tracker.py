@@ -1,0 +1,308 @@
+"""The resource tracker: deletes the temporary files, folders and semaphores that a tree
+of processes shares, once nobody uses them, even if the processes die.
+
+    parent ─┐ register / maybe_unlink / unregister, one line each
+    worker ─┼──────────────────────── pipe ───────────────────► tracker process
+    worker ─┘ (every process holds the write end)               counts per resource
+
+- The tracker is a separate interpreter (``python -c "from
+  loky.backend.resource_tracker import main; ..."``) started on first use:
+  `ensure_running`, `register`, or an executor starting its workers while this module
+  is imported. Importing the module starts nothing.
+- The executors' workers inherit the write end of the pipe (and the processes of the
+  ``loky`` context too), so a whole tree of processes shares one tracker.
+- Counting: ``register`` adds one use, ``maybe_unlink`` removes one and deletes the
+  resource when none is left, ``unregister`` forgets the resource without deleting it.
+- When every process holding the write end has exited, the tracker reads end-of-file.
+  Whatever is still registered then was leaked by a process that died: the tracker
+  deletes it (files first, folders last, since folders may contain tracked files),
+  says so on stderr, and exits. In normal operation it prints nothing.
+"""
+
+import json
+import os
+import signal
+import sys
+import threading
+
+__all__ = ["ensure_running", "register", "unregister", "maybe_unlink", "getfd"]
+
+# Log every command on the tracker's stderr. Read when the tracker is started.
+VERBOSE = False
+
+# Longest message, so that a write to the pipe is atomic (PIPE_BUF on Linux).
+_MAX_MESSAGE = 4096
+
+
+def _noop(name):
+    """Cleanup of the "noop" type: nothing (for probes and tests)."""
+
+
+def _unlink_file(name):
+    try:
+        os.unlink(name)
+    except FileNotFoundError:
+        pass  # already gone: what was asked for
+
+
+def _remove_folder(name):
+    import shutil
+
+    try:
+        shutil.rmtree(name)
+    except FileNotFoundError:
+        pass
+
+
+def _unlink_semaphore(name):
+    import _multiprocessing
+
+    try:
+        _multiprocessing.sem_unlink(name)
+    except FileNotFoundError:
+        pass
+
+
+# Resource type -> how the tracker deletes one. joblib replaces "file" in its own
+# process; the tracker process uses the functions defined here.
+_CLEANUP_FUNCS = {
+    "noop": _noop,
+    "file": _unlink_file,
+    "folder": _remove_folder,
+    "semlock": _unlink_semaphore,
+}
+
+
+def _inherited_fd():
+    """The tracker pipe this process got from its parent, if it is a loky worker."""
+    worker = sys.modules.get("loky._worker")
+    return getattr(worker, "TRACKER_FD", None)
+
+
+class ResourceTracker:
+    """This process's connection to the tracker; started on first use."""
+
+    def __init__(self):
+        self._lock = threading.RLock()
+        # Write end of the pipe to the tracker.
+        self._fd = _inherited_fd()
+        # Set only in the process that started the tracker.
+        self._pid = None
+        self._pidfd = None
+        self._dead_status = None
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._after_fork_in_child)
+
+    def _after_fork_in_child(self):
+        # A forked child keeps using the tracker (it has the pipe) but is not the
+        # tracker's parent, and may have been forked while another thread held the lock.
+        self._lock = threading.RLock()
+        if self._pidfd is not None:
+            try:
+                os.close(self._pidfd)
+            except OSError:
+                pass
+        self._pid = self._pidfd = None
+
+    def getfd(self):
+        """The write end of the pipe to the tracker, starting the tracker if needed."""
+        self.ensure_running()
+        return self._fd
+
+    def ensure_running(self):
+        """Start the tracker unless this process is already connected to a live one."""
+        with self._lock:
+            if self._fd is not None:
+                if self._pidfd is None or not self._tracker_exited():
+                    return
+                self._forget_dead_tracker()
+            self._launch()
+
+    def _tracker_exited(self):
+        from .. import _core
+
+        try:
+            status = _core.reap(self._pidfd)
+        except OSError:
+            return False
+        if status is None:
+            return False
+        self._dead_status = status
+        return True
+
+    def _forget_dead_tracker(self):
+        status, self._dead_status = self._dead_status, None
+        for fd in (self._fd, self._pidfd):
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._fd = self._pid = self._pidfd = None
+        import warnings
+
+        what = "" if status is None else f" (exit status {status})"
+        warnings.warn(
+            f"loky resource_tracker: the tracker process died unexpectedly{what}; "
+            "starting a new one. Temporary files registered with the old one will not "
+            "be deleted automatically.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
+    def _launch(self):
+        """Start the tracker with the read end of a new pipe; keep the write end."""
+        read_end, write_end = os.pipe()
+        package_root = os.path.dirname(
+            os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        )
+        code = (
+            f"import sys; sys.path.insert(0, {package_root!r}); "
+            f"from loky.backend.resource_tracker import main; "
+            f"main({read_end}, {bool(VERBOSE)})"
+        )
+        # The tracker must survive the parent, and ^C at the terminal (which reaches
+        # the whole process group) must not kill it: it ignores SIGINT and SIGTERM, and
+        # it is started with them blocked so that none lands before it ignores them.
+        # posix_spawn keeps the signal mask across exec; stdin and stdout go to
+        # /dev/null, stderr stays, for the warnings about leaked resources.
+        blocked = {signal.SIGINT, signal.SIGTERM}
+        try:
+            os.set_inheritable(read_end, True)
+            pid = os.posix_spawn(
+                sys.executable,
+                [sys.executable, "-c", code],
+                os.environ,
+                file_actions=[
+                    (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                    (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+                ],
+                setsigmask=blocked,
+            )
+        except BaseException:
+            os.close(write_end)
+            raise
+        finally:
+            os.close(read_end)
+        self._fd = write_end
+        self._pid = pid
+        try:
+            self._pidfd = os.pidfd_open(pid)
+        except (AttributeError, OSError):
+            self._pidfd = None
+
+    def _send(self, cmd, name, rtype):
+        if rtype not in _CLEANUP_FUNCS:
+            raise ValueError(
+                f"Cannot track {name!r}: unknown resource type {rtype!r}. Known types: "
+                f"{sorted(_CLEANUP_FUNCS)}."
+            )
+        message = (json.dumps([cmd, rtype, os.fsdecode(name)]) + "\n").encode()
+        if len(message) > _MAX_MESSAGE:
+            raise ValueError(f"resource name too long for the resource tracker: {name!r}")
+        with self._lock:
+            self.ensure_running()
+            try:
+                written = os.write(self._fd, message)
+            except BrokenPipeError:
+                # The tracker is gone (killed): start a new one for this process.
+                self._forget_dead_tracker()
+                self._launch()
+                written = os.write(self._fd, message)
+            assert written == len(message), "short write to the resource tracker"
+
+    def register(self, name, rtype):
+        """Count one more use of `name`; it is deleted if still counted at the end."""
+        self._send("REGISTER", name, rtype)
+
+    def unregister(self, name, rtype):
+        """Forget `name` without deleting it (the caller deleted it or keeps it)."""
+        self._send("UNREGISTER", name, rtype)
+
+    def maybe_unlink(self, name, rtype):
+        """Count one use less of `name`, and delete it once no use is left."""
+        self._send("MAYBE_UNLINK", name, rtype)
+
+
+_resource_tracker = ResourceTracker()
+ensure_running = _resource_tracker.ensure_running
+register = _resource_tracker.register
+unregister = _resource_tracker.unregister
+maybe_unlink = _resource_tracker.maybe_unlink
+getfd = _resource_tracker.getfd
+
+
+# -- the tracker process --------------------------------------------------------------
+
+
+def _say(text):
+    try:
+        sys.stderr.write(f"loky resource_tracker: {text}\n")
+        sys.stderr.flush()
+    except Exception:
+        pass
+
+
+def _cleanup(rtype, name, verbose):
+    try:
+        _CLEANUP_FUNCS[rtype](name)
+    except Exception as exc:
+        _say(f"could not delete {rtype} {name}: {exc!r}")
+    else:
+        if verbose:
+            _say(f"deleted {rtype} {name}")
+
+
+def main(fd, verbose=False):
+    """Body of the tracker process: count uses until every writer has gone, then
+    delete the leftovers."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    counts = {rtype: {} for rtype in _CLEANUP_FUNCS}
+    if verbose:
+        _say(f"running (pid {os.getpid()})")
+    with open(fd, "rb") as pipe:
+        for line in pipe:
+            try:
+                cmd, rtype, name = json.loads(line)
+                registered = counts[rtype]
+            except Exception:
+                _say(f"ignoring a malformed message: {line!r}")
+                continue
+            if cmd == "REGISTER":
+                registered[name] = registered.get(name, 0) + 1
+            elif cmd == "UNREGISTER":
+                registered.pop(name, None)
+            elif cmd == "MAYBE_UNLINK":
+                left = registered.get(name)
+                if left is None:
+                    # Forgotten already (unregistered after a forced cleanup).
+                    if verbose:
+                        _say(f"maybe_unlink of {rtype} {name}, which is not registered")
+                    continue
+                if left > 1:
+                    registered[name] = left - 1
+                else:
+                    del registered[name]
+                    _cleanup(rtype, name, verbose)
+            else:
+                _say(f"ignoring an unknown command: {line!r}")
+                continue
+            if verbose:
+                _say(f"{cmd} {rtype} {name}: {registered.get(name, 0)} use(s) left")
+
+    # Every process that could use the resources has exited.
+    order = [rtype for rtype in counts if rtype != "folder"] + ["folder"]
+    for rtype in order:
+        leaked = counts[rtype]
+        if not leaked or rtype == "noop":
+            continue
+        _say(
+            f"{len(leaked)} {rtype}(s) still registered after every process using them "
+            f"exited; deleting them: {sorted(leaked)}"
+        )
+        for name in leaked:
+            _cleanup(rtype, name, verbose)
+    if verbose:
+        _say("exiting")
