@@ -9,6 +9,7 @@ mod template;
 mod wire;
 mod worker_table;
 
+use std::os::fd::{BorrowedFd, IntoRawFd, OwnedFd};
 use std::time::Duration;
 
 use pyo3::exceptions::{PyOSError, PyValueError};
@@ -25,29 +26,51 @@ const EV_INIT_FAILED: u8 = 2;
 const EV_START_FAILED: u8 = 3;
 const EV_CLOSED: u8 = 4;
 
-/// One event as a tuple: (kind, task_id, pid, body or None, exitcode, message).
-type EventTuple<'py> = (u8, u64, i32, Option<Bound<'py, PyBytes>>, i32, String);
+/// One event as a tuple: (kind, task_id, pid, body or None, fd or -1, exitcode,
+/// message). A descriptor returned here belongs to the caller.
+type EventTuple<'py> = (u8, u64, i32, Option<Bound<'py, PyBytes>>, i32, i32, String);
 
 fn event_tuple(py: Python<'_>, event: Event) -> EventTuple<'_> {
+    let none = String::new;
     match event {
-        Event::Result { task_id, pid, body } => {
-            (EV_RESULT, task_id, pid, Some(PyBytes::new(py, &body)), 0, String::new())
+        Event::Result {
+            task_id,
+            pid,
+            body,
+            fd,
+        } => {
+            let fd = fd.map_or(-1, IntoRawFd::into_raw_fd);
+            (EV_RESULT, task_id, pid, Some(PyBytes::new(py, &body)), fd, 0, none())
         }
         Event::WorkerDied {
             task_id,
             pid,
             exitcode,
-        } => (EV_WORKER_DIED, task_id, pid, None, exitcode, String::new()),
+        } => (EV_WORKER_DIED, task_id, pid, None, -1, exitcode, none()),
         Event::InitFailed { pid, body } => {
-            (EV_INIT_FAILED, 0, pid, Some(PyBytes::new(py, &body)), 0, String::new())
+            (EV_INIT_FAILED, 0, pid, Some(PyBytes::new(py, &body)), -1, 0, none())
         }
         Event::StartFailed {
             pid,
             exitcode,
             message,
-        } => (EV_START_FAILED, 0, pid, None, exitcode, message),
-        Event::Closed => (EV_CLOSED, 0, 0, None, 0, String::new()),
+        } => (EV_START_FAILED, 0, pid, None, -1, exitcode, message),
+        Event::Closed => (EV_CLOSED, 0, 0, None, -1, 0, none()),
     }
+}
+
+fn os_error(e: std::io::Error) -> PyErr {
+    PyOSError::new_err(e.to_string())
+}
+
+/// A duplicate of the caller's descriptor `fd` (-1: none), so the caller may close its own.
+fn dup_fd(fd: i32) -> PyResult<Option<OwnedFd>> {
+    if fd < 0 {
+        return Ok(None);
+    }
+    // SAFETY: borrowed only for the duplication; the caller keeps `fd` open meanwhile.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    borrowed.try_clone_to_owned().map(Some).map_err(os_error)
 }
 
 /// A pool of worker processes driven by a manager thread.
@@ -106,9 +129,12 @@ impl Pool {
         Ok(Pool { manager })
     }
 
-    /// Queue a pickled task. It is copied: the caller's buffer may be reused at once.
-    fn submit(&self, task_id: u64, body: &[u8]) {
-        self.manager.submit(task_id, body.to_vec());
+    /// Queue a pickled task, with the memfd `fd` holding its large buffers if >= 0.
+    /// Both are copied (the descriptor duplicated): the caller may reuse or close its own.
+    #[pyo3(signature = (task_id, body, fd=-1))]
+    fn submit(&self, task_id: u64, body: &[u8], fd: i32) -> PyResult<()> {
+        self.manager.submit(task_id, body.to_vec(), dup_fd(fd)?);
+        Ok(())
     }
 
     /// Take a task back if no worker has received it yet.
@@ -214,6 +240,32 @@ fn detach_forked_worker(template_pid: i32) -> PyResult<bool> {
     }
 }
 
+/// Receive up to `max` bytes from socket `sock` (blocking), with the descriptor that
+/// came with them, if any: (data, fd or -1). Empty data means the peer closed.
+#[pyfunction]
+fn recv_with_fd<'py>(py: Python<'py>, sock: i32, max: usize) -> PyResult<(Bound<'py, PyBytes>, i32)> {
+    let mut buf = vec![0u8; max];
+    let (n, fd) = py.detach(|| wire::recv_with_fd(sock, &mut buf)).map_err(os_error)?;
+    Ok((PyBytes::new(py, &buf[..n]), fd.map_or(-1, IntoRawFd::into_raw_fd)))
+}
+
+/// Send `data` on socket `sock` (blocking) with descriptor `fd` attached to its first
+/// byte. Returns how many bytes were sent; the caller sends the rest plainly.
+#[pyfunction]
+fn send_with_fd(py: Python<'_>, sock: i32, data: &[u8], fd: i32) -> PyResult<usize> {
+    let n = py.detach(|| {
+        let iov = [libc::iovec {
+            iov_base: data.as_ptr() as *mut libc::c_void,
+            iov_len: data.len(),
+        }];
+        wire::send_iov(sock, &iov, Some(fd))
+    });
+    if n < 0 {
+        return Err(os_error(std::io::Error::last_os_error()));
+    }
+    Ok(n as usize)
+}
+
 /// Number of CPUs this process can use (see `loky.cpu_count`). `root` points the
 /// /proc and /sys lookups at another directory tree (for tests).
 #[pyfunction]
@@ -230,6 +282,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(spawn_process, m)?)?;
     m.add_function(wrap_pyfunction!(reap, m)?)?;
     m.add_function(wrap_pyfunction!(template_next, m)?)?;
+    m.add_function(wrap_pyfunction!(recv_with_fd, m)?)?;
+    m.add_function(wrap_pyfunction!(send_with_fd, m)?)?;
+    m.add("FLAG_HAS_FD", wire::HAS_FD)?;
     m.add_function(wrap_pyfunction!(detach_forked_worker, m)?)?;
     m.add("KIND_FORKED", template::FORKED)?;
     m.add("KIND_EXITED", template::EXITED)?;

@@ -41,8 +41,13 @@ pub struct Config {
 /// What the manager reports to the Python side.
 #[derive(Debug)]
 pub enum Event {
-    /// A worker sent back the outcome of a task.
-    Result { task_id: u64, pid: i32, body: Vec<u8> },
+    /// A worker sent back the outcome of a task (large buffers in the memfd `fd`).
+    Result {
+        task_id: u64,
+        pid: i32,
+        body: Vec<u8>,
+        fd: Option<OwnedFd>,
+    },
     /// A worker died while running this task.
     WorkerDied { task_id: u64, pid: i32, exitcode: i32 },
     /// A worker's initializer failed; the body describes the error. No more workers start.
@@ -118,12 +123,13 @@ impl Manager {
         })
     }
 
-    pub fn submit(&self, id: u64, body: Vec<u8>) {
+    pub fn submit(&self, id: u64, body: Vec<u8>, fd: Option<OwnedFd>) {
         let was_empty = {
             let mut control = self.shared.control.lock();
             control.pending.push_back(Task {
                 id,
                 body: Arc::new(body),
+                fd,
             });
             control.pending.len() == 1
         };
@@ -645,6 +651,7 @@ impl ManagerLoop {
                     task_id: frame.header.task_id,
                     pid,
                     body: frame.body,
+                    fd: frame.fd,
                 });
             }
             READY => {

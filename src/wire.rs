@@ -3,12 +3,13 @@
 //! Every message is a 24-byte little-endian header followed by its body:
 //!
 //! ```text
-//!   u64 body length | u64 task id | u32 kind | u32 reserved | body ...
+//!   u64 body length | u64 task id | u32 kind | u32 flags | body ...
 //! ```
 //!
 //! The body is opaque here (pickles, laid out by the Python side). Lengths are 64-bit,
 //! so a body may exceed 4 GiB. Bodies are read straight into their final buffer and
-//! written with vectored I/O from the caller's memory.
+//! written with vectored I/O from the caller's memory. A frame flagged `HAS_FD` carries
+//! one descriptor (a memfd holding large buffers), passed with its first byte.
 
 use std::collections::VecDeque;
 use std::io;
@@ -30,11 +31,15 @@ pub const INIT_FAILED: u32 = 4;
 /// Worker to parent: about to exit on its own (memory growth); send nothing more.
 pub const RETIRING: u32 = 5;
 
+/// Header flag: a descriptor travels with this frame.
+pub const HAS_FD: u32 = 1;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Header {
     pub len: u64,
     pub task_id: u64,
     pub kind: u32,
+    pub flags: u32,
 }
 
 impl Header {
@@ -43,6 +48,7 @@ impl Header {
         out[0..8].copy_from_slice(&self.len.to_le_bytes());
         out[8..16].copy_from_slice(&self.task_id.to_le_bytes());
         out[16..20].copy_from_slice(&self.kind.to_le_bytes());
+        out[20..24].copy_from_slice(&self.flags.to_le_bytes());
         out
     }
 
@@ -52,6 +58,7 @@ impl Header {
             len: u64_at(0),
             task_id: u64_at(8),
             kind: u32::from_le_bytes(raw[16..20].try_into().unwrap()),
+            flags: u32::from_le_bytes(raw[20..24].try_into().unwrap()),
         }
     }
 }
@@ -60,6 +67,7 @@ impl Header {
 pub struct Frame {
     pub header: Header,
     pub body: Vec<u8>,
+    pub fd: Option<OwnedFd>,
 }
 
 /// Reads frames from a non-blocking descriptor as bytes arrive.
@@ -69,6 +77,8 @@ pub struct FrameReader {
     end: usize,
     /// A frame whose body is being read directly into its own buffer.
     partial: Option<(Header, Vec<u8>, usize)>,
+    /// Descriptors received, in order, for the frames flagged HAS_FD.
+    fds: VecDeque<OwnedFd>,
 }
 
 const STAGE_LEN: usize = 256 * 1024;
@@ -101,6 +111,7 @@ impl Default for FrameReader {
             start: 0,
             end: 0,
             partial: None,
+            fds: VecDeque::new(),
         }
     }
 }
@@ -112,9 +123,13 @@ impl FrameReader {
         loop {
             if let Some((header, mut body, filled)) = self.partial.take() {
                 // Large body: read straight into it.
+                // Only this body's bytes: no later frame (nor its descriptor) is touched.
                 match read_into(fd, &mut body[filled..]) {
                     Ok(0) => return ReadOutcome { frames, closed: true },
-                    Ok(n) if filled + n == body.len() => frames.push(Frame { header, body }),
+                    Ok(n) if filled + n == body.len() => {
+                        let fd = self.take_fd(&header);
+                        frames.push(Frame { header, body, fd })
+                    }
                     Ok(n) => self.partial = Some((header, body, filled + n)),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         self.partial = Some((header, body, filled));
@@ -134,14 +149,25 @@ impl FrameReader {
                 self.end -= self.start;
                 self.start = 0;
             }
-            match read_into(fd, &mut self.stage[self.end..]) {
-                Ok(0) => return ReadOutcome { frames, closed: true },
-                Ok(n) => self.end += n,
+            match recv_with_fd(fd, &mut self.stage[self.end..]) {
+                Ok((0, _)) => return ReadOutcome { frames, closed: true },
+                Ok((n, received)) => {
+                    self.end += n;
+                    self.fds.extend(received);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     return ReadOutcome { frames, closed: false }
                 }
                 Err(_) => return ReadOutcome { frames, closed: true },
             }
+        }
+    }
+
+    fn take_fd(&mut self, header: &Header) -> Option<OwnedFd> {
+        if header.flags & HAS_FD != 0 {
+            self.fds.pop_front()
+        } else {
+            None
         }
     }
 
@@ -156,7 +182,8 @@ impl FrameReader {
             if available >= len {
                 let body = self.stage[body_start..body_start + len].to_vec();
                 self.start = body_start + len;
-                frames.push(Frame { header, body });
+                let fd = self.take_fd(&header);
+                frames.push(Frame { header, body, fd });
             } else if HEADER_LEN + len <= self.stage.len() {
                 return; // fits in the stage once more bytes arrive
             } else {
@@ -186,6 +213,7 @@ impl OutFrame {
             len: body.len() as u64,
             task_id,
             kind,
+            flags: 0,
         };
         OutFrame {
             header: header.encode(),
@@ -195,6 +223,9 @@ impl OutFrame {
     }
 
     pub fn with_fd(mut self, fd: OwnedFd) -> OutFrame {
+        let mut header = Header::decode(&self.header);
+        header.flags |= HAS_FD;
+        self.header = header.encode();
         self.fd = Some(fd);
         self
     }
@@ -286,7 +317,7 @@ impl FrameWriter {
 
 /// sendmsg(2) of `iov`, with a descriptor attached if given. MSG_NOSIGNAL: a dead peer
 /// is an error to handle, not a SIGPIPE.
-fn send_iov(sock: RawFd, iov: &[libc::iovec], fd: Option<RawFd>) -> isize {
+pub fn send_iov(sock: RawFd, iov: &[libc::iovec], fd: Option<RawFd>) -> isize {
     // SAFETY: CMSG_SPACE is a pure size computation.
     let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
     let mut control = vec![0u8; space];
@@ -363,6 +394,7 @@ mod tests {
             len: 5 << 32,
             task_id: u64::MAX - 1,
             kind: READY,
+            flags: HAS_FD,
         };
         assert_eq!(Header::decode(&h.encode()), h);
     }
@@ -409,7 +441,26 @@ mod tests {
         let (n, fd) = recv_with_fd(b.as_raw_fd(), &mut buf).unwrap();
         assert_eq!(n, HEADER_LEN);
         assert_eq!(Header::decode(&buf).task_id, 2);
+        assert_eq!(Header::decode(&buf).flags, HAS_FD);
         assert!(fd.is_some());
+    }
+
+    #[test]
+    fn reader_pairs_descriptors_with_their_frames() {
+        let (a, b) = pair();
+        let (x, _y) = pair();
+        let mut writer = FrameWriter::default();
+        writer.push(OutFrame::new(1, TASK, Arc::new(vec![7; 10])));
+        writer.push(OutFrame::new(2, TASK, Arc::new(vec![8; 10])).with_fd(OwnedFd::from(x)));
+        writer.push(OutFrame::new(3, TASK, Arc::new(vec![9; 10])));
+        writer.flush(a.as_raw_fd()).unwrap();
+        let mut reader = FrameReader::default();
+        let mut frames = Vec::new();
+        while frames.len() < 3 {
+            frames.extend(reader.read_available(b.as_raw_fd()).frames);
+        }
+        let with_fd: Vec<bool> = frames.iter().map(|f| f.fd.is_some()).collect();
+        assert_eq!(with_fd, vec![false, true, false]);
     }
 
     #[test]

@@ -12,6 +12,8 @@ use crate::wire::{FrameReader, FrameWriter, OutFrame, INIT, TASK};
 pub struct Task {
     pub id: u64,
     pub body: Arc<Vec<u8>>,
+    /// A memfd holding its large buffers; each worker it is sent to gets a duplicate.
+    pub fd: Option<OwnedFd>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,7 +78,11 @@ impl Worker {
         if self.inflight.is_empty() {
             self.busy_since = Instant::now();
         }
-        self.writer.push(OutFrame::new(task.id, TASK, task.body.clone()));
+        let mut frame = OutFrame::new(task.id, TASK, task.body.clone());
+        if let Some(fd) = task.fd.as_ref().and_then(|fd| fd.try_clone().ok()) {
+            frame = frame.with_fd(fd);
+        }
+        self.writer.push(frame);
         self.inflight.push_back(task);
         self.tasks_sent += 1;
     }

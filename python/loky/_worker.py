@@ -20,6 +20,7 @@ from struct import Struct
 from time import monotonic
 
 from ._core import (
+    FLAG_HAS_FD,
     HEADER_LEN,
     KIND_EXITED,
     KIND_FORKED,
@@ -28,7 +29,10 @@ from ._core import (
     KIND_RESULT,
     KIND_RETIRING,
     WORKER_FD,
+    recv_with_fd,
+    send_with_fd,
 )
+from ._payload import pack, unpack
 
 HEADER = Struct("<QQII")
 assert HEADER.size == HEADER_LEN
@@ -53,17 +57,21 @@ _IO_CHUNK = 1 << 30
 
 
 class Channel:
-    """Blocking framed I/O on the worker's end of its socket."""
+    """Blocking framed I/O on the worker's end of its socket. A frame may carry one
+    descriptor (a memfd of large buffers), received with its first byte."""
 
     def __init__(self, fd):
         self.fd = fd
         self.staged = bytearray()
-        self.outgoing = []
+        self.fds = []  # received, not yet claimed by their frame
+        self.outgoing = []  # (header, body, fd or None)
 
     def _fill(self):
-        data = os.read(self.fd, 1 << 20)
+        data, fd = recv_with_fd(self.fd, 1 << 20)
         if not data:
             raise EOFError
+        if fd >= 0:
+            self.fds.append(fd)
         self.staged += data
 
     def has_frame(self):
@@ -74,37 +82,59 @@ class Channel:
         return len(self.staged) >= HEADER_LEN + length
 
     def read_frame(self):
-        """Return (kind, task_id, body); raise EOFError when the parent closed."""
+        """Return (kind, task_id, body, fd or None); raise EOFError when the parent
+        closed."""
         while len(self.staged) < HEADER_LEN:
             self._fill()
-        length, task_id, kind, _ = HEADER.unpack_from(self.staged)
+        length, task_id, kind, flags = HEADER.unpack_from(self.staged)
+        fd = self.fds.pop(0) if flags & FLAG_HAS_FD else None
         end = HEADER_LEN + length
         if len(self.staged) >= end:
             body = bytes(self.staged[HEADER_LEN:end])
             del self.staged[:end]
-            return kind, task_id, body
-        # A large body: read the rest straight into its final buffer.
+            return kind, task_id, body, fd
+        # A large body: read the rest straight into its final buffer (only its own
+        # bytes, so no later frame's descriptor is touched).
         body = bytearray(length)
         have = len(self.staged) - HEADER_LEN
         body[:have] = self.staged[HEADER_LEN:]
         self.staged.clear()
         view = memoryview(body)
         while have < length:
-            n = os.readv(self.fd, [view[have : have + _IO_CHUNK]])
+            n = os.readv(self.fd, [view[have : min(length, have + _IO_CHUNK)]])
             if n == 0:
                 raise EOFError
             have += n
-        return kind, task_id, body
+        return kind, task_id, body, fd
 
-    def queue(self, kind, task_id, body):
-        self.outgoing.append(HEADER.pack(len(body), task_id, kind, 0))
-        self.outgoing.append(body)
+    def queue(self, kind, task_id, body, fd=None):
+        flags = 0 if fd is None else FLAG_HAS_FD
+        self.outgoing.append((HEADER.pack(len(body), task_id, kind, flags), body, fd))
 
     def flush(self):
-        parts, self.outgoing = self.outgoing, []
+        frames, self.outgoing = self.outgoing, []
+        plain = []
+        for header, body, fd in frames:
+            if fd is None:
+                plain += (header, body)
+                continue
+            self._write_all(plain)
+            plain = []
+            try:
+                data = header + body
+                sent = send_with_fd(self.fd, data, fd)
+                self._write_all([memoryview(data)[sent:]])
+            finally:
+                os.close(fd)
+        self._write_all(plain)
+
+    def _write_all(self, parts):
         views = [memoryview(p) for p in parts if len(p)]
         while views:
-            n = os.writev(self.fd, views[:64] if len(views) > 64 else views)
+            # Large parts are cut to what one call can take.
+            if len(views[0]) > _IO_CHUNK:
+                views[0:1] = [views[0][:_IO_CHUNK], views[0][_IO_CHUNK:]]
+            n = os.writev(self.fd, views[:64])
             while n:
                 if n >= len(views[0]):
                     n -= len(views[0])
@@ -112,9 +142,10 @@ class Channel:
                 else:
                     views[0] = views[0][n:]
                     n = 0
-            # Large parts are cut to what one call can take.
-            if views and len(views[0]) > _IO_CHUNK:
-                views[0:1] = [views[0][:_IO_CHUNK], views[0][_IO_CHUNK:]]
+
+
+def _plain_dump(obj, buffer_callback):
+    return pickle.dumps(obj, protocol=5, buffer_callback=buffer_callback)
 
 
 def _traceback_text(exc):
@@ -131,14 +162,21 @@ class Runner:
         self.result_reducers = None
 
     def dumps(self, outcome):
+        """(body, memfd or None) for the parent."""
         # Plain pickle is enough for most results; the loky pickler (cloudpickle by
         # default) handles the rest and applies result reducers.
         if self.result_reducers is None:
             try:
-                return pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
+                return pack(_plain_dump, outcome)
             except Exception:
                 pass
-        return self._loky_reduction().dumps_bytes(outcome, reducers=self.result_reducers)
+        return pack(self._loky_dump, outcome)
+
+    def _loky_dump(self, obj, buffer_callback):
+        reduction = self._loky_reduction()
+        return reduction.dumps_bytes(
+            obj, reducers=self.result_reducers, buffer_callback=buffer_callback
+        )
 
     def _loky_reduction(self):
         from .backend import reduction
@@ -147,9 +185,9 @@ class Runner:
             reduction.set_loky_pickler(self.pickler_name)
         return reduction
 
-    def run(self, body):
+    def run(self, body, fd):
         try:
-            fn, args, kwargs = pickle.loads(body)
+            fn, args, kwargs = unpack(body, fd)
         except BaseException as exc:
             return self.dumps((TASK_UNPICKLE_FAILED, _traceback_text(exc)))
         try:
@@ -231,7 +269,7 @@ def _setup(settings):
 def main():
     channel = Channel(WORKER_FD)
     try:
-        _, _, body = channel.read_frame()
+        _, _, body, _ = channel.read_frame()
     except EOFError:
         return
     settings, initializer_blob = pickle.loads(body)
@@ -261,10 +299,11 @@ def main():
     batch_started = 0.0
     try:
         while True:
-            _, task_id, body = channel.read_frame()
+            _, task_id, body, fd = channel.read_frame()
             if not channel.outgoing:
                 batch_started = monotonic()
-            channel.queue(KIND_RESULT, task_id, runner.run(body))
+            result, result_fd = runner.run(body, fd)
+            channel.queue(KIND_RESULT, task_id, result, result_fd)
             del body
             if memory.leaking():
                 # Tasks already sent here go to other workers.

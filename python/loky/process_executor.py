@@ -27,6 +27,7 @@ from pickle import PicklingError, loads
 
 from . import _core
 from ._base import Future
+from ._payload import pack, unpack
 from ._worker import OK, RAISED, TASK_UNPICKLE_FAILED
 from .backend import reduction
 from .backend import spawn
@@ -127,10 +128,10 @@ def _with_cause(error, cause):
     return error
 
 
-def _decode_result(body):
-    """Turn a RESULT body into (ok, value_or_exception)."""
+def _decode_result(body, fd):
+    """Turn a RESULT body (and its memfd) into (ok, value_or_exception)."""
     try:
-        outcome = loads(body)
+        outcome = unpack(body, fd)
     except BaseException as exc:
         import traceback
 
@@ -186,12 +187,14 @@ class _PoolState:
 
     def handle(self, events):
         """Apply one batch of events from the core. False once the pool has closed."""
-        for kind, task_id, pid, body, exitcode, message in events:
+        for kind, task_id, pid, body, fd, exitcode, message in events:
             if kind == _core.EV_RESULT:
                 future = self.futures.pop(task_id, None)
                 if future is None:
+                    if fd >= 0:
+                        os.close(fd)
                     continue
-                ok, value = _decode_result(body)
+                ok, value = _decode_result(body, fd)
                 try:
                     if ok:
                         future.set_result(value)
@@ -432,7 +435,7 @@ class ProcessPoolExecutor(Executor):
                 raise BrokenProcessPool(state.broken)
             future = Future()
             try:
-                body = reduction.dumps_bytes((fn, args, kwargs), reducers=self._job_reducers)
+                body, fd = pack(self._dump_task, (fn, args, kwargs))
             except Exception as exc:
                 error = PicklingError("Could not pickle the task to send it to the workers.")
                 future.set_exception(_with_cause(error, exc))
@@ -440,10 +443,19 @@ class ProcessPoolExecutor(Executor):
             task_id = next(self._task_ids)
             future._unqueue = partial(state.unqueue, task_id)
             state.futures[task_id] = future
-            state.pool.submit(task_id, body)
+            try:
+                state.pool.submit(task_id, body, -1 if fd is None else fd)
+            finally:
+                if fd is not None:
+                    os.close(fd)
             return future
 
     submit.__doc__ = Executor.submit.__doc__
+
+    def _dump_task(self, task, buffer_callback):
+        return reduction.dumps_bytes(
+            task, reducers=self._job_reducers, buffer_callback=buffer_callback
+        )
 
     def map(self, fn, *iterables, timeout=None, chunksize=1):
         """Like the builtin map, evaluated in the workers; `chunksize` items travel

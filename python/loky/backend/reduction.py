@@ -91,10 +91,13 @@ def set_loky_pickler(loky_pickler=None):
     class LokyPickler(base):
         """`base` with the registered reducers and per-call ones in its dispatch table."""
 
-        def __init__(self, file, reducers=None, protocol=HIGHEST_PROTOCOL):
+        def __init__(self, file, reducers=None, protocol=HIGHEST_PROTOCOL, buffer_callback=None):
             # The C pickler reads its dispatch table when it is initialized.
             self.dispatch_table = _dispatch_table(base, reducers)
-            base.__init__(self, file, protocol=protocol)
+            if buffer_callback is None:
+                base.__init__(self, file, protocol=protocol)
+            else:
+                base.__init__(self, file, protocol=protocol, buffer_callback=buffer_callback)
 
         def register(self, type_, reduce_function):
             """Reduce `type_` with `reduce_function` in this pickler only."""
@@ -131,10 +134,11 @@ def dumps(obj, reducers=None, protocol=None):
     return buffer.getbuffer()
 
 
-def dumps_bytes(obj, reducers=None):
-    """Like `dumps`, as a bytes object (no copy)."""
+def dumps_bytes(obj, reducers=None, buffer_callback=None):
+    """Like `dumps`, as a bytes object (no copy); protocol 5, so large buffers may be
+    handed to `buffer_callback` (see `pickle.Pickler`)."""
     buffer = io.BytesIO()
-    dump(obj, buffer, reducers=reducers)
+    _LokyPickler(buffer, reducers=reducers, buffer_callback=buffer_callback).dump(obj)
     return buffer.getvalue()
 
 
