@@ -9,7 +9,7 @@ Conversation on the channel (frames laid out in ``src/wire.rs``):
     parent -> INIT   (settings, pickled initializer)
     worker -> READY  or INIT_FAILED (then exits)
     parent -> TASK   (pickled fn, args, kwargs)          one or many at a time
-    worker -> RESULT (pickled outcome), in task order;   results are sent in batches
+    worker -> RESULT (pickled outcome), in task order, each before the next task runs
     parent closes its end                                -> the worker exits
 """
 
@@ -49,9 +49,6 @@ DEPTH = 0
 # the parent uses no tracker); read by loky.backend.resource_tracker.
 TRACKER_FD = None
 
-# Longest a finished result waits for the rest of its batch, in seconds.
-BATCH_HOLD = 0.002
-
 # One read or write call moves at most this much (Linux caps a call below 2 GiB).
 _IO_CHUNK = 1 << 30
 
@@ -73,13 +70,6 @@ class Channel:
         if fd >= 0:
             self.fds.append(fd)
         self.staged += data
-
-    def has_frame(self):
-        """True if a whole frame is already buffered (more work is queued)."""
-        if len(self.staged) < HEADER_LEN:
-            return False
-        length = HEADER.unpack_from(self.staged)[0]
-        return len(self.staged) >= HEADER_LEN + length
 
     def read_frame(self):
         """Return (kind, task_id, body, fd or None); raise EOFError when the parent
@@ -296,23 +286,19 @@ def main():
     channel.flush()
     del body, initializer_blob
     memory = MemoryGuard()
-    batch_started = 0.0
     try:
         while True:
             _, task_id, body, fd = channel.read_frame()
-            if not channel.outgoing:
-                batch_started = monotonic()
             result, result_fd = runner.run(body, fd)
             channel.queue(KIND_RESULT, task_id, result, result_fd)
-            del body
+            del body, result
             if memory.leaking():
                 # Tasks already sent here go to other workers.
                 channel.queue(KIND_RETIRING, 0, b"")
                 break
-            # Results go back in batches while more tasks are already queued here,
-            # but none waits long for the others.
-            if not channel.has_frame() or monotonic() - batch_started > BATCH_HOLD:
-                channel.flush()
+            # Each result leaves before the next task starts: if that task crashes the
+            # worker, only it is lost.
+            channel.flush()
     except EOFError:
         pass
     finally:
