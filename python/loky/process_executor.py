@@ -374,6 +374,8 @@ class ProcessPoolExecutor(Executor):
         self._timeout = timeout
         self._max_tasks_per_child = max_tasks_per_child
         self._submit_lock = threading.Lock()
+        # Used under _submit_lock only: one task is pickled at a time.
+        self._serializer = reduction.Serializer(job_reducers)
         self._task_ids = itertools.count()
         self._state = None
         self._shutdown_thread = False
@@ -435,7 +437,7 @@ class ProcessPoolExecutor(Executor):
                 raise BrokenProcessPool(state.broken)
             future = Future()
             try:
-                body, fd = pack(self._dump_task, (fn, args, kwargs))
+                body, fd = pack(self._serializer.dumps, (fn, args, kwargs))
             except Exception as exc:
                 error = PicklingError("Could not pickle the task to send it to the workers.")
                 future.set_exception(_with_cause(error, exc))
@@ -451,11 +453,6 @@ class ProcessPoolExecutor(Executor):
             return future
 
     submit.__doc__ = Executor.submit.__doc__
-
-    def _dump_task(self, task, buffer_callback):
-        return reduction.dumps_bytes(
-            task, reducers=self._job_reducers, buffer_callback=buffer_callback
-        )
 
     def map(self, fn, *iterables, timeout=None, chunksize=1):
         """Like the builtin map, evaluated in the workers; `chunksize` items travel

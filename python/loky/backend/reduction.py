@@ -142,6 +142,51 @@ def dumps_bytes(obj, reducers=None, buffer_callback=None):
     return buffer.getvalue()
 
 
+class Serializer:
+    """Pickles objects one at a time with a single loky pickler: cheaper than creating
+    one per object. Not thread-safe; the executor pickles one task at a time anyway."""
+
+    def __init__(self, reducers=None):
+        self._reducers = reducers
+        self._pickler = None
+        self._buffer_callback = None
+
+    def _new_pickler(self):
+        self._file = io.BytesIO()
+        self._pickler_class = _LokyPickler
+        self._pickler = _LokyPickler(
+            self._file, reducers=self._reducers, buffer_callback=self._on_buffer
+        )
+
+    def _on_buffer(self, buffer):
+        return self._buffer_callback(buffer)
+
+    def dumps(self, obj, buffer_callback=None):
+        """Pickle `obj` (protocol 5) into bytes; large buffers go to `buffer_callback`
+        as with `pickle.Pickler`."""
+        if self._pickler is None or self._pickler_class is not _LokyPickler:
+            self._new_pickler()  # first use, or set_loky_pickler() since
+        pickler, file = self._pickler, self._file
+        file.seek(0)
+        file.truncate()
+        pickler.clear_memo()
+        if hasattr(pickler, "globals_ref"):
+            pickler.globals_ref = {}  # cloudpickle's per-pickle state
+        self._buffer_callback = buffer_callback or _keep_in_band
+        try:
+            pickler.dump(obj)
+        except BaseException:
+            self._pickler = None  # do not reuse a pickler left mid-way
+            raise
+        finally:
+            self._buffer_callback = None
+        return file.getvalue()
+
+
+def _keep_in_band(buffer):
+    return True
+
+
 set_loky_pickler()
 
 # `pickle` itself is re-exported for callers that expect it here.
