@@ -164,10 +164,6 @@ impl Pool {
         self.manager.pids()
     }
 
-    fn pending_count(&self) -> usize {
-        self.manager.pending_count()
-    }
-
     /// Wait (without the GIL) for at least one event, or `timeout` seconds, and return
     /// every event queued by then.
     #[pyo3(signature = (timeout=None, max_events=4096))]

@@ -1,7 +1,7 @@
 //! The manager: one thread per executor that owns the workers.
 //!
 //! ```text
-//!  submit() ──► Control.pending ──(eventfd)──► manager thread ──► worker channel ──► worker
+//!  submit() ──► submissions queue ──(eventfd)──► manager thread ──► worker channel ──► worker
 //!  next_events() ◄── events channel ◄── manager thread ◄── worker channel ◄────────── worker
 //!                                              ▲
 //!                                  pidfd readable: worker exited
@@ -18,6 +18,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
@@ -66,16 +69,32 @@ pub enum Shutdown {
     Kill,
 }
 
-/// The part of the manager's state that callers change.
+/// Settings callers change, and what the manager publishes back.
 struct Control {
-    pending: VecDeque<Task>,
     max_workers: usize,
     shutdown: Option<Shutdown>,
     pids: Vec<i32>,
 }
 
+/// Tasks taken back before any worker received them.
+#[derive(Default)]
+struct Cancelled {
+    ids: HashSet<u64>,
+}
+
 struct Shared {
     control: Mutex<Control>,
+    /// New tasks; lock-free, so a submitting thread never waits for the manager.
+    submissions: Sender<Task>,
+    cancelled: Mutex<Cancelled>,
+    /// Mirrors `cancelled.ids.len()`, so dispatch takes the lock only when needed.
+    cancelled_count: AtomicUsize,
+    /// One more than the highest task id ever sent to a worker. Task ids grow in
+    /// submission order and new tasks are sent in that order, so a task was sent
+    /// iff its id is below this mark.
+    sent_mark: AtomicU64,
+    /// Set when the manager has been woken and has not yet looked at its inputs.
+    notified: AtomicBool,
     wake: OwnedFd,
 }
 
@@ -84,6 +103,28 @@ impl Shared {
         let one: u64 = 1;
         // SAFETY: writes 8 bytes from a live u64 to our eventfd.
         unsafe { libc::write(self.wake.as_raw_fd(), &one as *const u64 as *const libc::c_void, 8) };
+    }
+
+    /// Wake the manager unless a wake-up is already on its way.
+    fn notify(&self) {
+        if !self.notified.swap(true, Ordering::AcqRel) {
+            self.wake();
+        }
+    }
+
+    /// Manager side, just before it decides on a task: false if the task was
+    /// cancelled (then it is dropped). Pairs with `Manager::cancel`.
+    fn claim_for_sending(&self, id: u64) -> bool {
+        self.sent_mark.fetch_max(id + 1, Ordering::SeqCst);
+        if self.cancelled_count.load(Ordering::SeqCst) == 0 {
+            return true;
+        }
+        let mut cancelled = self.cancelled.lock();
+        if cancelled.ids.remove(&id) {
+            self.cancelled_count.fetch_sub(1, Ordering::SeqCst);
+            return false;
+        }
+        true
     }
 }
 
@@ -101,18 +142,23 @@ impl Manager {
         if wake < 0 {
             return Err(io::Error::last_os_error());
         }
+        let (submissions, submitted) = crossbeam_channel::unbounded();
         let shared = Arc::new(Shared {
             control: Mutex::new(Control {
-                pending: VecDeque::new(),
                 max_workers: config.max_workers,
                 shutdown: None,
                 pids: Vec::new(),
             }),
+            submissions,
+            cancelled: Mutex::new(Cancelled::default()),
+            cancelled_count: AtomicUsize::new(0),
+            sent_mark: AtomicU64::new(0),
+            notified: AtomicBool::new(false),
             // SAFETY: eventfd returned a fresh descriptor that we now own.
             wake: unsafe { OwnedFd::from_raw_fd(wake) },
         });
         let (sender, events) = crossbeam_channel::unbounded();
-        let mut run = ManagerLoop::new(config, shared.clone(), sender);
+        let mut run = ManagerLoop::new(config, shared.clone(), submitted, sender);
         let thread = std::thread::Builder::new()
             .name("loky-manager".into())
             .spawn(move || run.run())?;
@@ -123,38 +169,35 @@ impl Manager {
         })
     }
 
+    /// Queue a task. Ids must grow from one call to the next.
     pub fn submit(&self, id: u64, body: Vec<u8>, fd: Option<OwnedFd>) {
-        let was_empty = {
-            let mut control = self.shared.control.lock();
-            control.pending.push_back(Task {
-                id,
-                body: Arc::new(body),
-                fd,
-            });
-            control.pending.len() == 1
+        let task = Task {
+            id,
+            body: Arc::new(body),
+            fd,
         };
-        // A non-empty queue means the manager was already told, or is waiting for a
-        // worker to free up, which wakes it anyway.
-        if was_empty {
-            self.shared.wake();
-        }
+        // The receiver lives as long as the manager thread; after it ended, the task is
+        // dropped (the Python side refuses tasks after shutdown anyway).
+        let _ = self.shared.submissions.send(task);
+        self.shared.notify();
     }
 
-    /// Remove a task that no worker has received yet. False if it is already out.
+    /// Take back a task no worker has received yet. False if it was already sent.
     pub fn cancel(&self, id: u64) -> bool {
-        let mut control = self.shared.control.lock();
-        match control.pending.iter().position(|t| t.id == id) {
-            Some(i) => {
-                control.pending.remove(i);
-                true
-            }
-            None => false,
+        let mut cancelled = self.shared.cancelled.lock();
+        self.shared.cancelled_count.fetch_add(1, Ordering::SeqCst);
+        cancelled.ids.insert(id);
+        if id < self.shared.sent_mark.load(Ordering::SeqCst) {
+            cancelled.ids.remove(&id);
+            self.shared.cancelled_count.fetch_sub(1, Ordering::SeqCst);
+            return false;
         }
+        true
     }
 
     pub fn resize(&self, max_workers: usize) {
         self.shared.control.lock().max_workers = max_workers;
-        self.shared.wake();
+        self.shared.notify();
     }
 
     pub fn shutdown(&self, mode: Shutdown) {
@@ -164,15 +207,11 @@ impl Manager {
                 control.shutdown = Some(mode);
             }
         }
-        self.shared.wake();
+        self.shared.notify();
     }
 
     pub fn pids(&self) -> Vec<i32> {
         self.shared.control.lock().pids.clone()
-    }
-
-    pub fn pending_count(&self) -> usize {
-        self.shared.control.lock().pending.len()
     }
 
     /// Wait up to `timeout` for events, then take every event already queued.
@@ -205,13 +244,16 @@ impl Drop for Manager {
     }
 }
 
-/// Tasks this fast or faster are sent to a worker in batches.
-const BATCH_BELOW: Duration = Duration::from_millis(2);
+/// Tasks faster than this are sent to a worker in batches when many are queued.
+const BATCH_BELOW: Duration = Duration::from_millis(1);
 const MAX_BATCH: usize = 64;
 
 struct ManagerLoop {
     config: Config,
     shared: Arc<Shared>,
+    submitted: Receiver<Task>,
+    /// Tasks waiting for a worker, oldest first (re-queued ones go to the front).
+    pending: VecDeque<Task>,
     events: Sender<Event>,
     workers: Vec<Worker>,
     /// Workers that died or were recycled and should be replaced even with no work queued.
@@ -226,10 +268,17 @@ struct ManagerLoop {
 }
 
 impl ManagerLoop {
-    fn new(config: Config, shared: Arc<Shared>, events: Sender<Event>) -> ManagerLoop {
+    fn new(
+        config: Config,
+        shared: Arc<Shared>,
+        submitted: Receiver<Task>,
+        events: Sender<Event>,
+    ) -> ManagerLoop {
         ManagerLoop {
             config,
             shared,
+            submitted,
+            pending: VecDeque::new(),
             events,
             workers: Vec::new(),
             replacements_owed: 0,
@@ -246,6 +295,9 @@ impl ManagerLoop {
 
     fn run(&mut self) {
         loop {
+            // Clear the flag before looking, so a later submit wakes us again.
+            self.shared.notified.store(false, Ordering::SeqCst);
+            self.pending.extend(self.submitted.try_iter());
             let (shutdown, max_workers) = {
                 let control = self.shared.control.lock();
                 (control.shutdown, control.max_workers)
@@ -308,7 +360,7 @@ impl ManagerLoop {
     }
 
     fn nothing_pending(&self) -> bool {
-        self.broken || self.shared.control.lock().pending.is_empty()
+        self.broken || self.pending.is_empty()
     }
 
     fn publish_pids(&self) {
@@ -327,8 +379,7 @@ impl ManagerLoop {
         if self.broken {
             return;
         }
-        let pending = !self.shared.control.lock().pending.is_empty();
-        let wanted = if pending {
+        let wanted = if !self.pending.is_empty() {
             target - live
         } else if shutting_down {
             0
@@ -374,23 +425,28 @@ impl ManagerLoop {
         }
     }
 
+    /// How many tasks a ready worker may hold at once. One, unless tasks have been
+    /// short and the queue is long: then a share of the queue, small enough that
+    /// every worker still gets work and a slow task strands little behind it.
     fn batch_limit(&self, pending: usize, ready: usize) -> usize {
+        let ready = ready.max(1);
         match self.service_time {
-            Some(t) if t < BATCH_BELOW => pending.div_ceil(ready.max(1)).clamp(1, MAX_BATCH),
+            Some(t) if t < BATCH_BELOW && pending >= 4 * ready => {
+                (pending / (2 * ready)).clamp(1, MAX_BATCH)
+            }
             _ => 1,
         }
     }
 
     fn dispatch(&mut self) {
-        let mut control = self.shared.control.lock();
-        if control.pending.is_empty() {
+        if self.pending.is_empty() {
             return;
         }
         let ready = self.workers.iter().filter(|w| w.state == State::Ready).count();
         if ready == 0 {
             return;
         }
-        let limit = self.batch_limit(control.pending.len(), ready);
+        let limit = self.batch_limit(self.pending.len(), ready);
         let budget = self.config.max_tasks_per_child;
         // Least loaded first, so work spreads over the pool.
         let mut order: Vec<usize> = (0..self.workers.len())
@@ -403,10 +459,12 @@ impl ManagerLoop {
                 if budget.is_some_and(|b| worker.tasks_sent >= b) {
                     break;
                 }
-                let Some(task) = control.pending.pop_front() else {
+                let Some(task) = self.pending.pop_front() else {
                     return;
                 };
-                worker.send(task);
+                if self.shared.claim_for_sending(task.id) {
+                    worker.send(task);
+                }
             }
             if budget.is_some_and(|b| worker.tasks_sent >= b) {
                 // Spent: finish what it holds, then make room for a fresh one.
@@ -665,9 +723,8 @@ impl ManagerLoop {
                 // It exits after this message: give its queued tasks to others.
                 worker.state = State::Exiting;
                 self.replacements_owed += 1;
-                let mut control = self.shared.control.lock();
                 for task in worker.inflight.drain(..).rev() {
-                    control.pending.push_front(task);
+                    self.pending.push_front(task);
                 }
             }
             _ => {}
@@ -701,9 +758,8 @@ impl ManagerLoop {
             });
         }
         // Tasks it had received but not started run elsewhere.
-        let mut control = self.shared.control.lock();
         for task in worker.inflight.drain(..).rev() {
-            control.pending.push_front(task);
+            self.pending.push_front(task);
         }
     }
 
@@ -720,7 +776,7 @@ impl ManagerLoop {
         if let Some(template) = self.template.take() {
             wait_for_exit(&template.process.pidfd);
         }
-        self.shared.control.lock().pending.clear();
+        self.pending.clear();
     }
 }
 

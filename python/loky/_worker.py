@@ -45,10 +45,6 @@ TASK_UNPICKLE_FAILED = 2  # (TASK_UNPICKLE_FAILED, worker traceback text)
 # Nesting depth of this process; read by loky.process_executor.
 DEPTH = 0
 
-# Write end of the parent's resource tracker pipe, inherited under this number (None if
-# the parent uses no tracker); read by loky.backend.resource_tracker.
-TRACKER_FD = None
-
 # One read or write call moves at most this much (Linux caps a call below 2 GiB).
 _IO_CHUNK = 1 << 30
 
@@ -132,6 +128,12 @@ class Channel:
                 else:
                     views[0] = views[0][n:]
                     n = 0
+
+
+def run_chunk(fn, chunk):
+    """One task of ``map(..., chunksize=n)``: defined here, so a worker need not import
+    the executor module to run it."""
+    return [fn(*args) for args in chunk]
 
 
 def _plain_dump(obj, buffer_callback):
@@ -240,16 +242,13 @@ class MemoryGuard:
 
 
 def _setup(settings):
-    global DEPTH, TRACKER_FD
+    global DEPTH
     DEPTH = settings["depth"]
     sys.path[:] = settings["sys_path"]
-    TRACKER_FD = settings.get("tracker_fd")
-    if settings.get("joblib"):
-        # The parent runs joblib on this package: so must this worker, before it
-        # unpickles anything that names joblib.externals.loky.
-        from ._joblib import install
+    # Resource tracker pipe, joblib switch, multiprocessing authkey.
+    from ._inherit import apply
 
-        install()
+    apply(settings)
     if "PYTHONFAULTHANDLER" not in os.environ:
         import faulthandler
 
@@ -268,7 +267,7 @@ def main():
     try:
         if settings.get("main"):
             # "spawn" / "loky_init_main": the parent's __main__, as __mp_main__.
-            from .backend.spawn import import_main
+            from ._inherit import import_main
 
             import_main(settings["main"])
         initializer, initargs, runner.result_reducers = pickle.loads(initializer_blob)
@@ -306,6 +305,24 @@ def main():
             channel.flush()
         except OSError:
             pass  # the parent is gone
+    _exit_now()
+
+
+def _exit_now():
+    """Exit without tearing the interpreter down module by module (which takes longer
+    than the rest of a shutdown), but after what a normal exit owes the user: their
+    threads joined, their atexit functions run, their output flushed."""
+    if "threading" in sys.modules:
+        sys.modules["threading"]._shutdown()
+    import atexit
+
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (AttributeError, OSError, ValueError):
+            pass
+    os._exit(0)
 
 
 def serve_template():
@@ -335,7 +352,7 @@ def serve_template():
             code = os.waitstatus_to_exitcode(status)
             control.queue(KIND_EXITED, pid, code.to_bytes(8, "little", signed=True))
         else:
-            return
+            os._exit(0)  # the pool is gone; nothing of ours to clean up
         control.flush()
 
 

@@ -28,9 +28,9 @@ from pickle import PicklingError, loads
 from . import _core
 from ._base import Future
 from ._payload import pack, unpack
-from ._worker import OK, RAISED, TASK_UNPICKLE_FAILED
+from ._worker import OK, RAISED, TASK_UNPICKLE_FAILED, run_chunk
 from .backend import reduction
-from .backend import spawn
+from . import _inherit
 from .backend.context import cpu_count, executor_start_method
 
 __all__ = [
@@ -302,10 +302,6 @@ def _check_env(env):
     return dict(env)
 
 
-def _process_chunk(fn, chunk):
-    return [fn(*args) for args in chunk]
-
-
 def _chunks(chunksize, *iterables):
     it = zip(*iterables)
     while chunk := tuple(itertools.islice(it, chunksize)):
@@ -388,7 +384,7 @@ class ProcessPoolExecutor(Executor):
             "sys_path": list(sys.path),
             "pickler": reduction.get_loky_pickler_name(),
         }
-        # Resource tracker pipe, joblib switch, __main__ to import (backend/spawn.py).
+        # Resource tracker pipe, joblib switch, authkey, __main__ (see _inherit.py).
         settings.update(child_settings or {})
         initializer = reduction.dumps_bytes(
             (self._initializer, self._initargs, self._result_reducers),
@@ -399,7 +395,7 @@ class ProcessPoolExecutor(Executor):
     def _start_pool(self):
         package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         find_package = f"import sys; sys.path.insert(0, {package_root!r}); "
-        child_settings, pass_fds = spawn.child_settings(self._start_method)
+        child_settings, pass_fds = _inherit.child_settings(self._start_method)
         pool = _core.Pool(
             sys.executable,
             ["-c", find_package + _WORKER_BOOTSTRAP],
@@ -462,7 +458,7 @@ class ProcessPoolExecutor(Executor):
         if chunksize == 1:
             return super().map(fn, *iterables, timeout=timeout)
         results = super().map(
-            partial(_process_chunk, fn), _chunks(chunksize, *iterables), timeout=timeout
+            partial(run_chunk, fn), _chunks(chunksize, *iterables), timeout=timeout
         )
         return itertools.chain.from_iterable(results)
 
