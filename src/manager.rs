@@ -27,7 +27,7 @@ use parking_lot::Mutex;
 
 use crate::spawn::{kill_tree, pidfd_open, spawn_worker, try_reap, Spawned, WorkerCommand};
 use crate::template::{Template, EXITED, FORKED};
-use crate::wire::{Frame, INIT_FAILED, READY, RESULT, RETIRING};
+use crate::wire::{Frame, FrameWriter, OutFrame, INIT_FAILED, READY, RESULT, RETIRING, TASK};
 use crate::worker_table::{State, Task, Worker};
 
 pub struct Config {
@@ -82,8 +82,22 @@ struct Cancelled {
     ids: HashSet<u64>,
 }
 
+/// An idle worker the manager offers while it sleeps: a submitting thread may write one
+/// task straight to it, sparing a wake-up of the manager on the way to the worker.
+#[derive(Default)]
+struct Direct {
+    /// (pid, channel) of the offered worker.
+    offered: Option<(i32, RawFd)>,
+    /// Tasks sent that way, for the manager to record as in flight.
+    sent: Vec<(i32, Task)>,
+}
+
+/// Larger tasks go through the manager, which writes without blocking.
+const DIRECT_MAX: usize = 64 * 1024;
+
 struct Shared {
     control: Mutex<Control>,
+    direct: Mutex<Direct>,
     /// New tasks; lock-free, so a submitting thread never waits for the manager.
     submissions: Sender<Task>,
     cancelled: Mutex<Cancelled>,
@@ -150,6 +164,7 @@ impl Manager {
                 pids: Vec::new(),
             }),
             submissions,
+            direct: Mutex::new(Direct::default()),
             cancelled: Mutex::new(Cancelled::default()),
             cancelled_count: AtomicUsize::new(0),
             sent_mark: AtomicU64::new(0),
@@ -176,10 +191,50 @@ impl Manager {
             body: Arc::new(body),
             fd,
         };
+        let Some(task) = self.try_send_direct(task) else {
+            return;
+        };
         // The receiver lives as long as the manager thread; after it ended, the task is
         // dropped (the Python side refuses tasks after shutdown anyway).
         let _ = self.shared.submissions.send(task);
         self.shared.notify();
+    }
+
+    /// Write `task` to the offered idle worker, if there is one; gives the task back
+    /// otherwise.
+    fn try_send_direct(&self, task: Task) -> Option<Task> {
+        if task.fd.is_some() || task.body.len() > DIRECT_MAX {
+            return Some(task);
+        }
+        let mut direct = self.shared.direct.lock();
+        let Some((pid, channel)) = direct.offered else {
+            return Some(task);
+        };
+        self.shared.sent_mark.fetch_max(task.id + 1, Ordering::SeqCst);
+        let mut writer = FrameWriter::default();
+        writer.push(OutFrame::new(task.id, TASK, task.body.clone()));
+        if writer.flush(channel).is_err() {
+            // The worker is going away: leave it to the manager.
+            direct.offered = None;
+            return Some(task);
+        }
+        // The socket was empty (the worker idle), so a small frame went out whole; if
+        // not, finish it before anything else can write there.
+        while !writer.is_empty() {
+            let mut out = libc::pollfd {
+                fd: channel,
+                events: libc::POLLOUT,
+                revents: 0,
+            };
+            // SAFETY: polls one live pollfd.
+            unsafe { libc::poll(&mut out, 1, 100) };
+            if writer.flush(channel).is_err() {
+                break; // dead worker: its exit handling re-queues or fails the task
+            }
+        }
+        direct.offered = None;
+        direct.sent.push((pid, task));
+        None
     }
 
     /// Take back a task no worker has received yet. False if it was already sent.
@@ -317,6 +372,9 @@ impl ManagerLoop {
             if shutdown.is_some() && self.workers.is_empty() && self.nothing_pending() {
                 break;
             }
+            if shutdown.is_none() {
+                self.offer_idle_worker();
+            }
             self.wait_and_handle();
         }
         if let Some(template) = self.template.take() {
@@ -327,6 +385,39 @@ impl ManagerLoop {
         }
         self.publish_pids();
         self.emit(Event::Closed);
+    }
+
+    /// Offer one idle worker for direct sends while the manager sleeps.
+    fn offer_idle_worker(&mut self) {
+        if !self.pending.is_empty() {
+            return;
+        }
+        let budget = self.config.max_tasks_per_child;
+        let idle = self.workers.iter().find(|w| {
+            w.state == State::Ready
+                && w.inflight.is_empty()
+                && w.writer.is_empty()
+                && !w.channel_closed
+                && budget.is_none_or(|b| w.tasks_sent < b)
+        });
+        if let Some(worker) = idle {
+            self.shared.direct.lock().offered = Some((worker.pid, worker.fd()));
+        }
+    }
+
+    /// End the offer and record what was sent directly meanwhile.
+    fn withdraw_offer(&mut self) {
+        let sent = {
+            let mut direct = self.shared.direct.lock();
+            direct.offered = None;
+            std::mem::take(&mut direct.sent)
+        };
+        for (pid, task) in sent {
+            match self.workers.iter_mut().find(|w| w.pid == pid) {
+                Some(worker) => worker.record_sent(task),
+                None => self.pending.push_front(task), // cannot happen: it was offered
+            }
+        }
     }
 
     /// Start the template once the first workers are up, so it does not compete with
@@ -572,6 +663,7 @@ impl ManagerLoop {
         };
         // SAFETY: fds is a valid array of fds.len() pollfd structures.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+        self.withdraw_offer();
         if n <= 0 {
             return; // timeout or EINTR: the loop re-evaluates everything
         }

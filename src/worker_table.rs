@@ -75,14 +75,19 @@ impl Worker {
     }
 
     pub fn send(&mut self, task: Task) {
-        if self.inflight.is_empty() {
-            self.busy_since = Instant::now();
-        }
         let mut frame = OutFrame::new(task.id, TASK, task.body.clone());
         if let Some(fd) = task.fd.as_ref().and_then(|fd| fd.try_clone().ok()) {
             frame = frame.with_fd(fd);
         }
         self.writer.push(frame);
+        self.record_sent(task);
+    }
+
+    /// Count `task` as sent to this worker (by `send`, or directly by a submitter).
+    pub fn record_sent(&mut self, task: Task) {
+        if self.inflight.is_empty() {
+            self.busy_since = Instant::now();
+        }
         self.inflight.push_back(task);
         self.tasks_sent += 1;
     }
