@@ -804,11 +804,9 @@ impl ManagerLoop {
                     fd: frame.fd,
                 });
             }
-            READY => {
-                if worker.state == State::Starting {
-                    worker.state = State::Ready;
-                    worker.idle_since = Instant::now();
-                }
+            READY if worker.state == State::Starting => {
+                worker.state = State::Ready;
+                worker.idle_since = Instant::now();
             }
             INIT_FAILED => worker.init_error = Some(frame.body),
             RETIRING => {
