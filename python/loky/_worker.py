@@ -332,9 +332,12 @@ def serve_template():
 
     control = Channel(WORKER_FD)
     control.queue(KIND_READY, 0, b"")
-    control.flush()
     children = {}  # pidfd -> pid
     while True:
+        try:
+            control.flush()
+        except OSError:
+            os._exit(0)  # the pool closed its end: nothing of ours to clean up
         pidfds = list(children)
         request, value = template_next(WORKER_FD, pidfds)
         if request == "fork":
@@ -352,8 +355,7 @@ def serve_template():
             code = os.waitstatus_to_exitcode(status)
             control.queue(KIND_EXITED, pid, code.to_bytes(8, "little", signed=True))
         else:
-            os._exit(0)  # the pool is gone; nothing of ours to clean up
-        control.flush()
+            os._exit(0)  # the pool is gone
 
 
 def _become_worker(channel_fd, template_fds, detach_forked_worker):

@@ -110,6 +110,7 @@ class _ReusablePoolExecutor(ProcessPoolExecutor):
         global _executor, _executor_kwargs
         if reuse not in ("auto", True, False):
             raise ValueError(f"reuse must be 'auto', True or False, got {reuse!r}")
+        replaced = None
         with _executor_lock:
             executor = _executor
             if max_workers is None:
@@ -134,12 +135,19 @@ class _ReusablePoolExecutor(ProcessPoolExecutor):
                 if reusable and not executor._is_broken_or_shut_down():
                     executor._resize(max_workers)
                     return executor, True
-                executor.shutdown(wait=True, kill_workers=kill_workers)
-            _executor = cls(
+                # From now on its submits go to the new executor.
+                with executor._submit_lock:
+                    executor._shutdown_thread = True
+                replaced = executor
+            _executor = new = cls(
                 _executor_lock, max_workers=max_workers, executor_id=next(_executor_ids), **kwargs
             )
             _executor_kwargs = kwargs
-            return _executor, False
+        if replaced is not None:
+            # Outside the lock: the old executor's done-callbacks may still submit (and
+            # reach the new executor) while it finishes its work.
+            replaced.shutdown(wait=True, kill_workers=kill_workers)
+        return new, False
 
     def _is_broken_or_shut_down(self):
         state = self._state

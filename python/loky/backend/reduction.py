@@ -9,6 +9,7 @@ registered here apply to every pickle; an executor's ``job_reducers`` and
 
 import copyreg
 import io
+from collections.abc import Mapping
 import os
 import pickle
 from pickle import HIGHEST_PROTOCOL, loads
@@ -38,18 +39,21 @@ def register(type_, reduce_function):
     _registered_reducers[type_] = reduce_function
 
 
-# (id of the per-call reducers, sizes of the tables merged) -> (reducers, merged table).
+# (pickler class, id of the per-call reducers, sizes of the tables merged)
+# -> (reducers, merged table).
 # Building a dispatch table costs more than pickling a small task, so it is done once
 # per set of reducers; the sizes notice registrations made since.
 _merged_tables = {}
 
 
 def _dispatch_table(base, reducers):
-    key = (id(reducers), len(copyreg.dispatch_table), len(_registered_reducers))
+    key = (base, id(reducers), len(copyreg.dispatch_table), len(_registered_reducers))
     cached = _merged_tables.get(key)
     if cached is not None and cached[0] is reducers:
         return cached[1]
-    table = dict(getattr(base, "dispatch_table", None) or copyreg.dispatch_table)
+    # cloudpickle's Pickler has a class-level table; the standard one only the slot.
+    own = getattr(base, "dispatch_table", None)
+    table = dict(own if isinstance(own, Mapping) else copyreg.dispatch_table)
     table.update(_registered_reducers)
     if reducers:
         table.update(reducers)
