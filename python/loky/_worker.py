@@ -14,10 +14,12 @@ Conversation on the channel (frames laid out in ``src/wire.rs``):
 """
 
 import os
-import pickle
 import sys
 from struct import Struct
 from time import monotonic
+
+# The C pickle module: `pickle` would import much more at every worker start.
+import _pickle as pickle
 
 from ._core import (
     FLAG_HAS_FD,
