@@ -155,9 +155,12 @@ impl Pool {
         self.manager.shutdown(if kill { Shutdown::Kill } else { Shutdown::Graceful });
     }
 
-    /// Wait for the manager thread to end, without holding the GIL.
-    fn join(&self, py: Python<'_>) {
-        py.detach(|| self.manager.join());
+    /// Wait up to `timeout` seconds (None: for ever) for the manager thread to end,
+    /// without holding the GIL. True once it has.
+    #[pyo3(signature = (timeout=None))]
+    fn join(&self, py: Python<'_>, timeout: Option<f64>) -> bool {
+        let timeout = timeout.map(|t| Duration::from_secs_f64(t.max(0.0)));
+        py.detach(|| self.manager.join(timeout))
     }
 
     fn pids(&self) -> Vec<i32> {

@@ -23,7 +23,7 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use crossbeam_channel::{Receiver, Sender};
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
 use crate::spawn::{kill_tree, pidfd_open, spawn_worker, try_reap, Spawned, WorkerCommand};
 use crate::template::{Template, EXITED, FORKED};
@@ -109,6 +109,8 @@ struct Shared {
     sent_mark: AtomicU64,
     /// Set when the manager has been woken and has not yet looked at its inputs.
     notified: AtomicBool,
+    /// Set (and signalled) when the manager thread has finished.
+    finished: (Mutex<bool>, Condvar),
     wake: OwnedFd,
 }
 
@@ -169,6 +171,7 @@ impl Manager {
             cancelled_count: AtomicUsize::new(0),
             sent_mark: AtomicU64::new(0),
             notified: AtomicBool::new(false),
+            finished: (Mutex::new(false), Condvar::new()),
             // SAFETY: eventfd returned a fresh descriptor that we now own.
             wake: unsafe { OwnedFd::from_raw_fd(wake) },
         });
@@ -285,11 +288,31 @@ impl Manager {
         out
     }
 
-    /// Wait for the manager thread to end (after a shutdown request).
-    pub fn join(&self) {
-        if let Some(thread) = self.thread.lock().take() {
-            let _ = thread.join();
+    /// Wait up to `timeout` (None: for ever) for the manager thread to end, after a
+    /// shutdown request. True once it has.
+    pub fn join(&self, timeout: Option<Duration>) -> bool {
+        {
+            let (finished, done) = &self.shared.finished;
+            let mut finished = finished.lock();
+            match timeout {
+                Some(t) => {
+                    let deadline = Instant::now() + t;
+                    while !*finished && !done.wait_until(&mut finished, deadline).timed_out() {}
+                }
+                None => {
+                    while !*finished {
+                        done.wait(&mut finished);
+                    }
+                }
+            }
+            if !*finished {
+                return false;
+            }
         }
+        if let Some(thread) = self.thread.lock().take() {
+            let _ = thread.join(); // it has returned from its loop: ends at once
+        }
+        true
     }
 }
 
@@ -378,13 +401,20 @@ impl ManagerLoop {
             self.wait_and_handle();
         }
         if let Some(template) = self.template.take() {
-            // Its workers are gone; EOF on its socket makes it exit.
-            let pidfd = template.process.pidfd;
-            drop(template.process.channel);
-            wait_for_exit(&pidfd);
+            // Its workers are gone; EOF on its socket makes it exit. shutdown(2), not
+            // just close: a process forked from ours may hold a copy of the socket.
+            // SAFETY: plain shutdown(2) on a socket we own.
+            unsafe { libc::shutdown(template.process.channel.as_raw_fd(), libc::SHUT_RDWR) };
+            if !wait_for_exit(&template.process.pidfd, Some(TEMPLATE_EXIT_GRACE)) {
+                kill_tree(template.process.pid, libc::SIGKILL);
+                wait_for_exit(&template.process.pidfd, None);
+            }
         }
         self.publish_pids();
         self.emit(Event::Closed);
+        let (finished, done) = &self.shared.finished;
+        *finished.lock() = true;
+        done.notify_all();
     }
 
     /// Offer one idle worker for direct sends while the manager sleeps.
@@ -751,7 +781,7 @@ impl ManagerLoop {
         let Some(template) = self.template.take() else {
             return;
         };
-        wait_for_exit(&template.process.pidfd);
+        wait_for_exit(&template.process.pidfd, None);
         self.template_failed = true;
         let mut i = 0;
         while i < self.workers.len() {
@@ -861,24 +891,35 @@ impl ManagerLoop {
             kill_tree(template.process.pid, libc::SIGKILL);
         }
         for worker in self.workers.drain(..) {
-            wait_for_exit(&worker.pidfd);
+            wait_for_exit(&worker.pidfd, None);
         }
         if let Some(template) = self.template.take() {
-            wait_for_exit(&template.process.pidfd);
+            wait_for_exit(&template.process.pidfd, None);
         }
         self.pending.clear();
     }
 }
 
-/// Block until the process behind `pidfd` has exited, then reap it if it is our child
-/// (the template reaps the workers it forked).
-fn wait_for_exit(pidfd: &OwnedFd) {
+/// How long the template may take to exit once told to.
+const TEMPLATE_EXIT_GRACE: Duration = Duration::from_secs(2);
+
+/// Wait until the process behind `pidfd` has exited (at most `timeout`), then reap it
+/// if it is our child (the template reaps the workers it forked). False on timeout.
+fn wait_for_exit(pidfd: &OwnedFd, timeout: Option<Duration>) -> bool {
     let mut fd = libc::pollfd {
         fd: pidfd.as_raw_fd() as RawFd,
         events: libc::POLLIN,
         revents: 0,
     };
-    // SAFETY: polls one live pollfd; readable once the process has exited.
-    while unsafe { libc::poll(&mut fd, 1, -1) } < 0 {}
+    let timeout_ms = timeout.map_or(-1, |t| t.as_millis() as i32);
+    loop {
+        // SAFETY: polls one live pollfd; readable once the process has exited.
+        match unsafe { libc::poll(&mut fd, 1, timeout_ms) } {
+            0 => return false,
+            n if n > 0 => break,
+            _ => continue, // EINTR
+        }
+    }
     let _ = try_reap(pidfd.as_raw_fd());
+    true
 }

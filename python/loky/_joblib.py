@@ -9,8 +9,9 @@ module (``resource_tracker._CLEANUP_FUNCS``...) is seen by this package.
 Three ways to turn it on, all equivalent:
 
 - ``loky.use_with_joblib()`` in the program, before ``import joblib``;
-- ``LOKY_JOBLIB=1`` in the environment, with no code change: the ``loky-joblib.pth``
-  file installed with the package runs `install_from_env` when an interpreter starts;
+- ``LOKY_JOBLIB=1`` in the environment, with no code change: the ``loky_joblib.pth``
+  file installed with the package runs `install_from_env` when an interpreter starts
+  (an editable install has no such file: there, call ``use_with_joblib()``);
 - nothing to do in worker processes: a worker started by this package installs the
   hook whenever its parent has it, before it unpickles anything.
 """
@@ -25,6 +26,14 @@ __all__ = ["use_with_joblib", "install", "installed", "install_from_env"]
 
 VENDORED = "joblib.externals.loky"
 ENV_VAR = "LOKY_JOBLIB"
+
+# The content of ``loky_joblib.pth``, installed next to the package: site runs lines
+# that start with "import" at every interpreter start, so it must be cheap when the
+# variable is not set, and it must not fail.
+PTH_LINE = (
+    'import os; "LOKY_JOBLIB" in os.environ and '
+    '__import__("loky._joblib")._joblib.install_from_env()\n'
+)
 
 
 def _real_name(fullname):
@@ -50,8 +59,8 @@ class _AliasLoader:
 
     def exec_module(self, module):
         # The module has run already, under its real name. The import system has just
-        # pointed its __spec__ at the alias: point it back, so that reload, pickling
-        # by reference and introspection keep seeing `loky.*`.
+        # pointed its __spec__ at the alias: point it back, so that reload and
+        # introspection keep seeing `loky.*`.
         module.__spec__ = self.real_spec
 
 
@@ -130,7 +139,7 @@ def env_requests_switch(environ=os.environ):
 
 
 def install_from_env():
-    """Run at interpreter start (from ``loky-joblib.pth``): install the hook if
+    """Run at interpreter start (from ``loky_joblib.pth``): install the hook if
     ``LOKY_JOBLIB`` asks for it. Never raises: a start-up hook must not break the
     interpreter."""
     if not env_requests_switch():

@@ -395,7 +395,9 @@ class ProcessPoolExecutor(Executor):
     def _start_pool(self):
         package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         find_package = f"import sys; sys.path.insert(0, {package_root!r}); "
-        child_settings, pass_fds = _inherit.child_settings(self._start_method)
+        child_settings, pass_fds = _inherit.child_settings(
+            self._start_method, process_name="LokyProcess"
+        )
         pool = _core.Pool(
             sys.executable,
             ["-c", find_package + _WORKER_BOOTSTRAP],
@@ -481,7 +483,8 @@ class ProcessPoolExecutor(Executor):
             )
         if wait and state.thread is not threading.current_thread():
             state.thread.join()
-            state.pool.join()
+            while not state.pool.join(0.1):  # in slices, so signals get through
+                pass
 
     def _worker_pids(self):
         return [] if self._state is None else self._state.pool.pids()

@@ -23,8 +23,8 @@ from multiprocessing.connection import wait
 from multiprocessing.context import set_spawning_popen
 from multiprocessing.reduction import ForkingPickler
 
-from .. import _core
-from . import reduction, spawn
+from .. import _core, _inherit
+from . import reduction
 
 __all__ = ["Popen"]
 
@@ -67,13 +67,12 @@ class Popen:
 
     def _launch(self, process_obj):
         imports_main = getattr(process_obj, "init_main_module", False)
-        settings, pass_fds = spawn.child_settings(
+        settings, pass_fds = _inherit.child_settings(
             "loky_init_main" if imports_main else "loky"
         )
         self._fds.extend(pass_fds)
         settings["name"] = process_obj.name
         settings["sys_path"] = list(sys.path)
-        settings["authkey"] = bytes(mp_process.current_process().authkey)
         payload = io.BytesIO()
         set_spawning_popen(self)
         try:
@@ -151,19 +150,11 @@ def main(fd):
         with open(fd, "rb") as from_parent:
             settings = pickle.load(from_parent)
             sys.path[:] = settings["sys_path"]
-            if settings["joblib"]:
-                from .. import _joblib
-
-                _joblib.install()
-            if settings["tracker_fd"] is not None:
-                from . import resource_tracker
-
-                resource_tracker._resource_tracker._fd = settings["tracker_fd"]
+            _inherit.apply(settings)
             current = mp_process.current_process()
-            current.authkey = settings["authkey"]
             current._inheriting = True
             try:
-                spawn.import_main(settings["main"])
+                _inherit.import_main(settings["main"])
                 process_obj = pickle.load(from_parent)
             finally:
                 del current._inheriting

@@ -74,9 +74,9 @@ _CLEANUP_FUNCS = {
 
 
 def _inherited_fd():
-    """The tracker pipe this process got from its parent, if it is a loky worker."""
-    worker = sys.modules.get("loky._worker")
-    return getattr(worker, "TRACKER_FD", None)
+    """The tracker pipe this process got from its parent, if loky started it."""
+    inherit = sys.modules.get("loky._inherit")
+    return getattr(inherit, "TRACKER_FD", None)
 
 
 class ResourceTracker:

@@ -1,0 +1,171 @@
+"""What a new interpreter started by loky takes over from its parent, besides its
+environment and ``sys.path``:
+
+- the resource tracker's pipe (a descriptor it inherits), so that parent and workers
+  share one tracker;
+- the joblib switch (`loky._joblib`), so that ``joblib.externals.loky`` means the same
+  thing on both sides of the pipe;
+- multiprocessing's authentication key, so that manager proxies and listeners created
+  by the parent accept the children (as with multiprocessing's own start methods), and
+  for executor workers a multiprocessing process name, ``LokyProcess-<pid>``;
+- multiprocessing's logging to stderr (``multiprocessing.util.log_to_stderr``), if the
+  parent turned it on;
+- for the "loky_init_main" and "spawn" start methods, the parent's ``__main__`` module,
+  imported as ``__mp_main__``.
+
+`child_settings` runs in the parent; `apply` and `import_main` in the child. Workers
+import this module at start, so it imports nothing heavy at the top: in particular a
+worker pays for ``multiprocessing`` only if a task uses it.
+"""
+
+import os
+import sys
+
+# Start methods whose processes import the parent's __main__ as __mp_main__, like
+# multiprocessing's "spawn" does.
+IMPORTS_MAIN = frozenset({"loky_init_main", "spawn"})
+
+# In a child: the inherited write end of the parent's resource tracker pipe, or None.
+# Read by loky.backend.resource_tracker when it is imported.
+TRACKER_FD = None
+
+
+# -- parent side ----------------------------------------------------------------------
+
+
+def _tracker_fd():
+    """The tracker pipe to hand down; None unless this process uses the tracker (it
+    imported `loky.backend.resource_tracker`, as joblib does), so that a bare executor
+    does not start a tracker it has no use for."""
+    tracker = sys.modules.get("loky.backend.resource_tracker")
+    if tracker is None:
+        return None
+    return tracker.getfd()
+
+
+def _joblib_switched():
+    switch = sys.modules.get("loky._joblib")
+    return switch is not None and switch.installed()
+
+
+def _main_module_info():
+    """How a child can import this process's ``__main__``: a dict for `import_main`,
+    empty when there is nothing to import (interactive session, ``python -c``)."""
+    from multiprocessing import spawn as mp_spawn
+
+    data = mp_spawn.get_preparation_data("loky")
+    keys = ("init_main_from_name", "init_main_from_path")
+    return {key: data[key] for key in keys if key in data}
+
+
+def _mp_log_level():
+    from multiprocessing import util
+
+    if util._log_to_stderr and util._logger is not None:
+        return util._logger.getEffectiveLevel()
+    return None
+
+
+def child_settings(start_method="loky", process_name=None):
+    """The settings a new interpreter applies at start, and the descriptors it must
+    inherit for them. `process_name`: the prefix of the multiprocessing process name
+    the child takes (for executor workers, which multiprocessing did not start)."""
+    from multiprocessing import process
+
+    fd = _tracker_fd()
+    settings = {
+        "tracker_fd": fd,
+        "joblib": _joblib_switched(),
+        "authkey": bytes(process.current_process().authkey),
+        "process_name": process_name,
+        "mp_log_level": _mp_log_level(),
+        "main": _main_module_info() if start_method in IMPORTS_MAIN else None,
+    }
+    return settings, ([] if fd is None else [fd])
+
+
+# -- child side -----------------------------------------------------------------------
+
+
+def apply(settings):
+    """In a new interpreter, before it unpickles anything from its parent."""
+    global TRACKER_FD
+    TRACKER_FD = settings.get("tracker_fd")
+    tracker = sys.modules.get("loky.backend.resource_tracker")
+    if tracker is not None and TRACKER_FD is not None:
+        tracker._resource_tracker._fd = TRACKER_FD
+    if settings.get("joblib"):
+        # Before anything that names joblib.externals.loky is unpickled.
+        from ._joblib import install
+
+        install()
+    if settings.get("mp_log_level") is not None:
+        from multiprocessing import util
+
+        util.log_to_stderr(settings["mp_log_level"])
+    identity = _MultiprocessingIdentity(settings.get("authkey"), settings.get("process_name"))
+    mp_process = sys.modules.get("multiprocessing.process")
+    if mp_process is not None:
+        identity.give_to(mp_process)
+    elif identity.authkey is not None or identity.name is not None:
+        # Set when (if ever) a task imports multiprocessing: a bare worker does not
+        # pay for importing it.
+        sys.meta_path.insert(0, identity)
+
+
+def import_main(info):
+    """Import the parent's ``__main__`` module as ``__mp_main__`` (it also becomes this
+    process's ``__main__``), with multiprocessing's own machinery."""
+    if info:
+        from multiprocessing import spawn as mp_spawn
+
+        mp_spawn.prepare(info)
+
+
+class _MultiprocessingIdentity:
+    """The authentication key and process name this process takes in multiprocessing.
+
+    Also a one-shot meta path finder: when ``multiprocessing.process`` is first
+    imported, it loads it normally, then sets them."""
+
+    def __init__(self, authkey, name_prefix):
+        self.authkey = authkey
+        self.name = None if name_prefix is None else f"{name_prefix}-{os.getpid()}"
+
+    def give_to(self, mp_process):
+        current = mp_process.current_process()
+        if self.authkey is not None:
+            current.authkey = self.authkey
+        if self.name is not None:
+            current.name = self.name
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "multiprocessing.process":
+            return None
+        sys.meta_path.remove(self)
+        for finder in sys.meta_path:
+            find_spec = getattr(finder, "find_spec", None)
+            spec = find_spec(name, path, target) if find_spec is not None else None
+            if spec is not None:
+                spec.loader = _ThenSetIdentity(spec.loader, self)
+                return spec
+        return None
+
+
+class _ThenSetIdentity:
+    """Wraps the real loader of ``multiprocessing.process``."""
+
+    def __init__(self, loader, identity):
+        self._loader = loader
+        self._identity = identity
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module):
+        self._loader.exec_module(module)
+        module.__loader__ = self._loader
+        self._identity.give_to(module)
+
+    def __getattr__(self, name):
+        return getattr(self._loader, name)
