@@ -46,7 +46,8 @@ fn event_tuple(py: Python<'_>, event: Event) -> EventTuple<'_> {
             task_id,
             pid,
             exitcode,
-        } => (EV_WORKER_DIED, task_id, pid, None, -1, exitcode, none()),
+            reason,
+        } => (EV_WORKER_DIED, task_id, pid, None, -1, exitcode, reason),
         Event::InitFailed { pid, body } => {
             (EV_INIT_FAILED, 0, pid, Some(PyBytes::new(py, &body)), -1, 0, none())
         }

@@ -52,7 +52,13 @@ pub enum Event {
         fd: Option<OwnedFd>,
     },
     /// A worker died while running this task.
-    WorkerDied { task_id: u64, pid: i32, exitcode: i32 },
+    /// `reason` says why the manager killed it (empty: it died by itself).
+    WorkerDied {
+        task_id: u64,
+        pid: i32,
+        exitcode: i32,
+        reason: String,
+    },
     /// A worker's initializer failed; the body describes the error. No more workers start.
     InitFailed { pid: i32, body: Vec<u8> },
     /// A worker could not start at all. No more workers start.
@@ -808,11 +814,23 @@ impl ManagerLoop {
         for frame in outcome.frames {
             self.on_frame(i, frame);
         }
+        if let Some(reason) = outcome.corrupt {
+            self.workers[i].fail(reason);
+        }
     }
 
     fn on_frame(&mut self, i: usize, frame: Frame) {
         let worker = &mut self.workers[i];
+        if worker.fault.is_some() {
+            return;
+        }
         match frame.header.kind {
+            RESULT if worker.inflight.front().map(|t| t.id) != Some(frame.header.task_id) => {
+                worker.fail(format!(
+                    "it answered task {} which it was not running",
+                    frame.header.task_id
+                ));
+            }
             RESULT => {
                 let now = Instant::now();
                 let task = worker.inflight.pop_front();
@@ -826,7 +844,7 @@ impl ManagerLoop {
                     Some(avg) => (avg * 7 + spent) / 8,
                     None => spent,
                 });
-                debug_assert_eq!(task.map(|t| t.id), Some(frame.header.task_id));
+                drop(task);
                 self.emit(Event::Result {
                     task_id: frame.header.task_id,
                     pid,
@@ -847,7 +865,7 @@ impl ManagerLoop {
                     self.pending.push_front(task);
                 }
             }
-            _ => {}
+            kind => worker.fail(format!("unexpected message kind {kind}")),
         }
     }
 
@@ -875,6 +893,7 @@ impl ManagerLoop {
                 task_id: running.id,
                 pid: worker.pid,
                 exitcode,
+                reason: worker.fault.take().unwrap_or_default(),
             });
         }
         // Tasks it had received but not started run elsewhere.

@@ -79,6 +79,8 @@ pub struct FrameReader {
     partial: Option<(Header, Vec<u8>, usize)>,
     /// Descriptors received, in order, for the frames flagged HAS_FD.
     fds: VecDeque<OwnedFd>,
+    /// Set once the framing broke; the reader stops there.
+    corrupt: Option<String>,
 }
 
 const STAGE_LEN: usize = 256 * 1024;
@@ -102,6 +104,8 @@ pub struct ReadOutcome {
     pub frames: Vec<Frame>,
     /// The peer closed its end (or the channel failed).
     pub closed: bool,
+    /// The peer broke the framing: what was wrong. Nothing more is read.
+    pub corrupt: Option<String>,
 }
 
 impl Default for FrameReader {
@@ -112,20 +116,27 @@ impl Default for FrameReader {
             end: 0,
             partial: None,
             fds: VecDeque::new(),
+            corrupt: None,
         }
     }
 }
+
+/// Frames longer than this are taken for garbage (1 TiB).
+const MAX_FRAME_LEN: u64 = 1 << 40;
 
 impl FrameReader {
     /// Read everything available without blocking and return the complete frames.
     pub fn read_available(&mut self, fd: RawFd) -> ReadOutcome {
         let mut frames = Vec::new();
         loop {
+            if self.corrupt.is_some() {
+                return self.outcome(frames, true);
+            }
             if let Some((header, mut body, filled)) = self.partial.take() {
                 // Large body: read straight into it.
                 // Only this body's bytes: no later frame (nor its descriptor) is touched.
                 match read_into(fd, &mut body[filled..]) {
-                    Ok(0) => return ReadOutcome { frames, closed: true },
+                    Ok(0) => return self.outcome(frames, true),
                     Ok(n) if filled + n == body.len() => {
                         let fd = self.take_fd(&header);
                         frames.push(Frame { header, body, fd })
@@ -133,9 +144,9 @@ impl FrameReader {
                     Ok(n) => self.partial = Some((header, body, filled + n)),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         self.partial = Some((header, body, filled));
-                        return ReadOutcome { frames, closed: false };
+                        return self.outcome(frames, false);
                     }
-                    Err(_) => return ReadOutcome { frames, closed: true },
+                    Err(_) => return self.outcome(frames, true),
                 }
                 continue;
             }
@@ -150,16 +161,24 @@ impl FrameReader {
                 self.start = 0;
             }
             match recv_with_fd(fd, &mut self.stage[self.end..]) {
-                Ok((0, _)) => return ReadOutcome { frames, closed: true },
+                Ok((0, _)) => return self.outcome(frames, true),
                 Ok((n, received)) => {
                     self.end += n;
                     self.fds.extend(received);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    return ReadOutcome { frames, closed: false }
+                    return self.outcome(frames, false)
                 }
-                Err(_) => return ReadOutcome { frames, closed: true },
+                Err(_) => return self.outcome(frames, true),
             }
+        }
+    }
+
+    fn outcome(&self, frames: Vec<Frame>, closed: bool) -> ReadOutcome {
+        ReadOutcome {
+            frames,
+            closed,
+            corrupt: self.corrupt.clone(),
         }
     }
 
@@ -176,6 +195,14 @@ impl FrameReader {
     fn parse_staged(&mut self, frames: &mut Vec<Frame>) {
         while self.end - self.start >= HEADER_LEN {
             let header = Header::decode(&self.stage[self.start..self.start + HEADER_LEN]);
+            if header.flags & !HAS_FD != 0 || header.len > MAX_FRAME_LEN {
+                self.corrupt = Some(format!("malformed frame header {header:?}"));
+                return;
+            }
+            if header.flags & HAS_FD != 0 && self.fds.is_empty() {
+                self.corrupt = Some("a frame announced a descriptor that did not come".into());
+                return;
+            }
             let body_start = self.start + HEADER_LEN;
             let available = self.end - body_start;
             let len = header.len as usize;
@@ -187,7 +214,12 @@ impl FrameReader {
             } else if HEADER_LEN + len <= self.stage.len() {
                 return; // fits in the stage once more bytes arrive
             } else {
-                let mut body = vec![0u8; len];
+                let mut body = Vec::new();
+                if body.try_reserve_exact(len).is_err() {
+                    self.corrupt = Some(format!("cannot allocate a frame of {len} bytes"));
+                    return;
+                }
+                body.resize(len, 0);
                 body[..available].copy_from_slice(&self.stage[body_start..self.end]);
                 self.start = 0;
                 self.end = 0;

@@ -46,6 +46,8 @@ pub struct Worker {
     pub init_error: Option<Vec<u8>>,
     /// Forked by the template, which reaps it and reports its exit status.
     pub from_template: bool,
+    /// Why the manager killed it (it broke the protocol).
+    pub fault: Option<String>,
 }
 
 impl Worker {
@@ -67,6 +69,7 @@ impl Worker {
             channel_closed: false,
             init_error: None,
             from_template,
+            fault: None,
         }
     }
 
@@ -103,6 +106,15 @@ impl Worker {
     pub fn close_write(&self) {
         // SAFETY: plain shutdown(2) on a socket we own.
         unsafe { libc::shutdown(self.fd(), libc::SHUT_WR) };
+    }
+
+    /// The worker broke the protocol (garbage on its channel, say): kill it. Its
+    /// exit is then handled like any death, with `fault` as the reason.
+    pub fn fail(&mut self, reason: String) {
+        if self.fault.is_none() {
+            self.fault = Some(reason);
+            crate::spawn::kill_tree(self.pid, libc::SIGKILL);
+        }
     }
 
     /// Counts toward the pool's size (not on its way out).

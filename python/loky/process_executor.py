@@ -112,7 +112,14 @@ def _format_exitcodes(exitcodes):
     return "{" + ", ".join(f"{_signal_name(e)}({e})" for e in exitcodes) + "}"
 
 
-def _terminated_worker_error(pid, exitcode):
+def _terminated_worker_error(pid, exitcode, reason):
+    if reason:
+        return TerminatedWorkerError(
+            f"The executor killed worker {pid} because its channel carried something "
+            f"that is not a message of this package ({reason}). Did the task write to "
+            "or read from file descriptor 3? That descriptor belongs to the worker. "
+            f"The exit codes of the workers are {_format_exitcodes([exitcode])}."
+        )
     return TerminatedWorkerError(
         "A worker process managed by the executor was unexpectedly terminated. "
         "This could be caused by a segmentation fault while calling the function "
@@ -173,6 +180,7 @@ class _PoolState:
         self.pool = pool
         self.futures = {}
         self.broken = None  # error message once the pool cannot run tasks
+        self.has_initializer = False
 
     def unqueue(self, task_id):
         if self.pool.cancel(task_id):
@@ -205,11 +213,11 @@ class _PoolState:
             elif kind == _core.EV_WORKER_DIED:
                 future = self.futures.pop(task_id, None)
                 if future is not None:
-                    _fail(future, _terminated_worker_error(pid, exitcode))
+                    _fail(future, _terminated_worker_error(pid, exitcode, message))
             elif kind == _core.EV_INIT_FAILED:
                 self._break(_initializer_error(body))
             elif kind == _core.EV_START_FAILED:
-                self._break(_start_error(pid, exitcode, message))
+                self._break(_start_error(pid, exitcode, message, self.has_initializer))
             elif kind == _core.EV_CLOSED:
                 return False
         return True
@@ -234,15 +242,21 @@ def _initializer_error(body):
     return error
 
 
-def _start_error(pid, exitcode, message):
-    if not message:
-        message = (
-            f"worker process {pid} exited with status "
-            f"{_format_exitcodes([exitcode])} before it was ready"
+def _start_error(pid, exitcode, message, has_initializer):
+    if message:
+        return BrokenProcessPool(f"The executor could not start its workers: {message}.")
+    status = _format_exitcodes([exitcode])
+    if has_initializer:
+        return BrokenProcessPool(
+            f"Worker process {pid} died with status {status} before it was ready, "
+            "most likely in the executor's initializer (a crash or os._exit there). "
+            "Fix the initializer and create a new executor; the worker's stderr may "
+            "say more."
         )
     return BrokenProcessPool(
-        f"The executor could not start its workers: {message}. Check that "
-        f"{sys.executable!r} can import loky (its stderr may say more)."
+        f"The executor could not start its workers: worker process {pid} exited "
+        f"with status {status} before it was ready. Check that {sys.executable!r} "
+        "can import loky (its stderr may say more)."
     )
 
 
@@ -410,6 +424,7 @@ class ProcessPoolExecutor(Executor):
             pass_fds=pass_fds,
         )
         state = _PoolState(pool)
+        state.has_initializer = self._initializer is not None
         state.thread = threading.Thread(
             target=_run_results, args=(state,), name="loky-results", daemon=True
         )
