@@ -1,0 +1,158 @@
+"""Shared fixtures: every test leaves no process behind.
+
+Every process started while the tests run inherits ``LOKY_TESTS_MARKER`` in its
+environment, so after each test we can find not only the children of the test process
+but also anything that escaped the tree (a worker's child re-parented to init, the
+workers of a killed subprocess). A test fails if such a process is still alive after a
+grace period; the leftovers are then killed, by pid, so the next test starts clean.
+"""
+
+import os
+import signal
+import sys
+import time
+import weakref
+
+import psutil
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+import loky  # noqa: E402
+from loky import process_executor, reusable_executor  # noqa: E402
+
+MARKER_NAME = "LOKY_TESTS_MARKER"
+MARKER = f"{os.getpid()}-{time.time_ns()}"
+os.environ[MARKER_NAME] = MARKER
+# The tests check that workers enable faulthandler themselves.
+os.environ.pop("PYTHONFAULTHANDLER", None)
+
+# How long exiting workers may take to go away after a test (generous: this is a
+# "does not leak" check, not a speed check).
+GRACE_PERIOD = 10.0
+
+# Every executor created in this process, so that teardown can shut down the ones a
+# test left running (weak: garbage collection of executors is itself tested).
+_executors = weakref.WeakSet()
+_original_init = process_executor.ProcessPoolExecutor.__init__
+
+
+def _tracking_init(self, *args, **kwargs):
+    _original_init(self, *args, **kwargs)
+    _executors.add(self)
+
+
+process_executor.ProcessPoolExecutor.__init__ = _tracking_init
+
+
+def _our_processes():
+    """Processes this test session started: descendants of this process, and any
+    process carrying our marker (children re-parented after their parent died)."""
+    me = psutil.Process()
+    found = {}
+    for child in me.children(recursive=True):
+        found[child.pid] = child
+    for proc in psutil.process_iter():
+        if proc.pid == me.pid or proc.pid in found:
+            continue
+        try:
+            if proc.environ().get(MARKER_NAME) == MARKER:
+                found[proc.pid] = proc
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
+def _describe(proc):
+    try:
+        return f"pid {proc.pid} ({proc.status()}): {' '.join(proc.cmdline())[:160]}"
+    except psutil.Error:
+        return f"pid {proc.pid} (gone)"
+
+
+def _alive(procs):
+    alive = {}
+    for pid, proc in procs.items():
+        try:
+            if proc.is_running():
+                alive[pid] = proc
+        except psutil.Error:
+            pass
+    return alive
+
+
+def _reap_zombie_children():
+    """Collect our own children that exited and that nobody reaped."""
+    for child in psutil.Process().children():
+        try:
+            if child.status() == psutil.STATUS_ZOMBIE:
+                os.waitpid(child.pid, os.WNOHANG)
+        except (psutil.Error, ChildProcessError, OSError):
+            pass
+
+
+def shutdown_leftover_executors():
+    for executor in list(_executors):
+        try:
+            executor.shutdown(wait=True, kill_workers=True)
+        except Exception:  # a broken executor may complain; we only clean up
+            pass
+    current = reusable_executor._executor
+    if current is not None:
+        current.shutdown(wait=True, kill_workers=True)
+
+
+@pytest.fixture(autouse=True)
+def no_process_left_behind(request):
+    yield
+    shutdown_leftover_executors()
+    deadline = time.monotonic() + GRACE_PERIOD
+    leftovers = _our_processes()
+    while leftovers and time.monotonic() < deadline:
+        time.sleep(0.02)
+        leftovers = _alive(leftovers)
+        # Zombies that still are our children after the grace period are real leaks
+        # (nobody reaped them); zombies elsewhere are init's to collect.
+        leftovers = {
+            pid: p
+            for pid, p in leftovers.items()
+            if not _is_foreign_zombie(p)
+        }
+    leftovers = {pid: p for pid, p in _alive(leftovers).items() if not _is_foreign_zombie(p)}
+    if not leftovers:
+        return
+    descriptions = [_describe(p) for p in leftovers.values()]
+    for pid in leftovers:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    psutil.wait_procs(list(leftovers.values()), timeout=5)
+    _reap_zombie_children()
+    pytest.fail(
+        f"{len(descriptions)} process(es) left behind {GRACE_PERIOD:.0f}s after the "
+        "test:\n  " + "\n  ".join(descriptions),
+        pytrace=False,
+    )
+
+
+def _is_foreign_zombie(proc):
+    try:
+        return proc.status() == psutil.STATUS_ZOMBIE and proc.ppid() != os.getpid()
+    except psutil.Error:
+        return True
+
+
+@pytest.fixture
+def executor_factory():
+    """Create executors that are shut down (killing their workers) after the test."""
+    created = []
+
+    def make(*args, **kwargs):
+        executor = loky.ProcessPoolExecutor(*args, **kwargs)
+        created.append(executor)
+        return executor
+
+    yield make
+    for executor in created:
+        executor.shutdown(wait=True, kill_workers=True)

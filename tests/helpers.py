@@ -1,0 +1,338 @@
+"""Task functions and small utilities shared by the tests.
+
+Workers import this module (functions travel by reference), so it imports nothing
+heavy at module level: a worker that runs `square` loads only this file.
+"""
+
+import os
+import signal
+import sys
+import threading
+import time
+
+# -- tasks that succeed ----------------------------------------------------------------
+
+
+def square(x):
+    return x * x
+
+
+def add(a, b):
+    return a + b
+
+
+def identity(x):
+    return x
+
+
+def get_pid(_=None):
+    return os.getpid()
+
+
+def sleep_and_return(seconds, value=None):
+    time.sleep(seconds)
+    return value
+
+
+def wait_for_path(path, value, timeout=30):
+    """Block until `path` exists (a gate the test opens), then return `value`."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return value
+
+
+def sleep_and_pid(seconds):
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def rendezvous(path, n, timeout):
+    """Check in at `path`, then wait (up to `timeout` s) until `n` distinct workers
+    have: tasks that need `n` workers running at the same time. Returns this pid."""
+    append_line(path, str(os.getpid()))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open(path) as f:
+            if len(set(f.read().split())) >= n:
+                break
+        time.sleep(0.005)
+    return os.getpid()
+
+
+def getenv(name):
+    return os.environ.get(name)
+
+
+def dont_write_bytecode_flag():
+    return sys.flags.dont_write_bytecode
+
+
+def module_loaded(name):
+    return name in sys.modules
+
+
+def import_then_check(name):
+    __import__(name)
+    return name in sys.modules
+
+
+def main_module_info():
+    main = sys.modules.get("__main__")
+    return getattr(main, "__file__", None), getattr(main, "RAN_AS_MAIN", False)
+
+
+def payload_summary(data, probes):
+    """Length of a bytes-like payload and the bytes found at `probes`."""
+    view = memoryview(data)
+    return len(view), bytes(view[p] for p in probes)
+
+
+def make_payload(size, probes):
+    """A zero-filled bytearray of `size` with a marker byte at each probe."""
+    data = bytearray(size)
+    for i, p in enumerate(probes):
+        data[p] = marker(i)
+    return data
+
+
+def marker(i):
+    return (i * 37 + 11) % 251 + 1
+
+
+def pid_then_sleep(path, seconds):
+    """Write this worker's pid to `path` (so the test knows the task runs), then sleep."""
+    append_line(path, str(os.getpid()))
+    time.sleep(seconds)
+    return "finished"
+
+
+def append_line(path, text):
+    with open(path, "a") as f:
+        f.write(text + "\n")
+
+
+# -- tasks that raise ------------------------------------------------------------------
+
+
+class CustomError(Exception):
+    def __init__(self, message, code):
+        super().__init__(message, code)
+        self.code = code
+
+
+class CustomBaseException(BaseException):
+    pass
+
+
+def raise_value_error(message):
+    raise ValueError(message)
+
+
+def raise_custom_error(message, code):
+    raise CustomError(message, code)
+
+
+def fail_on_odd(x):
+    if x % 2:
+        raise ValueError(f"odd input {x}")
+    return x
+
+
+def call_sys_exit(code):
+    sys.exit(code)
+
+
+def raise_keyboard_interrupt():
+    raise KeyboardInterrupt("interrupted in the task")
+
+
+def raise_custom_base_exception(message):
+    raise CustomBaseException(message)
+
+
+# -- tasks that kill their worker ------------------------------------------------------
+
+
+def segfault(record_to=None):
+    if record_to is not None:
+        append_line(record_to, str(os.getpid()))
+    import ctypes
+
+    ctypes.string_at(0)
+
+
+def exit_with(code, record_to=None):
+    if record_to is not None:
+        append_line(record_to, str(os.getpid()))
+    os._exit(code)
+
+
+def kill_self(signum):
+    os.kill(os.getpid(), signum)
+    time.sleep(30)
+
+
+def start_grandchild_and_sleep(pid_file, new_session=False):
+    """Start `sleep 100` as a child of this worker, publish its pid, then block."""
+    import subprocess
+
+    child = subprocess.Popen(["sleep", "100"], start_new_session=new_session)
+    tmp = f"{pid_file}.tmp"
+    with open(tmp, "w") as f:
+        f.write(f"{os.getpid()} {child.pid}")
+    os.replace(tmp, pid_file)
+    time.sleep(100)
+
+
+# -- pickling faults -------------------------------------------------------------------
+
+
+class UnpicklableError(Exception):
+    pass
+
+
+class Unpicklable:
+    """Refuses to be pickled."""
+
+    def __reduce__(self):
+        raise UnpicklableError("this object refuses to be pickled")
+
+
+def _fail_on_load(message):
+    raise ValueError(message)
+
+
+class FailsOnLoad:
+    """Pickles fine; unpickling it raises ValueError(message)."""
+
+    def __init__(self, message="this object refuses to be unpickled"):
+        self.message = message
+
+    def __reduce__(self):
+        return _fail_on_load, (self.message,)
+
+
+def return_unpicklable():
+    return threading.Lock()
+
+
+def return_fails_on_load(message):
+    return FailsOnLoad(message)
+
+
+def raise_unpicklable_exception():
+    raise ValueError("original task error", threading.Lock())
+
+
+def takes_anything(obj):
+    return type(obj).__name__
+
+
+# -- initializers ----------------------------------------------------------------------
+
+_initialized = None
+
+
+def set_initialized(value):
+    global _initialized
+    _initialized = value
+
+
+def get_initialized(_=None):
+    return _initialized, os.getpid()
+
+
+def failing_initializer(message):
+    raise RuntimeError(message)
+
+
+def record_pid_then_fail(path):
+    append_line(path, str(os.getpid()))
+    raise RuntimeError("initializer refuses to start")
+
+
+def record_pid_then_segfault(path):
+    append_line(path, str(os.getpid()))
+    segfault()
+
+
+def record_pid_then_os_exit(path):
+    append_line(path, str(os.getpid()))
+    os._exit(9)
+
+
+def record_pid_then_sys_exit(path):
+    append_line(path, str(os.getpid()))
+    sys.exit(4)
+
+
+# -- utilities for the tests (parent side) ---------------------------------------------
+
+
+def pid_gone(pid):
+    """True once `pid` has exited (a zombie counts as exited)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def wait_until(predicate, timeout, interval=0.01):
+    """Poll `predicate` until it is true or `timeout` seconds passed; its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() >= deadline:
+            return value
+        time.sleep(interval)
+
+
+def wait_pids_gone(pids, timeout):
+    """Wait until every pid has exited; the ones still alive after `timeout`."""
+    alive = set(pids)
+
+    def check():
+        alive.difference_update([p for p in list(alive) if pid_gone(p)])
+        return not alive
+
+    wait_until(check, timeout)
+    return sorted(alive)
+
+
+def pids_of_all_workers(executor, n, timeout=10):
+    """Run `n` tasks that wait for each other, so that each lands on its own worker;
+    return their pids (fewer than `n` if the pool could not run them together)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "rendezvous")
+        futures = [executor.submit(rendezvous, path, n, timeout) for _ in range(n)]
+        return {f.result(timeout=timeout * n + 30) for f in futures}
+
+
+def run_script(tmp_path, source, timeout=60, env=None, name="script.py"):
+    """Run `source` as a script in a fresh interpreter; return the CompletedProcess."""
+    import subprocess
+    import textwrap
+
+    script = tmp_path / name
+    script.write_text(textwrap.dedent(source))
+    full_env = dict(os.environ)
+    full_env.pop("PYTHONFAULTHANDLER", None)
+    if env:
+        full_env.update(env)
+    return subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=str(tmp_path),
+        env=full_env,
+    )
+
+
+def signal_name(signum):
+    return signal.Signals(signum).name

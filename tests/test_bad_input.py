@@ -1,0 +1,127 @@
+"""Issue 3: bad arguments are refused at the call, before anything is started."""
+
+import psutil
+import pytest
+
+from loky import ProcessPoolExecutor, get_reusable_executor
+
+import helpers
+
+pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.fixture
+def nothing_started():
+    """Check that the code under test starts no process and no thread."""
+    me = psutil.Process()
+    children_before = {p.pid for p in me.children(recursive=True)}
+    threads_before = me.num_threads()
+    yield
+    assert {p.pid for p in me.children(recursive=True)} <= children_before
+    assert me.num_threads() <= threads_before
+
+
+@pytest.mark.parametrize("max_workers", [0, -1, -100])
+def test_max_workers_not_positive(nothing_started, max_workers):
+    with pytest.raises(ValueError) as info:
+        ProcessPoolExecutor(max_workers=max_workers)
+    assert str(info.value) == "max_workers must be greater than 0"
+
+
+@pytest.mark.parametrize("max_workers", [0, -3])
+def test_reusable_executor_max_workers_not_positive(nothing_started, max_workers):
+    with pytest.raises(ValueError, match="max_workers must be greater than 0"):
+        get_reusable_executor(max_workers=max_workers)
+
+
+@pytest.mark.parametrize("max_workers", ["2", 1.5])
+def test_max_workers_wrong_type(nothing_started, max_workers):
+    with pytest.raises((TypeError, ValueError)):
+        ProcessPoolExecutor(max_workers=max_workers)
+
+
+@pytest.mark.parametrize("chunksize", [0, -1])
+def test_chunksize_below_one(nothing_started, chunksize):
+    executor = ProcessPoolExecutor(max_workers=1)
+    # Raised by the call itself, not when the results are consumed.
+    with pytest.raises(ValueError, match="chunksize"):
+        executor.map(helpers.square, range(10), chunksize=chunksize)
+    assert executor._worker_pids() == []
+    executor.shutdown()
+
+
+def test_chunksize_below_one_on_a_running_executor(executor_factory):
+    executor = executor_factory(max_workers=1)
+    assert executor.submit(helpers.square, 2).result(timeout=30) == 4
+    with pytest.raises(ValueError, match="chunksize"):
+        executor.map(helpers.square, range(10), chunksize=0)
+    # Nothing was submitted, and the executor still works.
+    assert list(executor.map(helpers.square, range(3), chunksize=2)) == [0, 1, 4]
+
+
+@pytest.mark.parametrize("initializer", [42, "helpers.set_initialized", [helpers.set_initialized]])
+def test_initializer_not_callable(nothing_started, initializer):
+    with pytest.raises(TypeError, match="initializer"):
+        ProcessPoolExecutor(max_workers=1, initializer=initializer)
+
+
+def test_reusable_executor_initializer_not_callable(nothing_started):
+    with pytest.raises(TypeError, match="initializer"):
+        get_reusable_executor(max_workers=1, initializer=3)
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"LOKY_TEST": 1},
+        {"LOKY_TEST": None},
+        {"LOKY_TEST": b"bytes"},
+        {1: "one"},
+        {b"LOKY_TEST": "x"},
+    ],
+    ids=["int-value", "none-value", "bytes-value", "int-key", "bytes-key"],
+)
+def test_env_entry_not_str(nothing_started, env):
+    with pytest.raises(TypeError) as info:
+        ProcessPoolExecutor(max_workers=1, env=env)
+    assert "env" in str(info.value)
+
+
+def test_env_not_a_mapping(nothing_started):
+    with pytest.raises(TypeError, match="env"):
+        ProcessPoolExecutor(max_workers=1, env=["LOKY_TEST=1"])
+
+
+def test_reusable_executor_bad_env_then_good_call():
+    with pytest.raises(TypeError, match="env"):
+        get_reusable_executor(max_workers=1, env={"LOKY_TEST": 1})
+    executor = get_reusable_executor(max_workers=1, env={"LOKY_TEST": "1"})
+    assert executor.submit(helpers.getenv, "LOKY_TEST").result(timeout=30) == "1"
+    executor.shutdown()
+
+
+def test_negative_idle_timeout(nothing_started):
+    with pytest.raises(ValueError, match="timeout"):
+        ProcessPoolExecutor(max_workers=1, timeout=-1)
+
+
+def test_reuse_value(nothing_started):
+    with pytest.raises(ValueError, match="reuse"):
+        get_reusable_executor(max_workers=1, reuse="sometimes")
+
+
+def test_submitting_a_non_callable_fails_that_future_only(executor_factory):
+    executor = executor_factory(max_workers=1)
+    future = executor.submit(None)
+    exc = future.exception(timeout=30)
+    assert isinstance(exc, TypeError) and "not callable" in str(exc)
+    assert executor.submit(helpers.square, 3).result(timeout=30) == 9
+
+
+def test_bad_input_after_a_good_executor_leaves_it_alone(executor_factory):
+    executor = executor_factory(max_workers=1)
+    pid = executor.submit(helpers.get_pid).result(timeout=30)
+    for kwargs in ({"max_workers": 0}, {"initializer": 1}, {"env": {"A": 1}}):
+        with pytest.raises((ValueError, TypeError)):
+            ProcessPoolExecutor(**kwargs)
+    assert executor.submit(helpers.get_pid).result(timeout=30) == pid
