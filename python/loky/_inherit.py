@@ -21,6 +21,15 @@ worker pays for ``multiprocessing`` only if a task uses it.
 import os
 import sys
 
+# The directory holding this package, so a child imports the same loky as its parent.
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def python_code(statement):
+    """`python -c` code that makes this loky importable, then runs `statement`."""
+    return f"import sys; sys.path.insert(0, {_PACKAGE_ROOT!r}); {statement}"
+
+
 # Start methods whose processes import the parent's __main__ as __mp_main__, like
 # multiprocessing's "spawn" does.
 IMPORTS_MAIN = frozenset({"loky_init_main", "spawn"})

@@ -407,20 +407,18 @@ class ProcessPoolExecutor(Executor):
         return reduction.dumps_bytes((settings, initializer))
 
     def _start_pool(self):
-        package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        find_package = f"import sys; sys.path.insert(0, {package_root!r}); "
         child_settings, pass_fds = _inherit.child_settings(
             self._start_method, process_name="LokyProcess"
         )
         pool = _core.Pool(
             sys.executable,
-            ["-c", find_package + _WORKER_BOOTSTRAP],
+            ["-c", _inherit.python_code(_WORKER_BOOTSTRAP)],
             list(self._env.items()),
             self._init_message(child_settings),
             self._max_workers,
             self._timeout,
             self._max_tasks_per_child,
-            template_args=["-c", find_package + _TEMPLATE_BOOTSTRAP],
+            template_args=["-c", _inherit.python_code(_TEMPLATE_BOOTSTRAP)],
             pass_fds=pass_fds,
         )
         state = _PoolState(pool)

@@ -84,11 +84,7 @@ class Popen:
             set_spawning_popen(None)
 
         child_r, parent_w = os.pipe()
-        package_root = os.path.dirname(
-            os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        )
-        code = (
-            f"import sys; sys.path.insert(0, {package_root!r}); "
+        code = _inherit.python_code(
             f"from loky.backend.popen_loky_posix import main; main({child_r})"
         )
         env = getattr(process_obj, "env", None) or {}

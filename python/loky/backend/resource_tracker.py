@@ -153,11 +153,9 @@ class ResourceTracker:
     def _launch(self):
         """Start the tracker with the read end of a new pipe; keep the write end."""
         read_end, write_end = os.pipe()
-        package_root = os.path.dirname(
-            os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        )
-        code = (
-            f"import sys; sys.path.insert(0, {package_root!r}); "
+        from .._inherit import python_code
+
+        code = python_code(
             f"from loky.backend.resource_tracker import main; "
             f"main({read_end}, {bool(VERBOSE)})"
         )
