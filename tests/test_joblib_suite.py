@@ -214,9 +214,10 @@ def _read_report(path):
     return outcomes, reasons, collected, running
 
 
-def run_suite(workdir, vendored=False):
-    """Run joblib's tests in a subprocess."""
+def run_suite(workdir, vendored=False, only=()):
+    """Run joblib's tests in a subprocess: all of them, or the test ids in `only`."""
     workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
     if vendored:
         env, how = dict(os.environ), "joblib's vendored loky"
         env.pop("LOKY_JOBLIB", None)
@@ -234,8 +235,14 @@ def run_suite(workdir, vendored=False):
         "-p", "test_joblib_suite",
         f"--timeout={PER_TEST_TIMEOUT}",
         "-q", "-rfE", "--no-header",
-        "--pyargs", *MODULES,
     ]  # fmt: skip
+    if only:
+        import joblib
+
+        tests_dir = Path(joblib.__file__).parent / "test"
+        command += [str(tests_dir / test_id) for test_id in only]
+    else:
+        command += ["--pyargs", *MODULES]
     log = workdir / "joblib-tests.log"
     started = time.monotonic()
     stalled = ""
@@ -325,8 +332,19 @@ def test_joblib_suite_runs_on_this_package(tmp_path):
     joblib = pytest.importorskip("joblib")
     if joblib.__version__ != JOBLIB_VERSION:
         pytest.skip(f"the baseline is for joblib {JOBLIB_VERSION}, not {joblib.__version__}")
+    baseline = Baseline()
     run = run_suite(tmp_path)
-    found, improvements = problems(run, Baseline())
+    # A test that fails once is run again, alone: CPython 3.11 itself fails now and
+    # then in joblib's threading tests ("AST constructor recursion depth mismatch").
+    failed = [t for t, outcome in run.outcomes.items()
+              if outcome in ("failed", "error") and baseline.expected(t) in PASSING]  # fmt: skip
+    if failed and not run.stalled and len(failed) <= 5:
+        rerun = run_suite(tmp_path / "rerun", only=failed)
+        for test_id in failed:
+            if rerun.outcomes.get(test_id) in PASSING:
+                print(f"flaky: {test_id} failed, then passed when run again")
+                run.outcomes[test_id] = rerun.outcomes[test_id]
+    found, improvements = problems(run, baseline)
     print(f"joblib {JOBLIB_VERSION} tests on this package ({run.how}): "
           f"{summary(run.outcomes)} in {run.seconds:.0f} s")
     for line in improvements:
