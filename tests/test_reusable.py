@@ -266,7 +266,8 @@ def test_replacement_with_kill_workers_kills_the_old_workers(tmp_path):
     old = get_reusable_executor(max_workers=1)
     record = tmp_path / "running"
     running = old.submit(helpers.pid_then_sleep, str(record), 60)
-    assert helpers.wait_until(record.exists, 30)
+    # The file may exist before its line is written.
+    assert helpers.wait_until(lambda: record.exists() and record.read_text().strip(), 30)
     old_pid = int(record.read_text().split()[0])
     queued = old.submit(helpers.square, 3)
 
