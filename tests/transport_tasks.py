@@ -1,0 +1,38 @@
+"""Task functions for test_transport.py (importable by the workers)."""
+
+import numpy as np
+
+
+def describe(array):
+    """What the worker received: contents' checksum and layout flags."""
+    return (
+        float(array.sum()),
+        array.shape,
+        array.dtype.str,
+        bool(array.flags.c_contiguous),
+        bool(array.flags.f_contiguous),
+    )
+
+
+def double_in_place(array):
+    # The worker's copy is writable even when the sender's was not.
+    array *= 2
+    return array
+
+
+def double(array):
+    return array * 2
+
+
+def is_writeable(array):
+    return bool(array.flags.writeable)
+
+
+def make_arrays(n, size):
+    return [np.full(size, i, dtype=np.int64) for i in range(n)]
+
+
+def fail_on_seven(i):
+    if i == 7:
+        raise ValueError(f"task {i} fails")
+    return i
