@@ -346,6 +346,8 @@ struct ManagerLoop {
     broken: bool,
     /// Moving average of how long a task keeps a worker busy.
     service_time: Option<Duration>,
+    /// The pids last copied to `Control::pids`.
+    published_pids: Vec<i32>,
     template: Option<Template>,
     /// The template could not start or died: start workers with exec only.
     template_failed: bool,
@@ -368,6 +370,7 @@ impl ManagerLoop {
             replacements_owed: 0,
             broken: false,
             service_time: None,
+            published_pids: Vec::new(),
             template: None,
             template_failed: false,
         }
@@ -490,8 +493,19 @@ impl ManagerLoop {
         self.broken || self.pending.is_empty()
     }
 
-    fn publish_pids(&self) {
-        self.shared.control.lock().pids = self.workers.iter().map(|w| w.pid).collect();
+    /// Make the current worker pids visible to callers, when they changed.
+    fn publish_pids(&mut self) {
+        if !self.published_pids.iter().copied().eq(self.workers.iter().map(|w| w.pid)) {
+            self.published_pids = self.workers.iter().map(|w| w.pid).collect();
+            self.shared.control.lock().pids = self.published_pids.clone();
+        }
+    }
+
+    /// Put the tasks `worker` received but did not start back at the head of the queue.
+    fn requeue_unstarted(pending: &mut VecDeque<Task>, worker: &mut Worker) {
+        for task in worker.inflight.drain(..).rev() {
+            pending.push_front(task);
+        }
     }
 
     /// Start workers up to the target while there is work (or a replacement is owed);
@@ -861,9 +875,7 @@ impl ManagerLoop {
                 // It exits after this message: give its queued tasks to others.
                 worker.state = State::Exiting;
                 self.replacements_owed += 1;
-                for task in worker.inflight.drain(..).rev() {
-                    self.pending.push_front(task);
-                }
+                Self::requeue_unstarted(&mut self.pending, worker);
             }
             kind => worker.fail(format!("unexpected message kind {kind}")),
         }
@@ -897,9 +909,7 @@ impl ManagerLoop {
             });
         }
         // Tasks it had received but not started run elsewhere.
-        for task in worker.inflight.drain(..).rev() {
-            self.pending.push_front(task);
-        }
+        Self::requeue_unstarted(&mut self.pending, &mut worker);
     }
 
     fn kill_all(&mut self) {

@@ -347,12 +347,19 @@ impl FrameWriter {
     }
 }
 
+/// Room for one descriptor's control message, on the stack (aligned for cmsghdr):
+/// the buffer and the length to declare.
+fn control_buffer() -> ([u64; 4], usize) {
+    // SAFETY: CMSG_SPACE is a pure size computation.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
+    assert!(space <= std::mem::size_of::<[u64; 4]>());
+    ([0u64; 4], space)
+}
+
 /// sendmsg(2) of `iov`, with a descriptor attached if given. MSG_NOSIGNAL: a dead peer
 /// is an error to handle, not a SIGPIPE.
 pub fn send_iov(sock: RawFd, iov: &[libc::iovec], fd: Option<RawFd>) -> isize {
-    // SAFETY: CMSG_SPACE is a pure size computation.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
-    let mut control = vec![0u8; space];
+    let (mut control, space) = control_buffer();
     // SAFETY: msghdr is plain data; every pointer set below outlives the sendmsg call,
     // and the control buffer is large enough for one descriptor (CMSG_SPACE).
     unsafe {
@@ -376,9 +383,7 @@ pub fn send_iov(sock: RawFd, iov: &[libc::iovec], fd: Option<RawFd>) -> isize {
 /// recvmsg(2) into `buf`, accepting at most one descriptor. Returns the byte count
 /// and the descriptor, if one came with these bytes.
 pub fn recv_with_fd(sock: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<OwnedFd>)> {
-    // SAFETY: CMSG_SPACE is a pure size computation.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
-    let mut control = vec![0u8; space];
+    let (mut control, space) = control_buffer();
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
