@@ -18,8 +18,8 @@ _COUNT = Struct("<I")
 _SPAN = Struct("<QQ")
 # Buffers start on cache-line boundaries in the shared file.
 _ALIGN = 64
-# One write call moves at most this much.
-_IO_CHUNK = 1 << 30
+# One read or write call moves at most this much (Linux caps a call below 2 GiB).
+IO_CHUNK = 1 << 30
 
 
 def pack(dump, obj):
@@ -56,7 +56,7 @@ def pack(dump, obj):
 def _pwrite_all(fd, raw, offset):
     done = 0
     while done < raw.nbytes:
-        done += os.pwrite(fd, raw[done : done + _IO_CHUNK], offset + done)
+        done += os.pwrite(fd, raw[done : done + IO_CHUNK], offset + done)
 
 
 def unpack(body, fd):

@@ -34,7 +34,7 @@ from ._core import (
     recv_with_fd,
     send_with_fd,
 )
-from ._payload import pack, unpack
+from ._payload import IO_CHUNK, pack, unpack
 
 HEADER = Struct("<QQII")
 assert HEADER.size == HEADER_LEN
@@ -46,9 +46,6 @@ TASK_UNPICKLE_FAILED = 2  # (TASK_UNPICKLE_FAILED, worker traceback text)
 
 # Nesting depth of this process; read by loky.process_executor.
 DEPTH = 0
-
-# One read or write call moves at most this much (Linux caps a call below 2 GiB).
-_IO_CHUNK = 1 << 30
 
 
 class Channel:
@@ -89,7 +86,7 @@ class Channel:
         self.staged.clear()
         view = memoryview(body)
         while have < length:
-            n = os.readv(self.fd, [view[have : min(length, have + _IO_CHUNK)]])
+            n = os.readv(self.fd, [view[have : min(length, have + IO_CHUNK)]])
             if n == 0:
                 raise EOFError
             have += n
@@ -120,8 +117,8 @@ class Channel:
         views = [memoryview(p) for p in parts if len(p)]
         while views:
             # Large parts are cut to what one call can take.
-            if len(views[0]) > _IO_CHUNK:
-                views[0:1] = [views[0][:_IO_CHUNK], views[0][_IO_CHUNK:]]
+            if len(views[0]) > IO_CHUNK:
+                views[0:1] = [views[0][:IO_CHUNK], views[0][IO_CHUNK:]]
             n = os.writev(self.fd, views[:64])
             while n:
                 if n >= len(views[0]):
