@@ -356,6 +356,7 @@ def test_main_functions_and_no_main_guard(tmp_path):
         print("double", executor.submit(double, 21).result(timeout=30))
         print("lambda", executor.submit(lambda: "from lambda").result(timeout=30))
         print("box", executor.submit(lambda b: b.v + 1, Box(41)).result(timeout=30))
+        print("box arg", executor.submit(helpers.identity, Box(7)).result(timeout=30).v)
         print("map", list(executor.map(double, range(5), chunksize=2)))
         file, ran = executor.submit(helpers.main_module_info).result(timeout=30)
         print("worker main", file, ran)
@@ -373,6 +374,7 @@ def test_main_functions_and_no_main_guard(tmp_path):
     assert "double 42" in out
     assert "lambda from lambda" in out
     assert "box 42" in out
+    assert "box arg 7" in out
     assert "map [0, 2, 4, 6, 8]" in out
     assert "reusable 90" in out
     worker_main = [line for line in out if line.startswith("worker main")]

@@ -1,7 +1,21 @@
 """The Future returned by the executors."""
 
+import threading
 from concurrent.futures import Future as _StdFuture
-from concurrent.futures._base import LOGGER, PENDING
+from concurrent.futures._base import (
+    CANCELLED,
+    CANCELLED_AND_NOTIFIED,
+    FINISHED,
+    LOGGER,
+    PENDING,
+    RUNNING,
+    InvalidStateError,
+)
+
+_DONE = (CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED)
+
+# Guards the state of every future that has no Condition yet, and the making of one.
+_no_condition_lock = threading.Lock()
 
 
 class Future(_StdFuture):
@@ -10,15 +24,96 @@ class Future(_StdFuture):
 
     A future created by an executor can be cancelled only while no worker has received
     its task.
+
+    Most futures are read once they are done and never waited on, so the Condition a
+    standard Future builds up front (the larger part of its cost) is made only when a
+    thread waits, or when `concurrent.futures.wait` or `as_completed` takes the future.
+    Until then `_no_condition_lock` guards its state.
     """
 
-    # Set by the executor: takes the task back from the queue; False once it is out.
-    _unqueue = None
+    _lazy_condition = None
+    # Set by the executor: `_queue.unqueue(_task_id)` takes the task back from the
+    # queue; False once a worker holds it.
+    _queue = None
+    _task_id = None
+
+    def __init__(self):
+        self._state = PENDING
+        self._result = None
+        self._exception = None
+        self._waiters = []
+        self._done_callbacks = []
+
+    @property
+    def _condition(self):
+        condition = self._lazy_condition
+        if condition is None:
+            with _no_condition_lock:
+                condition = self._lazy_condition
+                if condition is None:
+                    condition = self._lazy_condition = threading.Condition()
+        return condition
+
+    def _finish(self, ok, value):
+        """Set the outcome from the executor: the result if `ok`, else the exception
+        `value`. Returns False if the future was already done (e.g. cancelled)."""
+        with _no_condition_lock:
+            if self._lazy_condition is None:
+                if self._state in _DONE:
+                    return False
+                if ok:
+                    self._result = value
+                else:
+                    self._exception = value
+                self._state = FINISHED
+                # Nobody waits on this future: only the callbacks are owed.
+                notified = True
+            else:
+                notified = False
+        if notified:
+            self._invoke_callbacks()
+            return True
+        try:
+            if ok:
+                self.set_result(value)
+            else:
+                self.set_exception(value)
+        except InvalidStateError:
+            return False
+        return True
+
+    def add_done_callback(self, fn):
+        with _no_condition_lock:
+            if self._lazy_condition is None and self._state not in _DONE:
+                self._done_callbacks.append(fn)
+                return
+        super().add_done_callback(fn)
+
+    # A single attribute read is atomic: no lock (and no Condition) needed.
+    def done(self):
+        return self._state in _DONE
+
+    def cancelled(self):
+        return self._state in (CANCELLED, CANCELLED_AND_NOTIFIED)
+
+    def running(self):
+        return self._state == RUNNING
+
+    def result(self, timeout=None):
+        # The outcome is written before the state turns FINISHED.
+        if self._state == FINISHED and self._exception is None:
+            return self._result
+        return super().result(timeout)
+
+    def exception(self, timeout=None):
+        if self._state == FINISHED:
+            return self._exception
+        return super().exception(timeout)
 
     def cancel(self):
         with self._condition:
-            if self._state == PENDING and self._unqueue is not None:
-                if not self._unqueue():
+            if self._state == PENDING and self._queue is not None:
+                if not self._queue.unqueue(self._task_id):
                     # A worker already holds the task.
                     self.set_running_or_notify_cancel()
                     return False

@@ -22,19 +22,21 @@ _ALIGN = 64
 IO_CHUNK = 1 << 30
 
 
-def pack(dump, obj):
-    """Pickle `obj` with ``dump(obj, buffer_callback) -> bytes``. Returns (body, fd):
-    fd is a memfd holding the large buffers (the caller closes it), or None."""
-    large = []
-
-    def keep_large_apart(buffer):
-        raw = buffer.raw()
-        if raw.nbytes < SHARED_MIN:
-            return True  # small: stays inside the pickle
-        large.append(raw)
-        return False
-
-    data = dump(obj, keep_large_apart)
+def pack(dumps, obj):
+    """Pickle `obj` with the first of `dumps` that takes it. Each is called as
+    ``dump(obj, buffer_callback) -> bytes``; all but the last may decline by returning
+    None or raising. Returns (body, fd): fd is a memfd holding the large buffers (the
+    caller closes it), or None."""
+    *optional, last = dumps
+    for dump in optional:
+        try:
+            data, large = _dump_apart(dump, obj)
+        except Exception:
+            continue
+        if data is not None:
+            break
+    else:
+        data, large = _dump_apart(last, obj)
     if not large:
         return data, None
     fd = os.memfd_create("loky-buffers", os.MFD_CLOEXEC)
@@ -53,6 +55,20 @@ def pack(dump, obj):
         raise
 
 
+def _dump_apart(dump, obj):
+    """(pickle, large buffers kept out of it)."""
+    large = []
+
+    def keep_large_apart(buffer):
+        raw = buffer.raw()
+        if raw.nbytes < SHARED_MIN:
+            return True  # small: stays inside the pickle
+        large.append(raw)
+        return False
+
+    return dump(obj, keep_large_apart), large
+
+
 def _pwrite_all(fd, raw, offset):
     done = 0
     while done < raw.nbytes:
@@ -69,12 +85,13 @@ def unpack(body, fd):
         (count,) = _COUNT.unpack_from(body)
         spans = [_SPAN.unpack_from(body, _COUNT.size + i * _SPAN.size) for i in range(count)]
         size = max(offset + length for offset, length in spans)
-        # Private mapping: the receiver may write to its arrays without touching the
-        # sender's copy; pages are mapped up front rather than faulted one by one.
+        # The sender wrote the file and let it go, so the receiver owns it: a shared
+        # mapping needs no copy (a private writable one would copy every page as it is
+        # populated). Pages are mapped up front rather than faulted one by one.
         shared = mmap.mmap(
             fd,
             size,
-            flags=mmap.MAP_PRIVATE | getattr(mmap, "MAP_POPULATE", 0),
+            flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0),
             prot=mmap.PROT_READ | mmap.PROT_WRITE,
         )
     finally:

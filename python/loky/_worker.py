@@ -157,11 +157,8 @@ class Runner:
         # Plain pickle is enough for most results; the loky pickler (cloudpickle by
         # default) handles the rest and applies result reducers.
         if self.result_reducers is None:
-            try:
-                return pack(_plain_dump, outcome)
-            except Exception:
-                pass
-        return pack(self._loky_dump, outcome)
+            return pack((_plain_dump, self._loky_dump), outcome)
+        return pack((self._loky_dump,), outcome)
 
     def _loky_dump(self, obj, buffer_callback):
         reduction = self._loky_reduction()

@@ -165,11 +165,7 @@ def _decode_result(body, fd):
 
 
 def _fail(future, error):
-    if not future.done():
-        try:
-            future.set_exception(error)
-        except Exception:  # finished or cancelled meanwhile
-            pass
+    future._finish(False, error)  # no-op if it finished or was cancelled meanwhile
 
 
 class _PoolState:
@@ -202,14 +198,8 @@ class _PoolState:
                     if fd >= 0:
                         os.close(fd)
                     continue
-                ok, value = _decode_result(body, fd)
-                try:
-                    if ok:
-                        future.set_result(value)
-                    else:
-                        future.set_exception(value)
-                except Exception:  # cancelled or failed by a kill meanwhile
-                    pass
+                # No-op if cancelled or failed by a kill meanwhile.
+                future._finish(*_decode_result(body, fd))
             elif kind == _core.EV_WORKER_DIED:
                 future = self.futures.pop(task_id, None)
                 if future is not None:
@@ -448,13 +438,13 @@ class ProcessPoolExecutor(Executor):
                 raise BrokenProcessPool(state.broken)
             future = Future()
             try:
-                body, fd = pack(self._serializer.dumps, (fn, args, kwargs))
+                body, fd = pack(self._serializer.dumps_in_order(), (fn, args, kwargs))
             except Exception as exc:
                 error = PicklingError("Could not pickle the task to send it to the workers.")
                 future.set_exception(_with_cause(error, exc))
                 return future
-            task_id = next(self._task_ids)
-            future._unqueue = partial(state.unqueue, task_id)
+            future._queue = state
+            future._task_id = task_id = next(self._task_ids)
             state.futures[task_id] = future
             try:
                 state.pool.submit(task_id, body, -1 if fd is None else fd)

@@ -1,0 +1,150 @@
+"""The cheap paths of submit() keep the semantics of the slow ones: futures whose
+Condition is made only when someone waits, and tasks pickled with the standard pickler
+when cloudpickle would produce the same thing."""
+
+import concurrent.futures
+import sys
+import threading
+import types
+
+import pytest
+
+import helpers
+import loky
+from loky._base import Future
+from loky.backend import reduction
+
+pytestmark = pytest.mark.timeout(120)
+
+
+# -- futures without a Condition until one is needed --------------------------------
+
+
+def test_finish_then_read_needs_no_condition():
+    future = Future()
+    assert future._finish(True, 42)
+    assert future.done() and not future.running() and not future.cancelled()
+    assert future.result() == 42 and future.exception() is None
+    assert future._lazy_condition is None
+    assert not future._finish(True, 43), "a second outcome must be refused"
+    assert future.result() == 42
+
+
+def test_failed_future_raises_its_exception():
+    future = Future()
+    error = ValueError("boom")
+    assert future._finish(False, error)
+    assert future.exception() is error
+    with pytest.raises(ValueError, match="boom"):
+        future.result()
+
+
+def test_callbacks_run_once_whether_added_before_or_after():
+    future = Future()
+    seen = []
+    future.add_done_callback(lambda f: seen.append(("before", f.result())))
+    future._finish(True, 1)
+    future.add_done_callback(lambda f: seen.append(("after", f.result())))
+    assert seen == [("before", 1), ("after", 1)]
+
+
+def test_cancel_then_finish_is_refused():
+    future = Future()
+    assert future.cancel()
+    assert not future._finish(True, 1)
+    assert future.cancelled()
+    with pytest.raises(concurrent.futures.CancelledError):
+        future.result()
+
+
+@pytest.mark.parametrize("how", ["result", "wait", "as_completed"])
+def test_waiters_wake_when_the_outcome_arrives_at_any_moment(how):
+    # A waiter may make the Condition just before, during or after the outcome is
+    # set without one: it must always wake with the result.
+    for i in range(300):
+        future = Future()
+        got = []
+
+        def wait_for_it():
+            if how == "result":
+                got.append(future.result(timeout=30))
+            elif how == "wait":
+                concurrent.futures.wait([future], timeout=30)
+                got.append(future.result(timeout=0))
+            else:
+                got.extend(f.result() for f in concurrent.futures.as_completed([future], 30))
+
+        waiter = threading.Thread(target=wait_for_it)
+        waiter.start()
+        if i % 3 == 0:
+            sys.getswitchinterval()  # no pause: race with the waiter's start
+        elif i % 3 == 1:
+            threading.Event().wait(0.0005)
+        future._finish(True, i)
+        waiter.join(30)
+        assert not waiter.is_alive() and got == [i]
+
+
+def test_executor_futures_work_with_wait_and_as_completed(executor_factory):
+    executor = executor_factory(max_workers=2)
+    futures = [executor.submit(helpers.square, i) for i in range(200)]
+    done, not_done = concurrent.futures.wait(futures, timeout=60)
+    assert not not_done
+    assert sorted(f.result() for f in concurrent.futures.as_completed(futures)) == sorted(
+        i * i for i in range(200)
+    )
+
+
+# -- the standard pickler where cloudpickle would do the same ----------------------------
+
+
+def test_by_reference_tasks_take_the_plain_pickler(executor_factory):
+    executor = executor_factory(max_workers=1)
+    dumps = executor._serializer.dumps_in_order()
+    assert dumps[0] is reduction._plain_unless_main
+    assert executor.submit(helpers.add, 2, b=3).result(timeout=30) == 5
+
+
+def test_objects_of_main_are_left_to_cloudpickle():
+    main = types.ModuleType("__main__")
+    exec("class Box:\n    pass\n", main.__dict__)
+    saved = sys.modules["__main__"]
+    sys.modules["__main__"] = main
+    try:
+        assert reduction._plain_unless_main((helpers.identity, (main.Box(),), {}), None) is None
+    finally:
+        sys.modules["__main__"] = saved
+
+
+def test_a_module_registered_by_value_travels_by_value(executor_factory):
+    cloudpickle = pytest.importorskip("cloudpickle")
+    # A module only this process has: the worker cannot import it.
+    module = types.ModuleType("loky_module_only_here")
+    exec("def triple(x):\n    return 3 * x\n", module.__dict__)
+    sys.modules[module.__name__] = module
+    executor = executor_factory(max_workers=1)
+    try:
+        # By reference, the worker cannot find it...
+        with pytest.raises(loky.BrokenProcessPool, match="un-serialize"):
+            executor.submit(module.triple, 2).result(timeout=30)
+        # ...by value, it can: the plain pickler must step aside.
+        cloudpickle.register_pickle_by_value(module)
+        assert executor._serializer.dumps_in_order() == (executor._serializer.dumps,)
+        assert executor.submit(module.triple, 2).result(timeout=30) == 6
+    finally:
+        try:
+            cloudpickle.unregister_pickle_by_value(module)
+        except ValueError:
+            pass
+        del sys.modules[module.__name__]
+
+
+def test_globally_registered_reducers_still_apply(executor_factory):
+    # A class the plain pickler could send by reference: the reducer must win.
+    reduction.register(helpers.CustomBaseException, lambda obj: (str, ("reduced",)))
+    try:
+        executor = executor_factory(max_workers=1)
+        arg = helpers.CustomBaseException()
+        assert executor.submit(helpers.identity, arg).result(timeout=30) == "reduced"
+    finally:
+        del reduction._registered_reducers[helpers.CustomBaseException]
