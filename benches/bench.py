@@ -26,6 +26,7 @@ Results (raw values, machine, versions) go to benches/results/bench-<time>.json 
 """
 
 import argparse
+import compileall
 import ctypes
 import datetime
 import hashlib
@@ -238,6 +239,9 @@ def snapshot_this_package():
     directory = tempfile.mkdtemp(prefix="loky-bench-snapshot-")
     shutil.copytree(source, os.path.join(directory, "loky"),
                     ignore=shutil.ignore_patterns("__pycache__"))
+    # Byte-compiled, as pip leaves an installed package (and the loky 3.6.0 virtualenv),
+    # even when PYTHONDONTWRITEBYTECODE keeps the interpreter from doing it.
+    compileall.compile_dir(os.path.join(directory, "loky"), quiet=1)
     return directory, fingerprint(os.path.join(directory, "loky"))
 
 

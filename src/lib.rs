@@ -4,6 +4,7 @@
 mod cpu;
 mod manager;
 mod procfs;
+mod shm;
 mod spawn;
 mod template;
 mod wire;
@@ -12,7 +13,7 @@ mod worker_table;
 use std::os::fd::{BorrowedFd, IntoRawFd, OwnedFd};
 use std::time::Duration;
 
-use pyo3::exceptions::{PyOSError, PyValueError};
+use pyo3::exceptions::{PyBufferError, PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
@@ -275,9 +276,58 @@ fn cpu_count(only_physical_cores: bool, limit: Option<i64>, root: &str) -> usize
     cpu::cpu_count(std::path::Path::new(root), only_physical_cores, limit)
 }
 
+/// A received shared-memory segment, mapped: exposes its bytes through the buffer
+/// protocol (``memoryview(segment)``). Once the last view is gone the segment is marked
+/// free for its sender and unmapped. Holds no file descriptor.
+#[pyclass(module = "loky._core", frozen)]
+struct SharedSegment {
+    mapping: shm::Mapping,
+}
+
+#[pymethods]
+impl SharedSegment {
+    /// Map the first `length` bytes of the segment file `fd` (the caller keeps `fd`).
+    #[new]
+    fn new(py: Python<'_>, fd: i32, length: usize) -> PyResult<SharedSegment> {
+        // SAFETY: the caller keeps `fd` open for the duration of this call.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        let mapping = py.detach(|| shm::Mapping::new(fd, length)).map_err(os_error)?;
+        Ok(SharedSegment { mapping })
+    }
+
+    unsafe fn __getbuffer__(
+        slf: Bound<'_, Self>,
+        view: *mut pyo3::ffi::Py_buffer,
+        flags: std::ffi::c_int,
+    ) -> PyResult<()> {
+        let mapping = &slf.get().mapping;
+        // SAFETY: `view` comes from the interpreter; the view holds a reference to
+        // `slf`, so the mapping outlives it.
+        let status = unsafe {
+            pyo3::ffi::PyBuffer_FillInfo(
+                view,
+                slf.as_ptr(),
+                mapping.as_ptr().cast(),
+                mapping.len() as pyo3::ffi::Py_ssize_t,
+                0,
+                flags,
+            )
+        };
+        if status != 0 {
+            return Err(PyErr::take(slf.py())
+                .unwrap_or_else(|| PyBufferError::new_err("cannot export the segment")));
+        }
+        Ok(())
+    }
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Pool>()?;
+    m.add_class::<SharedSegment>()?;
+    m.add("SEGMENT_HEADER_LEN", shm::SEGMENT_HEADER_LEN)?;
+    m.add("SEGMENT_FREE", shm::SEGMENT_FREE)?;
+    m.add("SEGMENT_LENT", shm::SEGMENT_LENT)?;
     m.add_function(wrap_pyfunction!(cpu_count, m)?)?;
     m.add_function(wrap_pyfunction!(spawn_process, m)?)?;
     m.add_function(wrap_pyfunction!(reap, m)?)?;

@@ -1,10 +1,13 @@
 """Issue 6: the batched and out-of-band paths keep results right. Large buffers travel
 through shared memory (see loky/_payload.py); many small tasks travel in batches."""
 
+import os
+
 import numpy as np
 import pytest
 
 import transport_tasks as tasks
+from loky import _payload
 from loky._payload import SHARED_MIN
 
 pytestmark = pytest.mark.timeout(120)
@@ -109,3 +112,84 @@ def test_cancelled_futures_of_a_long_queue_do_not_run(executor_factory):
             assert future.cancelled()
         else:
             assert future.result() >= 0
+
+
+# -- shared segments written again once their receiver let go ----------------------------
+
+
+def _open_fds():
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_a_released_segment_is_written_again(executor_factory):
+    executor = executor_factory(max_workers=1)
+    cache = _payload._segments
+    cache.clear()
+    for value in range(4):
+        array = np.full(BIG, value, dtype=np.float64)
+        assert executor.submit(tasks.describe, array).result() == expected(array)
+        assert len(cache.segments) == 1, "the worker released it: the same one is reused"
+    # Results come back the same way: the worker keeps a single segment too.
+    for value in range(4):
+        back = executor.submit(tasks.filled, BIG, value).result()
+        assert float(back.sum()) == value * BIG
+        del back
+    assert executor.submit(tasks.segment_count).result() == 1
+
+
+def test_segments_still_in_use_are_never_overwritten(executor_factory):
+    executor = executor_factory(max_workers=1)
+    # The worker keeps every array it receives...
+    for value in range(5):
+        executor.submit(tasks.keep, np.full(BIG, value, dtype=np.float64)).result()
+    assert executor.submit(tasks.kept_sums).result() == [v * BIG for v in range(5)]
+    # ...and this process keeps every array it receives.
+    kept = [executor.submit(tasks.filled, BIG, v).result() for v in range(5)]
+    assert [float(a.sum()) for a in kept] == [v * BIG for v in range(5)]
+    kept[0] += 1  # received arrays are writable, and private to this process
+    assert float(executor.submit(tasks.filled, BIG, 9).result().sum()) == 9 * BIG
+    assert [float(a.sum()) for a in kept[1:]] == [v * BIG for v in range(1, 5)]
+
+
+def test_received_arrays_hold_no_file_descriptor(executor_factory):
+    executor = executor_factory(max_workers=1)
+    executor.submit(tasks.filled, BIG, 0).result()
+    before = _open_fds()
+    kept = [executor.submit(tasks.filled, BIG, v).result() for v in range(50)]
+    assert _open_fds() - before < 10
+    assert [int(a[0]) for a in kept] == list(range(50))
+
+
+def test_the_cache_stays_within_its_limit():
+    cache = _payload._SegmentCache(limit=3 << 20)
+    try:
+        taken = [cache.take(1 << 20) for _ in range(5)]  # all lent: none reusable
+        assert len({s.fd for s in taken}) == 5
+        for segment in taken:
+            cache.put_back(segment)
+        assert sum(s.capacity for s in cache.segments) <= 3 << 20
+        assert cache.segments == taken[-3:], "the oldest are dropped first"
+        assert taken[0].mapping.closed
+    finally:
+        cache.clear()
+
+
+def test_a_cache_of_size_zero_keeps_nothing(executor_factory, monkeypatch):
+    monkeypatch.setattr(_payload, "_segments", _payload._SegmentCache(limit=0))
+    executor = executor_factory(max_workers=1)
+    array = np.arange(BIG, dtype=np.float64)
+    assert executor.submit(tasks.describe, array).result() == expected(array)
+    assert _payload._segments.segments == []
+
+
+def test_segments_unused_for_a_while_are_dropped(monkeypatch):
+    cache = _payload._SegmentCache(limit=1 << 30)
+    try:
+        old = cache.take(1 << 20)
+        cache.put_back(old)
+        old.last_lent -= _payload.IDLE_SECONDS + 1
+        fresh = cache.take(1 << 20)  # `old` is still lent: a new one, and `old` goes
+        assert fresh is not old and old.mapping.closed and cache.segments == []
+        fresh.close()
+    finally:
+        cache.clear()

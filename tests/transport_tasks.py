@@ -36,3 +36,26 @@ def fail_on_seven(i):
     if i == 7:
         raise ValueError(f"task {i} fails")
     return i
+
+
+# Arrays a worker keeps after its task returned (test_transport: segment reuse).
+_kept = []
+
+
+def keep(array):
+    _kept.append(array)
+    return float(array.sum())
+
+
+def kept_sums():
+    return [float(a.sum()) for a in _kept]
+
+
+def filled(size, value):
+    return np.full(size, value, dtype=np.float64)
+
+
+def segment_count():
+    from loky import _payload
+
+    return len(_payload._segments.segments)

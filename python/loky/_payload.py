@@ -1,25 +1,120 @@
 """Large buffers travel through shared memory.
 
 A task or result is pickled with protocol 5. Buffers of at least `SHARED_MIN` bytes
-(numpy arrays, bytearrays, anything exposing a PickleBuffer) are written, with one copy,
-into a memfd that travels with the frame; the receiver maps it and unpickles views of
-it, without copying. The frame body is then the buffer layout followed by the pickle:
+(numpy arrays, bytearrays, anything exposing a PickleBuffer) are copied into a shared
+segment (a memfd) that travels with the frame; the receiver maps it and unpickles views
+of it, without copying. The frame body is then the buffer layout followed by the pickle:
 
     u32 count | count x (u64 offset, u64 length) | pickle
+
+A segment starts with a header whose first word the receiver sets to FREE once every
+view of it is gone (src/shm.rs). The sender keeps its segments mapped and copies the
+next buffers into a free one that fits: its pages already exist, so the copy runs at
+memory speed instead of paying for fresh pages. A process keeps at most
+``LOKY_SHARED_MEMORY_CACHE`` bytes of segments (default 1 GiB; 0 keeps none), and lets
+go of one that was not reused for `IDLE_SECONDS`.
 """
 
+import _thread
 import os
 from struct import Struct
+from time import monotonic
 
 import _pickle as pickle  # lighter to import than `pickle`
+
+from ._core import SEGMENT_FREE, SEGMENT_HEADER_LEN, SEGMENT_LENT, SharedSegment
 
 SHARED_MIN = 1 << 17
 _COUNT = Struct("<I")
 _SPAN = Struct("<QQ")
-# Buffers start on cache-line boundaries in the shared file.
+_STATE = Struct("<Q")
+# Buffers start on cache-line boundaries in the segment.
 _ALIGN = 64
 # One read or write call moves at most this much (Linux caps a call below 2 GiB).
 IO_CHUNK = 1 << 30
+# Segment sizes are rounded up to this, so that payloads of similar sizes share them.
+_GRANULE = 1 << 20
+IDLE_SECONDS = 30.0
+
+
+class _Segment:
+    """A segment this process writes buffers into."""
+
+    __slots__ = ("fd", "mapping", "capacity", "last_lent")
+
+    def __init__(self, capacity):
+        import mmap
+
+        self.fd = os.memfd_create("loky-buffers", os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(self.fd, capacity)
+            self.mapping = mmap.mmap(self.fd, capacity)  # shared, writable
+        except BaseException:
+            os.close(self.fd)
+            raise
+        self.capacity = capacity
+        self.last_lent = 0.0
+
+    def is_free(self):
+        return _STATE.unpack_from(self.mapping)[0] == SEGMENT_FREE
+
+    def close(self):
+        self.mapping.close()
+        os.close(self.fd)
+
+
+class _SegmentCache:
+    """The segments this process has written, kept to be written again."""
+
+    def __init__(self, limit):
+        self.limit = limit
+        self.segments = []  # least recently lent first
+        self.lock = _thread.allocate_lock()
+
+    def take(self, size):
+        """A segment of at least `size` bytes, marked lent, out of the cache until
+        `put_back`."""
+        now = monotonic()
+        with self.lock:
+            idle = [s for s in self.segments if now - s.last_lent > IDLE_SECONDS]
+            fitting = [
+                s for s in self.segments if s.capacity >= size and s not in idle and s.is_free()
+            ]
+            segment = min(fitting, key=lambda s: s.capacity) if fitting else None
+            self.segments = [s for s in self.segments if s is not segment and s not in idle]
+        for stale in idle:
+            stale.close()
+        if segment is None:
+            segment = _Segment(-(-size // _GRANULE) * _GRANULE)
+        _STATE.pack_into(segment.mapping, 0, SEGMENT_LENT)
+        segment.last_lent = now
+        return segment
+
+    def put_back(self, segment):
+        """Keep `segment` for later, within the size limit (oldest dropped first)."""
+        with self.lock:
+            self.segments.append(segment)
+            total = sum(s.capacity for s in self.segments)
+            dropped = []
+            while self.segments and total > self.limit:
+                dropped.append(self.segments.pop(0))
+                total -= dropped[-1].capacity
+        for stale in dropped:
+            stale.close()
+
+    def clear(self):
+        with self.lock:
+            segments, self.segments = self.segments, []
+        for segment in segments:
+            segment.close()
+
+
+_segments = _SegmentCache(int(float(os.environ.get("LOKY_SHARED_MEMORY_CACHE", 1 << 30))))
+
+
+def release_cached_segments():
+    """Let go of every kept segment (their receivers keep what they still use)."""
+    _segments.clear()
 
 
 def pack(dumps, obj):
@@ -39,20 +134,25 @@ def pack(dumps, obj):
         data, large = _dump_apart(last, obj)
     if not large:
         return data, None
-    fd = os.memfd_create("loky-buffers", os.MFD_CLOEXEC)
+    layout = [_COUNT.pack(len(large))]
+    spans = []
+    end = SEGMENT_HEADER_LEN
+    for raw in large:
+        offset = -(-end // _ALIGN) * _ALIGN
+        spans.append((offset, raw))
+        layout.append(_SPAN.pack(offset, raw.nbytes))
+        end = offset + raw.nbytes
+    layout.append(data)
+    segment = _segments.take(end)
     try:
-        layout = [_COUNT.pack(len(large))]
-        offset = 0
-        for raw in large:
-            offset = -(-offset // _ALIGN) * _ALIGN
-            layout.append(_SPAN.pack(offset, raw.nbytes))
-            _pwrite_all(fd, raw, offset)
-            offset += raw.nbytes
-        layout.append(data)
-        return b"".join(layout), fd
+        for offset, raw in spans:
+            segment.mapping[offset : offset + raw.nbytes] = raw
+        fd = os.dup(segment.fd)
     except BaseException:
-        os.close(fd)
+        segment.close()
         raise
+    _segments.put_back(segment)
+    return b"".join(layout), fd
 
 
 def _dump_apart(dump, obj):
@@ -69,34 +169,18 @@ def _dump_apart(dump, obj):
     return dump(obj, keep_large_apart), large
 
 
-def _pwrite_all(fd, raw, offset):
-    done = 0
-    while done < raw.nbytes:
-        done += os.pwrite(fd, raw[done : done + IO_CHUNK], offset + done)
-
-
 def unpack(body, fd):
     """Unpickle a body produced by `pack`; takes ownership of `fd` (None or -1: none)."""
     if fd is None or fd < 0:
         return pickle.loads(body)
-    import mmap
-
     try:
         (count,) = _COUNT.unpack_from(body)
         spans = [_SPAN.unpack_from(body, _COUNT.size + i * _SPAN.size) for i in range(count)]
         size = max(offset + length for offset, length in spans)
-        # The sender wrote the file and let it go, so the receiver owns it: a shared
-        # mapping needs no copy (a private writable one would copy every page as it is
-        # populated). Pages are mapped up front rather than faulted one by one.
-        shared = mmap.mmap(
-            fd,
-            size,
-            flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0),
-            prot=mmap.PROT_READ | mmap.PROT_WRITE,
-        )
+        segment = SharedSegment(fd, size)
     finally:
         os.close(fd)
-    view = memoryview(shared)
+    view = memoryview(segment)
     buffers = [view[offset : offset + length] for offset, length in spans]
     start = _COUNT.size + count * _SPAN.size
     return pickle.loads(memoryview(body)[start:], buffers=buffers)

@@ -27,7 +27,7 @@ from pickle import PicklingError, loads
 
 from . import _core
 from ._base import Future
-from ._payload import pack, unpack
+from ._payload import pack, release_cached_segments, unpack
 from ._worker import OK, RAISED, TASK_UNPICKLE_FAILED, run_chunk
 from .backend import reduction
 from . import _inherit
@@ -488,6 +488,7 @@ class ProcessPoolExecutor(Executor):
             state.thread.join()
             while not state.pool.join(0.1):  # in slices, so signals get through
                 pass
+        release_cached_segments()
 
     def _worker_pids(self):
         return [] if self._state is None else self._state.pool.pids()
