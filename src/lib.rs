@@ -245,9 +245,19 @@ fn detach_forked_worker(template_pid: i32) -> PyResult<bool> {
 /// came with them, if any: (data, fd or -1). Empty data means the peer closed.
 #[pyfunction]
 fn recv_with_fd<'py>(py: Python<'py>, sock: i32, max: usize) -> PyResult<(Bound<'py, PyBytes>, i32)> {
-    let mut buf = vec![0u8; max];
-    let (n, fd) = py.detach(|| wire::recv_with_fd(sock, &mut buf)).map_err(os_error)?;
-    Ok((PyBytes::new(py, &buf[..n]), fd.map_or(-1, IntoRawFd::into_raw_fd)))
+    thread_local! {
+        // Reused: a fresh zeroed buffer of `max` bytes per call costs more than the
+        // call itself when `max` is large and the message small.
+        static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    BUFFER.with_borrow_mut(|buf| {
+        if buf.len() < max {
+            buf.resize(max, 0);
+        }
+        let window = &mut buf[..max];
+        let (n, fd) = py.detach(|| wire::recv_with_fd(sock, window)).map_err(os_error)?;
+        Ok((PyBytes::new(py, &buf[..n]), fd.map_or(-1, IntoRawFd::into_raw_fd)))
+    })
 }
 
 /// Send `data` on socket `sock` (blocking) with descriptor `fd` attached to its first
