@@ -11,13 +11,16 @@ mod wire;
 mod worker_table;
 
 use std::os::fd::{BorrowedFd, IntoRawFd, OwnedFd};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// Longest a blocking call waits before it lets pending signals be handled.
+const SIGNAL_SLICE: Duration = Duration::from_millis(100);
 
 use pyo3::exceptions::{PyBufferError, PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
-use manager::{Config, Event, Manager, Shutdown};
+use manager::{Awaited, Config, Event, Manager, Shutdown};
 use spawn::WorkerCommand;
 
 /// Event kinds returned by `Pool.next_events`.
@@ -167,6 +170,48 @@ impl Pool {
 
     fn pids(&self) -> Vec<i32> {
         self.manager.pids()
+    }
+
+    /// Have task `task_id`'s outcome handed to this caller (see `await_claim`); end the
+    /// claim with `unclaim`.
+    fn claim(&self, task_id: u64) {
+        self.manager.claim(task_id);
+    }
+
+    /// Wait up to `timeout` seconds (None: no limit) for the outcome of a claimed task:
+    /// its event tuple, or None if it timed out or was handled elsewhere. Waits in
+    /// slices, so that signals (Ctrl-C) get through.
+    #[pyo3(signature = (task_id, timeout=None))]
+    fn await_claim<'py>(
+        &self,
+        py: Python<'py>,
+        task_id: u64,
+        timeout: Option<f64>,
+    ) -> PyResult<Option<EventTuple<'py>>> {
+        let deadline = timeout.map(|t| Instant::now() + Duration::from_secs_f64(t.max(0.0)));
+        loop {
+            let slice = deadline.map_or(SIGNAL_SLICE, |d| {
+                d.saturating_duration_since(Instant::now()).min(SIGNAL_SLICE)
+            });
+            match py.detach(|| self.manager.await_claim(task_id, slice)) {
+                Awaited::Outcome(event) => return Ok(Some(event_tuple(py, event))),
+                Awaited::LookAgain => return Ok(None),
+                Awaited::TimedOut if deadline.is_some_and(|d| Instant::now() >= d) => {
+                    return Ok(None)
+                }
+                Awaited::TimedOut => py.check_signals()?,
+            }
+        }
+    }
+
+    /// End a claimer's wait: task `task_id`'s outcome was handled by another thread.
+    fn wake_claim(&self, task_id: u64) {
+        self.manager.wake_claim(task_id);
+    }
+
+    /// End the claim on `task_id`; an outcome nobody took goes to `next_events`.
+    fn unclaim(&self, task_id: u64) {
+        self.manager.unclaim(task_id);
     }
 
     /// Wait (without the GIL) for at least one event, or `timeout` seconds, and return

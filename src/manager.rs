@@ -11,6 +11,10 @@
 //! outcomes, which the Python side turns into future results in batches. It waits in
 //! poll(2) on the wake-up eventfd, every worker's channel and every worker's pidfd, so a
 //! result, a death or a request is seen at once.
+//!
+//! A caller blocked on one task's outcome may claim it (`Manager::claim`): the manager
+//! then hands that outcome to the caller itself, sparing the hop through the thread
+//! that reads `next_events`.
 
 use std::collections::VecDeque;
 use std::io;
@@ -19,7 +23,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use crossbeam_channel::{Receiver, Sender};
@@ -101,6 +105,30 @@ struct Direct {
 /// Larger tasks go through the manager, which writes without blocking.
 const DIRECT_MAX: usize = 64 * 1024;
 
+/// Where a claimed task's outcome stands.
+enum Claim {
+    Waiting,
+    /// Its outcome went through `next_events` after all; the claimer should look again.
+    Woken,
+    Arrived(Event),
+}
+
+/// How `Manager::await_claim` ended.
+pub enum Awaited {
+    Outcome(Event),
+    /// The outcome was handled elsewhere, or will never come (the manager stopped, or
+    /// the task was not claimed): look at the future again.
+    LookAgain,
+    TimedOut,
+}
+
+#[derive(Default)]
+struct Claims {
+    by_task: HashMap<u64, Claim>,
+    /// The manager has stopped: no outcome will arrive any more.
+    closed: bool,
+}
+
 struct Shared {
     control: Mutex<Control>,
     direct: Mutex<Direct>,
@@ -118,6 +146,13 @@ struct Shared {
     /// Set (and signalled) when the manager thread has finished.
     finished: (Mutex<bool>, Condvar),
     wake: OwnedFd,
+    claims: Mutex<Claims>,
+    /// Signalled when a claim changes.
+    claim_changed: Condvar,
+    /// Mirrors `claims.by_task.len()`, so the manager takes the lock only when needed.
+    claim_count: AtomicUsize,
+    /// Where outcomes go when nobody claims them; also used by `unclaim`.
+    events: Sender<Event>,
 }
 
 impl Shared {
@@ -165,6 +200,7 @@ impl Manager {
             return Err(io::Error::last_os_error());
         }
         let (submissions, submitted) = crossbeam_channel::unbounded();
+        let (sender, events) = crossbeam_channel::unbounded();
         let shared = Arc::new(Shared {
             control: Mutex::new(Control {
                 max_workers: config.max_workers,
@@ -180,9 +216,12 @@ impl Manager {
             finished: (Mutex::new(false), Condvar::new()),
             // SAFETY: eventfd returned a fresh descriptor that we now own.
             wake: unsafe { OwnedFd::from_raw_fd(wake) },
+            claims: Mutex::new(Claims::default()),
+            claim_changed: Condvar::new(),
+            claim_count: AtomicUsize::new(0),
+            events: sender,
         });
-        let (sender, events) = crossbeam_channel::unbounded();
-        let mut run = ManagerLoop::new(config, shared.clone(), submitted, sender);
+        let mut run = ManagerLoop::new(config, shared.clone(), submitted);
         let thread = std::thread::Builder::new()
             .name("loky-manager".into())
             .spawn(move || run.run())?;
@@ -294,6 +333,66 @@ impl Manager {
         out
     }
 
+    /// Ask for task `id`'s outcome to be handed to the caller, who then waits for it with
+    /// `await_claim` and ends the claim with `unclaim`.
+    pub fn claim(&self, id: u64) {
+        let mut claims = self.shared.claims.lock();
+        claims.by_task.insert(id, Claim::Waiting);
+        self.shared.claim_count.store(claims.by_task.len(), Ordering::SeqCst);
+    }
+
+    /// Wait up to `timeout` for the outcome of claimed task `id`.
+    pub fn await_claim(&self, id: u64, timeout: Duration) -> Awaited {
+        let deadline = Instant::now() + timeout;
+        let mut claims = self.shared.claims.lock();
+        loop {
+            let closed = claims.closed;
+            match claims.by_task.get_mut(&id) {
+                None => return Awaited::LookAgain,
+                Some(slot @ Claim::Woken) => {
+                    *slot = Claim::Waiting;
+                    return Awaited::LookAgain;
+                }
+                Some(slot @ Claim::Arrived(_)) => {
+                    let Claim::Arrived(event) = std::mem::replace(slot, Claim::Waiting) else {
+                        unreachable!()
+                    };
+                    return Awaited::Outcome(event);
+                }
+                Some(Claim::Waiting) if closed => return Awaited::LookAgain,
+                Some(Claim::Waiting) => {}
+            }
+            if self
+                .shared
+                .claim_changed
+                .wait_until(&mut claims, deadline)
+                .timed_out()
+            {
+                return Awaited::TimedOut;
+            }
+        }
+    }
+
+    /// End a claimer's wait early: task `id`'s outcome was handled without it.
+    pub fn wake_claim(&self, id: u64) {
+        let mut claims = self.shared.claims.lock();
+        if let Some(slot @ Claim::Waiting) = claims.by_task.get_mut(&id) {
+            *slot = Claim::Woken;
+            self.shared.claim_changed.notify_all();
+        }
+    }
+
+    /// End the claim on task `id`; an outcome nobody took goes to `next_events`.
+    pub fn unclaim(&self, id: u64) {
+        let mut claims = self.shared.claims.lock();
+        let claim = claims.by_task.remove(&id);
+        self.shared.claim_count.store(claims.by_task.len(), Ordering::SeqCst);
+        drop(claims);
+        if let Some(Claim::Arrived(event)) = claim {
+            let _ = self.shared.events.send(event);
+        }
+    }
+
     /// Wait up to `timeout` (None: for ever) for the manager thread to end, after a
     /// shutdown request. True once it has.
     pub fn join(&self, timeout: Option<Duration>) -> bool {
@@ -338,7 +437,6 @@ struct ManagerLoop {
     submitted: Receiver<Task>,
     /// Tasks waiting for a worker, oldest first (re-queued ones go to the front).
     pending: VecDeque<Task>,
-    events: Sender<Event>,
     workers: Vec<Worker>,
     /// Workers that died or were recycled and should be replaced even with no work queued.
     replacements_owed: usize,
@@ -358,14 +456,12 @@ impl ManagerLoop {
         config: Config,
         shared: Arc<Shared>,
         submitted: Receiver<Task>,
-        events: Sender<Event>,
     ) -> ManagerLoop {
         ManagerLoop {
             config,
             shared,
             submitted,
             pending: VecDeque::new(),
-            events,
             workers: Vec::new(),
             replacements_owed: 0,
             broken: false,
@@ -377,7 +473,19 @@ impl ManagerLoop {
     }
 
     fn emit(&self, event: Event) {
-        let _ = self.events.send(event);
+        let claimable = match &event {
+            Event::Result { task_id, .. } | Event::WorkerDied { task_id, .. } => Some(*task_id),
+            _ => None,
+        };
+        if let Some(id) = claimable.filter(|_| self.shared.claim_count.load(Ordering::SeqCst) > 0) {
+            let mut claims = self.shared.claims.lock();
+            if let Some(slot @ Claim::Waiting) = claims.by_task.get_mut(&id) {
+                *slot = Claim::Arrived(event);
+                self.shared.claim_changed.notify_all();
+                return;
+            }
+        }
+        let _ = self.shared.events.send(event);
     }
 
     fn run(&mut self) {
@@ -421,6 +529,8 @@ impl ManagerLoop {
         }
         self.publish_pids();
         self.emit(Event::Closed);
+        self.shared.claims.lock().closed = true;
+        self.shared.claim_changed.notify_all();
         let (finished, done) = &self.shared.finished;
         *finished.lock() = true;
         done.notify_all();

@@ -1,10 +1,12 @@
-"""The cheap paths of submit() keep the semantics of the slow ones: futures whose
-Condition is made only when someone waits, and tasks pickled with the standard pickler
-when cloudpickle would produce the same thing."""
+"""The cheap paths keep the semantics of the slow ones: futures whose Condition is made
+only when someone waits, tasks pickled with the standard pickler when cloudpickle would
+produce the same thing, and outcomes handed straight to the thread that waits for them."""
 
 import concurrent.futures
+import signal
 import sys
 import threading
+import time
 import types
 
 import pytest
@@ -148,3 +150,83 @@ def test_globally_registered_reducers_still_apply(executor_factory):
         assert executor.submit(helpers.identity, arg).result(timeout=30) == "reduced"
     finally:
         del reduction._registered_reducers[helpers.CustomBaseException]
+
+
+# -- a waiting thread takes its outcome from the manager in person ------------------------
+
+
+class _Alarm(Exception):
+    pass
+
+
+def _raise_alarm(signum, frame):
+    raise _Alarm()
+
+
+def test_a_signal_interrupts_a_wait_and_the_outcome_is_not_lost(executor_factory):
+    executor = executor_factory(max_workers=1)
+    future = executor.submit(helpers.sleep_and_return, 1.0, "late")
+    previous = signal.signal(signal.SIGALRM, _raise_alarm)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        started = time.monotonic()
+        with pytest.raises(_Alarm):
+            future.result()
+        assert time.monotonic() - started < 0.9, "the signal waited for the task"
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert not future._claimed
+    assert future.result(timeout=30) == "late"
+
+
+def test_a_timed_out_wait_leaves_the_outcome_to_a_later_one(executor_factory):
+    executor = executor_factory(max_workers=1)
+    future = executor.submit(helpers.sleep_and_return, 0.5, "late")
+    started = time.monotonic()
+    with pytest.raises(concurrent.futures.TimeoutError):
+        future.result(timeout=0.1)
+    assert 0.09 < time.monotonic() - started < 0.45
+    assert future.exception(timeout=30) is None
+    assert future.result() == "late"
+
+
+def test_several_threads_wait_on_one_future(executor_factory):
+    executor = executor_factory(max_workers=1)
+    future = executor.submit(helpers.sleep_and_return, 0.3, "shared")
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(future.result(30))) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert got == ["shared"] * 4
+
+
+def test_cancelling_a_future_ends_a_wait_on_it(executor_factory):
+    executor = executor_factory(max_workers=1)
+    blocker = executor.submit(helpers.sleep_and_return, 1.0)
+    queued = executor.submit(helpers.square, 3)
+    outcome = []
+
+    def wait():
+        try:
+            outcome.append(queued.result(timeout=30))
+        except concurrent.futures.CancelledError:
+            outcome.append("cancelled")
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    time.sleep(0.1)  # the waiter is in its wait
+    assert queued.cancel()
+    waiter.join(5)
+    assert outcome == ["cancelled"]
+    blocker.result(timeout=30)
+
+
+def test_many_waits_while_the_result_thread_is_busy(executor_factory):
+    # Outcomes race between the result thread and the waiting thread's claim.
+    executor = executor_factory(max_workers=2)
+    for _ in range(5):
+        futures = [executor.submit(helpers.square, i) for i in range(2000)]
+        assert [f.result(timeout=30) for f in futures] == [i * i for i in range(2000)]

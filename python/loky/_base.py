@@ -29,13 +29,19 @@ class Future(_StdFuture):
     standard Future builds up front (the larger part of its cost) is made only when a
     thread waits, or when `concurrent.futures.wait` or `as_completed` takes the future.
     Until then `_no_condition_lock` guards its state.
+
+    A thread that waits on the result of an executor's future has the executor hand
+    the outcome to it directly (see `_PoolState.await_outcome`).
     """
 
     _lazy_condition = None
     # Set by the executor: `_queue.unqueue(_task_id)` takes the task back from the
-    # queue; False once a worker holds it.
+    # queue (False once a worker holds it); `_queue.await_outcome(future, timeout)`
+    # waits for the outcome in person; `_queue.outcome_handled(_task_id)` ends such a
+    # wait, which is under way while `_claimed` is set.
     _queue = None
     _task_id = None
+    _claimed = False
 
     def __init__(self):
         self._state = PENDING
@@ -70,16 +76,18 @@ class Future(_StdFuture):
                 notified = True
             else:
                 notified = False
+        if not notified:
+            try:
+                if ok:
+                    self.set_result(value)
+                else:
+                    self.set_exception(value)
+            except InvalidStateError:
+                return False
+        if self._claimed:
+            self._queue.outcome_handled(self._task_id)
         if notified:
             self._invoke_callbacks()
-            return True
-        try:
-            if ok:
-                self.set_result(value)
-            else:
-                self.set_exception(value)
-        except InvalidStateError:
-            return False
         return True
 
     def add_done_callback(self, fn):
@@ -103,12 +111,19 @@ class Future(_StdFuture):
         # The outcome is written before the state turns FINISHED.
         if self._state == FINISHED and self._exception is None:
             return self._result
-        return super().result(timeout)
+        return super().result(self._await_outcome(timeout))
 
     def exception(self, timeout=None):
         if self._state == FINISHED:
             return self._exception
-        return super().exception(timeout)
+        return super().exception(self._await_outcome(timeout))
+
+    def _await_outcome(self, timeout):
+        """Let the executor hand the outcome to this thread, if it can; returns what is
+        left of `timeout` for the standard wait that follows."""
+        if self._queue is None or self._claimed or self._state in _DONE:
+            return timeout  # another thread is waiting in person: use the Condition
+        return self._queue.await_outcome(self, timeout)
 
     def cancel(self):
         with self._condition:
@@ -117,7 +132,10 @@ class Future(_StdFuture):
                     # A worker already holds the task.
                     self.set_running_or_notify_cancel()
                     return False
-        return super().cancel()
+        cancelled = super().cancel()
+        if cancelled and self._claimed:
+            self._queue.outcome_handled(self._task_id)
+        return cancelled
 
     def _invoke_callbacks(self):
         for callback in self._done_callbacks:

@@ -20,6 +20,7 @@ import os
 import sys
 import threading
 import weakref
+from time import monotonic
 from concurrent.futures import Executor
 from concurrent.futures.process import BrokenProcessPool as _StdBrokenProcessPool
 from functools import partial
@@ -183,6 +184,30 @@ class _PoolState:
             self.futures.pop(task_id, None)
             return True
         return False
+
+    def await_outcome(self, future, timeout):
+        """Wait for `future`'s outcome in this thread: the manager hands it over
+        directly, sparing a hop through the result thread. Returns what is left of
+        `timeout`. If the outcome reaches the result thread after all (it was already
+        on its way), that thread ends the wait with `outcome_handled`."""
+        deadline = None if timeout is None else monotonic() + timeout
+        task_id = future._task_id
+        self.pool.claim(task_id)
+        future._claimed = True
+        try:
+            # Set after the claim and looked at after the flag, while the result thread
+            # finishes the future and then looks at the flag: one of them sees the other.
+            if not future.done():
+                event = self.pool.await_claim(task_id, timeout)
+                if event is not None:
+                    self.handle([event])
+        finally:
+            future._claimed = False
+            self.pool.unclaim(task_id)
+        return None if deadline is None else max(0.0, deadline - monotonic())
+
+    def outcome_handled(self, task_id):
+        self.pool.wake_claim(task_id)
 
     def fail_all(self, make_error):
         futures, self.futures = self.futures, {}
