@@ -35,6 +35,9 @@ class Future(_StdFuture):
     """
 
     _lazy_condition = None
+    # Made on first use too: most futures never get a waiter or a callback.
+    _waiter_list = None
+    _done_callbacks = ()  # a list once a callback is added
     # Set by the executor: `_queue.unqueue(_task_id)` takes the task back from the
     # queue (False once a worker holds it); `_queue.await_outcome(future, timeout)`
     # waits for the outcome in person; `_queue.outcome_handled(_task_id)` ends such a
@@ -47,8 +50,6 @@ class Future(_StdFuture):
         self._state = PENDING
         self._result = None
         self._exception = None
-        self._waiters = []
-        self._done_callbacks = []
 
     @property
     def _condition(self):
@@ -59,6 +60,14 @@ class Future(_StdFuture):
                 if condition is None:
                     condition = self._lazy_condition = threading.Condition()
         return condition
+
+    @property
+    def _waiters(self):
+        # Used by `concurrent.futures.wait` and `as_completed` under the Condition.
+        waiters = self._waiter_list
+        if waiters is None:
+            waiters = self._waiter_list = []
+        return waiters
 
     def _finish(self, ok, value):
         """Set the outcome from the executor: the result if `ok`, else the exception
@@ -92,10 +101,25 @@ class Future(_StdFuture):
 
     def add_done_callback(self, fn):
         with _no_condition_lock:
-            if self._lazy_condition is None and self._state not in _DONE:
-                self._done_callbacks.append(fn)
+            condition = self._lazy_condition
+            if condition is None and self._state not in _DONE:
+                self._add_callback(fn)
                 return
-        super().add_done_callback(fn)
+        if condition is not None:
+            with condition:
+                if self._state not in _DONE:
+                    self._add_callback(fn)
+                    return
+        try:
+            fn(self)
+        except Exception:
+            LOGGER.exception("exception calling callback for %r", self)
+
+    def _add_callback(self, fn):
+        if self._done_callbacks:
+            self._done_callbacks.append(fn)
+        else:
+            self._done_callbacks = [fn]
 
     # A single attribute read is atomic: no lock (and no Condition) needed.
     def done(self):
@@ -126,6 +150,9 @@ class Future(_StdFuture):
         return self._queue.await_outcome(self, timeout)
 
     def cancel(self):
+        if self._state == FINISHED:
+            # Final: no lock needed. Executor.map calls this on every future it yields.
+            return False
         with self._condition:
             if self._state == PENDING and self._queue is not None:
                 if not self._queue.unqueue(self._task_id):

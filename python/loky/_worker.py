@@ -114,7 +114,16 @@ class Channel:
         self._write_all(plain)
 
     def _write_all(self, parts):
-        views = [memoryview(p) for p in parts if len(p)]
+        if not parts:
+            return
+        if len(parts) <= 64:
+            # Usually one call takes it all (small frames, room in the socket).
+            n = os.writev(self.fd, parts)
+            if n == sum(map(len, parts)):
+                return
+            views = _after(parts, n)
+        else:
+            views = [memoryview(p) for p in parts if len(p)]
         while views:
             # Large parts are cut to what one call can take.
             if len(views[0]) > IO_CHUNK:
@@ -127,6 +136,19 @@ class Channel:
                 else:
                     views[0] = views[0][n:]
                     n = 0
+
+
+def _after(parts, n):
+    """Views of what follows the first `n` bytes of `parts`."""
+    views = []
+    for part in parts:
+        size = len(part)
+        if n >= size:
+            n -= size
+            continue
+        views.append(memoryview(part)[n:])
+        n = 0
+    return views
 
 
 def run_chunk(fn, chunk):
@@ -151,14 +173,14 @@ class Runner:
     def __init__(self, pickler_name):
         self.pickler_name = pickler_name
         self.result_reducers = None
+        # Plain pickle is enough for most results; the loky pickler (cloudpickle by
+        # default) handles the rest and applies result reducers.
+        self._plain_first = (_plain_dump, self._loky_dump)
+        self._loky_only = (self._loky_dump,)
 
     def dumps(self, outcome):
         """(body, memfd or None) for the parent."""
-        # Plain pickle is enough for most results; the loky pickler (cloudpickle by
-        # default) handles the rest and applies result reducers.
-        if self.result_reducers is None:
-            return pack((_plain_dump, self._loky_dump), outcome)
-        return pack((self._loky_dump,), outcome)
+        return pack(self._plain_first if self.result_reducers is None else self._loky_only, outcome)
 
     def _loky_dump(self, obj, buffer_callback):
         reduction = self._loky_reduction()

@@ -139,7 +139,7 @@ def _with_cause(error, cause):
 def _decode_result(body, fd):
     """Turn a RESULT body (and its memfd) into (ok, value_or_exception)."""
     try:
-        outcome = unpack(body, fd)
+        outcome = loads(body) if fd < 0 else unpack(body, fd)
     except BaseException as exc:
         import traceback
 
@@ -163,6 +163,9 @@ def _decode_result(body, fd):
         ),
         _RemoteTraceback(outcome[1]),
     )
+
+
+_EV_RESULT = _core.EV_RESULT
 
 
 def _fail(future, error):
@@ -217,7 +220,7 @@ class _PoolState:
     def handle(self, events):
         """Apply one batch of events from the core. False once the pool has closed."""
         for kind, task_id, pid, body, fd, exitcode, message in events:
-            if kind == _core.EV_RESULT:
+            if kind == _EV_RESULT:
                 future = self.futures.pop(task_id, None)
                 if future is None:
                     if fd >= 0:

@@ -146,11 +146,19 @@ def dumps_bytes(obj, reducers=None, buffer_callback=None):
     return buffer.getvalue()
 
 
+# cloudpickle's registry of modules sent by value (a set it changes in place).
+_by_value_modules = None
+
+
 def _cloudpickle_sends_all_by_reference():
     """False once some module was registered with cloudpickle to travel by value."""
-    import cloudpickle.cloudpickle as cp
+    global _by_value_modules
+    if _by_value_modules is None:
+        import cloudpickle.cloudpickle as cp
 
-    return not getattr(cp, "_PICKLE_BY_VALUE_MODULES", True)
+        # Unknown cloudpickle internals: assume some module is sent by value.
+        _by_value_modules = getattr(cp, "_PICKLE_BY_VALUE_MODULES", {"unknown"})
+    return not _by_value_modules
 
 
 def _plain_unless_main(obj, buffer_callback):
