@@ -105,6 +105,9 @@ struct Direct {
 /// Larger tasks go through the manager, which writes without blocking.
 const DIRECT_MAX: usize = 64 * 1024;
 
+/// How long a claimer watches for its outcome before it sleeps.
+const CLAIM_SPIN: Duration = Duration::from_micros(50);
+
 /// Where a claimed task's outcome stands.
 enum Claim {
     Waiting,
@@ -151,6 +154,8 @@ struct Shared {
     claim_changed: Condvar,
     /// Mirrors `claims.by_task.len()`, so the manager takes the lock only when needed.
     claim_count: AtomicUsize,
+    /// Bumped whenever a claim changes, for claimers that spin before they sleep.
+    claim_changes: AtomicU64,
     /// Where outcomes go when nobody claims them; also used by `unclaim`.
     events: Sender<Event>,
 }
@@ -219,6 +224,7 @@ impl Manager {
             claims: Mutex::new(Claims::default()),
             claim_changed: Condvar::new(),
             claim_count: AtomicUsize::new(0),
+            claim_changes: AtomicU64::new(0),
             events: sender,
         });
         let mut run = ManagerLoop::new(config, shared.clone(), submitted);
@@ -344,6 +350,15 @@ impl Manager {
     /// Wait up to `timeout` for the outcome of claimed task `id`.
     pub fn await_claim(&self, id: u64, timeout: Duration) -> Awaited {
         let deadline = Instant::now() + timeout;
+        // A short task's outcome often comes back sooner than a sleeping thread can be
+        // woken: watch for it a little while first, yielding the CPU meanwhile.
+        let seen = self.shared.claim_changes.load(Ordering::SeqCst);
+        let spin_until = Instant::now() + CLAIM_SPIN.min(timeout);
+        while self.shared.claim_changes.load(Ordering::SeqCst) == seen
+            && Instant::now() < spin_until
+        {
+            std::thread::yield_now();
+        }
         let mut claims = self.shared.claims.lock();
         loop {
             let closed = claims.closed;
@@ -378,6 +393,7 @@ impl Manager {
         let mut claims = self.shared.claims.lock();
         if let Some(slot @ Claim::Waiting) = claims.by_task.get_mut(&id) {
             *slot = Claim::Woken;
+            self.shared.claim_changes.fetch_add(1, Ordering::SeqCst);
             self.shared.claim_changed.notify_all();
         }
     }
@@ -481,6 +497,7 @@ impl ManagerLoop {
             let mut claims = self.shared.claims.lock();
             if let Some(slot @ Claim::Waiting) = claims.by_task.get_mut(&id) {
                 *slot = Claim::Arrived(event);
+                self.shared.claim_changes.fetch_add(1, Ordering::SeqCst);
                 self.shared.claim_changed.notify_all();
                 return;
             }
@@ -530,6 +547,7 @@ impl ManagerLoop {
         self.publish_pids();
         self.emit(Event::Closed);
         self.shared.claims.lock().closed = true;
+        self.shared.claim_changes.fetch_add(1, Ordering::SeqCst);
         self.shared.claim_changed.notify_all();
         let (finished, done) = &self.shared.finished;
         *finished.lock() = true;
