@@ -87,6 +87,8 @@ ROWS = [
 ]
 for _size in (1, 16, 256):
     ROWS += [
+        (f"{_size} MiB array, first round trip in a process (informational)",
+         f"array_{_size}", "first_roundtrip_gbps", "GB/s", ""),
         (f"{_size} MiB array, round trip", f"array_{_size}", "roundtrip_gbps", "GB/s", ""),
         (f"{_size} MiB array, send only", f"array_{_size}", "send_gbps", "GB/s",
          "≥ 10×" if _size == 256 else ""),

@@ -193,3 +193,21 @@ def test_segments_unused_for_a_while_are_dropped(monkeypatch):
         fresh.close()
     finally:
         cache.clear()
+
+
+def test_a_forked_child_does_not_reuse_its_parent_segments(executor_factory):
+    executor = executor_factory(max_workers=1)
+    executor.submit(tasks.describe, np.arange(BIG, dtype=np.float64)).result()
+    assert _payload._segments.segments
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(write, str(len(_payload._segments.segments)).encode())
+        os._exit(0)
+    os.close(write)
+    try:
+        assert os.read(read, 16) == b"0"
+    finally:
+        os.close(read)
+        os.waitpid(pid, 0)
+    assert _payload._segments.segments, "the parent keeps its own"

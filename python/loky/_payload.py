@@ -108,8 +108,15 @@ class _SegmentCache:
         for segment in segments:
             segment.close()
 
+    def forget_after_fork(self):
+        """In a forked child: the segments are the parent's to reuse, not ours (the
+        lock may also have been held by a thread that does not exist here)."""
+        self.lock = _thread.allocate_lock()
+        self.clear()
+
 
 _segments = _SegmentCache(int(float(os.environ.get("LOKY_SHARED_MEMORY_CACHE", 1 << 30))))
+os.register_at_fork(after_in_child=_segments.forget_after_fork)
 
 
 def release_cached_segments():

@@ -178,6 +178,11 @@ class Serializer:
     """Pickles objects one at a time with a single loky pickler: cheaper than creating
     one per object. Not thread-safe; the executor pickles one task at a time anyway."""
 
+    def __init__(self, reducers=None):
+        self._reducers = reducers
+        self._pickler = None
+        self._buffer_callback = None
+
     def dumps_in_order(self):
         """The dump functions to try, in order, for `loky._payload.pack`: the plain
         pickler first when the loky pickler is cloudpickle, no reducer is registered
@@ -190,11 +195,6 @@ class Serializer:
         ):
             return (_plain_unless_main, self.dumps)
         return (self.dumps,)
-
-    def __init__(self, reducers=None):
-        self._reducers = reducers
-        self._pickler = None
-        self._buffer_callback = None
 
     def _new_pickler(self):
         self._file = io.BytesIO()
