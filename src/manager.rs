@@ -146,6 +146,10 @@ struct Shared {
     sent_mark: AtomicU64,
     /// Set when the manager has been woken and has not yet looked at its inputs.
     notified: AtomicBool,
+    /// Set while the manager sleeps with room for a task right away (an idle worker,
+    /// or a worker to start). Otherwise a new task waits for the next result anyway,
+    /// and `submit` need not wake the manager: that wake-up would be spent for nothing.
+    hungry: AtomicBool,
     /// Set (and signalled) when the manager thread has finished.
     finished: (Mutex<bool>, Condvar),
     wake: OwnedFd,
@@ -218,6 +222,7 @@ impl Manager {
             cancelled_count: AtomicUsize::new(0),
             sent_mark: AtomicU64::new(0),
             notified: AtomicBool::new(false),
+            hungry: AtomicBool::new(true),
             finished: (Mutex::new(false), Condvar::new()),
             // SAFETY: eventfd returned a fresh descriptor that we now own.
             wake: unsafe { OwnedFd::from_raw_fd(wake) },
@@ -251,7 +256,12 @@ impl Manager {
         // The receiver lives as long as the manager thread; after it ended, the task is
         // dropped (the Python side refuses tasks after shutdown anyway).
         let _ = self.shared.submissions.send(task);
-        self.shared.notify();
+        // Pairs with the manager's store of `hungry` and look at the queue before it
+        // sleeps: either it sees this task or this sees it hungry.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.shared.hungry.load(Ordering::SeqCst) {
+            self.shared.notify();
+        }
     }
 
     /// Write `task` to the offered idle worker, if there is one; gives the task back
@@ -529,7 +539,14 @@ impl ManagerLoop {
             if shutdown.is_some() && self.workers.is_empty() && self.nothing_pending() {
                 break;
             }
+            let hungry = shutdown.is_none() && self.has_room(max_workers);
+            self.shared.hungry.store(hungry, Ordering::SeqCst);
+            std::sync::atomic::fence(Ordering::SeqCst);
+            if hungry && !self.submitted.is_empty() {
+                continue; // a task came in meanwhile, maybe without waking us
+            }
             if shutdown.is_none() {
+                // After the look at the queue: an offer must not outlive the sleep.
                 self.offer_idle_worker();
             }
             self.wait_and_handle();
@@ -697,6 +714,16 @@ impl ManagerLoop {
     /// How many tasks a ready worker may hold at once. One, unless tasks have been
     /// short and the queue is long: then a share of the queue, small enough that
     /// every worker still gets work and a slow task strands little behind it.
+    /// Whether a task submitted now would leave at once: an idle worker, or room to
+    /// start one.
+    fn has_room(&self, max_workers: usize) -> bool {
+        (self.workers.len() < max_workers && !self.broken)
+            || self
+                .workers
+                .iter()
+                .any(|w| w.state == State::Ready && w.inflight.is_empty())
+    }
+
     fn batch_limit(&self, pending: usize, ready: usize) -> usize {
         let ready = ready.max(1);
         match self.service_time {
