@@ -172,15 +172,30 @@ mod tests {
     #[test]
     fn v1_quota_and_unlimited() {
         let root = fake_root(&[
-            ("proc/self/cgroup", "4:cpu,cpuacct:/docker/abc\n3:memory:/x\n"),
-            ("sys/fs/cgroup/cpu,cpuacct/docker/abc/cpu.cfs_quota_us", "-1\n"),
-            ("sys/fs/cgroup/cpu,cpuacct/docker/abc/cpu.cfs_period_us", "100000\n"),
+            (
+                "proc/self/cgroup",
+                "4:cpu,cpuacct:/docker/abc\n3:memory:/x\n",
+            ),
+            (
+                "sys/fs/cgroup/cpu,cpuacct/docker/abc/cpu.cfs_quota_us",
+                "-1\n",
+            ),
+            (
+                "sys/fs/cgroup/cpu,cpuacct/docker/abc/cpu.cfs_period_us",
+                "100000\n",
+            ),
         ]);
         assert_eq!(cgroup_cpu_limit(&root), None);
         let root = fake_root(&[
             ("proc/self/cgroup", "4:cpu,cpuacct:/docker/abc\n"),
-            ("sys/fs/cgroup/cpu,cpuacct/docker/abc/cpu.cfs_quota_us", "50000\n"),
-            ("sys/fs/cgroup/cpu,cpuacct/docker/abc/cpu.cfs_period_us", "100000\n"),
+            (
+                "sys/fs/cgroup/cpu,cpuacct/docker/abc/cpu.cfs_quota_us",
+                "50000\n",
+            ),
+            (
+                "sys/fs/cgroup/cpu,cpuacct/docker/abc/cpu.cfs_period_us",
+                "100000\n",
+            ),
         ]);
         assert_eq!(cgroup_cpu_limit(&root), Some(1));
     }
@@ -189,13 +204,25 @@ mod tests {
     fn physical_cores_count_hyperthreads_once() {
         let root = fake_root(&[
             ("sys/devices/system/cpu/online", "0-3\n"),
-            ("sys/devices/system/cpu/cpu0/topology/physical_package_id", "0"),
+            (
+                "sys/devices/system/cpu/cpu0/topology/physical_package_id",
+                "0",
+            ),
             ("sys/devices/system/cpu/cpu0/topology/core_id", "0"),
-            ("sys/devices/system/cpu/cpu1/topology/physical_package_id", "0"),
+            (
+                "sys/devices/system/cpu/cpu1/topology/physical_package_id",
+                "0",
+            ),
             ("sys/devices/system/cpu/cpu1/topology/core_id", "1"),
-            ("sys/devices/system/cpu/cpu2/topology/physical_package_id", "0"),
+            (
+                "sys/devices/system/cpu/cpu2/topology/physical_package_id",
+                "0",
+            ),
             ("sys/devices/system/cpu/cpu2/topology/core_id", "0"),
-            ("sys/devices/system/cpu/cpu3/topology/physical_package_id", "0"),
+            (
+                "sys/devices/system/cpu/cpu3/topology/physical_package_id",
+                "0",
+            ),
             ("sys/devices/system/cpu/cpu3/topology/core_id", "1"),
         ]);
         assert_eq!(physical_cores(&root), Some(2));

@@ -13,15 +13,15 @@ mod worker_table;
 use std::os::fd::{BorrowedFd, IntoRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-/// Longest a blocking call waits before it lets pending signals be handled.
-const SIGNAL_SLICE: Duration = Duration::from_millis(100);
-
 use pyo3::exceptions::{PyBufferError, PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use manager::{Awaited, Config, Event, Manager, Shutdown};
 use spawn::WorkerCommand;
+
+/// Longest a blocking call waits before it lets pending signals be handled.
+const SIGNAL_SLICE: Duration = Duration::from_millis(100);
 
 /// Event kinds returned by `Pool.next_events`.
 const EV_RESULT: u8 = 0;
@@ -44,7 +44,15 @@ fn event_tuple(py: Python<'_>, event: Event) -> EventTuple<'_> {
             fd,
         } => {
             let fd = fd.map_or(-1, IntoRawFd::into_raw_fd);
-            (EV_RESULT, task_id, pid, Some(PyBytes::new(py, &body)), fd, 0, none())
+            (
+                EV_RESULT,
+                task_id,
+                pid,
+                Some(PyBytes::new(py, &body)),
+                fd,
+                0,
+                none(),
+            )
         }
         Event::WorkerDied {
             task_id,
@@ -52,9 +60,15 @@ fn event_tuple(py: Python<'_>, event: Event) -> EventTuple<'_> {
             exitcode,
             reason,
         } => (EV_WORKER_DIED, task_id, pid, None, -1, exitcode, reason),
-        Event::InitFailed { pid, body } => {
-            (EV_INIT_FAILED, 0, pid, Some(PyBytes::new(py, &body)), -1, 0, none())
-        }
+        Event::InitFailed { pid, body } => (
+            EV_INIT_FAILED,
+            0,
+            pid,
+            Some(PyBytes::new(py, &body)),
+            -1,
+            0,
+            none(),
+        ),
         Event::StartFailed {
             pid,
             exitcode,
@@ -157,7 +171,11 @@ impl Pool {
 
     /// Graceful: finish queued work, then stop the workers. Kill: stop them now.
     fn shutdown(&self, kill: bool) {
-        self.manager.shutdown(if kill { Shutdown::Kill } else { Shutdown::Graceful });
+        self.manager.shutdown(if kill {
+            Shutdown::Kill
+        } else {
+            Shutdown::Graceful
+        });
     }
 
     /// Wait up to `timeout` seconds (None: for ever) for the manager thread to end,
@@ -191,7 +209,8 @@ impl Pool {
         let deadline = timeout.map(|t| Instant::now() + Duration::from_secs_f64(t.max(0.0)));
         loop {
             let slice = deadline.map_or(SIGNAL_SLICE, |d| {
-                d.saturating_duration_since(Instant::now()).min(SIGNAL_SLICE)
+                d.saturating_duration_since(Instant::now())
+                    .min(SIGNAL_SLICE)
             });
             match py.detach(|| self.manager.await_claim(task_id, slice)) {
                 Awaited::Outcome(event) => return Ok(Some(event_tuple(py, event))),
@@ -262,7 +281,11 @@ fn reap(pidfd: i32) -> PyResult<Option<i32>> {
 /// forked worker exits. Returns ("fork", socket fd), ("exited", index into
 /// `children`) or ("closed", -1).
 #[pyfunction]
-fn template_next(py: Python<'_>, control: i32, children: Vec<i32>) -> PyResult<(&'static str, i64)> {
+fn template_next(
+    py: Python<'_>,
+    control: i32,
+    children: Vec<i32>,
+) -> PyResult<(&'static str, i64)> {
     let request = py
         .detach(|| template::next_request(control, &children))
         .map_err(|e| PyOSError::new_err(format!("template control socket: {e}")))?;
@@ -280,7 +303,9 @@ fn detach_forked_worker(template_pid: i32) -> PyResult<bool> {
     // SAFETY: plain syscalls on our own process.
     unsafe {
         if libc::setpgid(0, 0) != 0 || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-            return Err(PyOSError::new_err(std::io::Error::last_os_error().to_string()));
+            return Err(PyOSError::new_err(
+                std::io::Error::last_os_error().to_string(),
+            ));
         }
         Ok(libc::getppid() == template_pid)
     }
@@ -289,7 +314,11 @@ fn detach_forked_worker(template_pid: i32) -> PyResult<bool> {
 /// Receive up to `max` bytes from socket `sock` (blocking), with the descriptor that
 /// came with them, if any: (data, fd or -1). Empty data means the peer closed.
 #[pyfunction]
-fn recv_with_fd<'py>(py: Python<'py>, sock: i32, max: usize) -> PyResult<(Bound<'py, PyBytes>, i32)> {
+fn recv_with_fd<'py>(
+    py: Python<'py>,
+    sock: i32,
+    max: usize,
+) -> PyResult<(Bound<'py, PyBytes>, i32)> {
     thread_local! {
         // Reused: a fresh zeroed buffer of `max` bytes per call costs more than the
         // call itself when `max` is large and the message small.
@@ -300,8 +329,13 @@ fn recv_with_fd<'py>(py: Python<'py>, sock: i32, max: usize) -> PyResult<(Bound<
             buf.resize(max, 0);
         }
         let window = &mut buf[..max];
-        let (n, fd) = py.detach(|| wire::recv_with_fd(sock, window)).map_err(os_error)?;
-        Ok((PyBytes::new(py, &buf[..n]), fd.map_or(-1, IntoRawFd::into_raw_fd)))
+        let (n, fd) = py
+            .detach(|| wire::recv_with_fd(sock, window))
+            .map_err(os_error)?;
+        Ok((
+            PyBytes::new(py, &buf[..n]),
+            fd.map_or(-1, IntoRawFd::into_raw_fd),
+        ))
     })
 }
 
@@ -346,7 +380,9 @@ impl SharedSegment {
     fn new(py: Python<'_>, fd: i32, length: usize) -> PyResult<SharedSegment> {
         // SAFETY: the caller keeps `fd` open for the duration of this call.
         let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-        let mapping = py.detach(|| shm::Mapping::new(fd, length)).map_err(os_error)?;
+        let mapping = py
+            .detach(|| shm::Mapping::new(fd, length))
+            .map_err(os_error)?;
         Ok(SharedSegment { mapping })
     }
 

@@ -66,7 +66,11 @@ pub enum Event {
     /// A worker's initializer failed; the body describes the error. No more workers start.
     InitFailed { pid: i32, body: Vec<u8> },
     /// A worker could not start at all. No more workers start.
-    StartFailed { pid: i32, exitcode: i32, message: String },
+    StartFailed {
+        pid: i32,
+        exitcode: i32,
+        message: String,
+    },
     /// The manager has stopped and every worker has exited.
     Closed,
 }
@@ -168,7 +172,13 @@ impl Shared {
     fn wake(&self) {
         let one: u64 = 1;
         // SAFETY: writes 8 bytes from a live u64 to our eventfd.
-        unsafe { libc::write(self.wake.as_raw_fd(), &one as *const u64 as *const libc::c_void, 8) };
+        unsafe {
+            libc::write(
+                self.wake.as_raw_fd(),
+                &one as *const u64 as *const libc::c_void,
+                8,
+            )
+        };
     }
 
     /// Wake the manager unless a wake-up is already on its way.
@@ -274,7 +284,9 @@ impl Manager {
         let Some((pid, channel)) = direct.offered else {
             return Some(task);
         };
-        self.shared.sent_mark.fetch_max(task.id + 1, Ordering::SeqCst);
+        self.shared
+            .sent_mark
+            .fetch_max(task.id + 1, Ordering::SeqCst);
         let mut writer = FrameWriter::default();
         writer.push(OutFrame::new(task.id, TASK, task.body.clone()));
         if writer.flush(channel).is_err() {
@@ -354,7 +366,9 @@ impl Manager {
     pub fn claim(&self, id: u64) {
         let mut claims = self.shared.claims.lock();
         claims.by_task.insert(id, Claim::Waiting);
-        self.shared.claim_count.store(claims.by_task.len(), Ordering::SeqCst);
+        self.shared
+            .claim_count
+            .store(claims.by_task.len(), Ordering::SeqCst);
     }
 
     /// Wait up to `timeout` for the outcome of claimed task `id`.
@@ -412,7 +426,9 @@ impl Manager {
     pub fn unclaim(&self, id: u64) {
         let mut claims = self.shared.claims.lock();
         let claim = claims.by_task.remove(&id);
-        self.shared.claim_count.store(claims.by_task.len(), Ordering::SeqCst);
+        self.shared
+            .claim_count
+            .store(claims.by_task.len(), Ordering::SeqCst);
         drop(claims);
         if let Some(Claim::Arrived(event)) = claim {
             let _ = self.shared.events.send(event);
@@ -478,11 +494,7 @@ struct ManagerLoop {
 }
 
 impl ManagerLoop {
-    fn new(
-        config: Config,
-        shared: Arc<Shared>,
-        submitted: Receiver<Task>,
-    ) -> ManagerLoop {
+    fn new(config: Config, shared: Arc<Shared>, submitted: Receiver<Task>) -> ManagerLoop {
         ManagerLoop {
             config,
             shared,
@@ -630,7 +642,8 @@ impl ManagerLoop {
             return template.request();
         }
         let spawned = spawn_worker(&self.config.command)?;
-        self.workers.push(Worker::new(spawned, &self.config.init, false));
+        self.workers
+            .push(Worker::new(spawned, &self.config.init, false));
         Ok(())
     }
 
@@ -640,7 +653,12 @@ impl ManagerLoop {
 
     /// Make the current worker pids visible to callers, when they changed.
     fn publish_pids(&mut self) {
-        if !self.published_pids.iter().copied().eq(self.workers.iter().map(|w| w.pid)) {
+        if !self
+            .published_pids
+            .iter()
+            .copied()
+            .eq(self.workers.iter().map(|w| w.pid))
+        {
             self.published_pids = self.workers.iter().map(|w| w.pid).collect();
             self.shared.control.lock().pids = self.published_pids.clone();
         }
@@ -738,7 +756,11 @@ impl ManagerLoop {
         if self.pending.is_empty() {
             return;
         }
-        let ready = self.workers.iter().filter(|w| w.state == State::Ready).count();
+        let ready = self
+            .workers
+            .iter()
+            .filter(|w| w.state == State::Ready)
+            .count();
         if ready == 0 {
             return;
         }
@@ -831,7 +853,11 @@ impl ManagerLoop {
         for worker in &self.workers {
             // The template reports the exit of the workers it forked.
             fds.push(libc::pollfd {
-                fd: if worker.from_template { -1 } else { worker.pidfd.as_raw_fd() },
+                fd: if worker.from_template {
+                    -1
+                } else {
+                    worker.pidfd.as_raw_fd()
+                },
                 events: libc::POLLIN,
                 revents: 0,
             });
@@ -840,7 +866,11 @@ impl ManagerLoop {
                 events |= libc::POLLOUT;
             }
             fds.push(libc::pollfd {
-                fd: if worker.channel_closed { -1 } else { worker.fd() },
+                fd: if worker.channel_closed {
+                    -1
+                } else {
+                    worker.fd()
+                },
                 events,
                 revents: 0,
             });
@@ -922,9 +952,10 @@ impl ManagerLoop {
                 }
                 FORKED => self.on_forked(pid),
                 EXITED => {
-                    let code = frame.body.get(..8).map_or(-1, |b| {
-                        i64::from_le_bytes(b.try_into().unwrap()) as i32
-                    });
+                    let code = frame
+                        .body
+                        .get(..8)
+                        .map_or(-1, |b| i64::from_le_bytes(b.try_into().unwrap()) as i32);
                     if let Some(i) = self.workers.iter().position(|w| w.pid == pid) {
                         self.read_worker(i); // results written just before the exit
                         let worker = self.workers.remove(i);
@@ -942,8 +973,13 @@ impl ManagerLoop {
         };
         match pidfd_open(pid) {
             Ok(pidfd) => {
-                let spawned = Spawned { pid, pidfd, channel };
-                self.workers.push(Worker::new(spawned, &self.config.init, true));
+                let spawned = Spawned {
+                    pid,
+                    pidfd,
+                    channel,
+                };
+                self.workers
+                    .push(Worker::new(spawned, &self.config.init, true));
             }
             // Gone already: the template reports its exit, and the pool tops up.
             Err(_) => self.replacements_owed += 1,
@@ -1039,7 +1075,10 @@ impl ManagerLoop {
     fn on_exit(&mut self, mut worker: Worker, exitcode: i32) {
         if let Some(body) = worker.init_error.take() {
             self.broken = true;
-            self.emit(Event::InitFailed { pid: worker.pid, body });
+            self.emit(Event::InitFailed {
+                pid: worker.pid,
+                body,
+            });
             return;
         }
         if worker.state == State::Starting {

@@ -86,8 +86,8 @@ mod tests {
 
     #[test]
     fn dropping_a_mapping_marks_its_segment_free() {
-        let fd = nix::sys::memfd::memfd_create(c"test", nix::sys::memfd::MFdFlags::empty())
-            .unwrap();
+        let fd =
+            nix::sys::memfd::memfd_create(c"test", nix::sys::memfd::MFdFlags::empty()).unwrap();
         nix::unistd::ftruncate(&fd, 4096).unwrap();
         let lent = SEGMENT_LENT.to_le_bytes();
         nix::sys::uio::pwrite(&fd, &lent, 0).unwrap();
@@ -106,8 +106,8 @@ mod tests {
 
     #[test]
     fn a_segment_shorter_than_its_header_is_refused() {
-        let fd = nix::sys::memfd::memfd_create(c"test", nix::sys::memfd::MFdFlags::empty())
-            .unwrap();
+        let fd =
+            nix::sys::memfd::memfd_create(c"test", nix::sys::memfd::MFdFlags::empty()).unwrap();
         assert!(Mapping::new(fd.as_fd(), 8).is_err());
     }
 }

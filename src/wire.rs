@@ -293,7 +293,11 @@ impl FrameWriter {
             let mut skip = self.written;
             // A frame carrying a descriptor starts a call of its own, so the descriptor
             // arrives with that frame's first byte.
-            let passing = if self.written == 0 { self.queue[0].fd.as_ref() } else { None };
+            let passing = if self.written == 0 {
+                self.queue[0].fd.as_ref()
+            } else {
+                None
+            };
             for (i, frame) in self.queue.iter().enumerate() {
                 if i > 0 && (passing.is_some() || frame.fd.is_some()) {
                     break;
@@ -418,7 +422,10 @@ mod tests {
     use super::*;
     use std::os::fd::AsRawFd;
 
-    fn pair() -> (std::os::unix::net::UnixStream, std::os::unix::net::UnixStream) {
+    fn pair() -> (
+        std::os::unix::net::UnixStream,
+        std::os::unix::net::UnixStream,
+    ) {
         let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
         a.set_nonblocking(true).unwrap();
         b.set_nonblocking(true).unwrap();
@@ -443,7 +450,11 @@ mod tests {
         let mut reader = FrameReader::default();
         let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
         for id in 0..100u64 {
-            writer.push(OutFrame::new(id, TASK, Arc::new(vec![id as u8; id as usize])));
+            writer.push(OutFrame::new(
+                id,
+                TASK,
+                Arc::new(vec![id as u8; id as usize]),
+            ));
         }
         writer.push(OutFrame::new(1000, TASK, Arc::new(big.clone())));
         let mut got = Vec::new();
