@@ -228,9 +228,12 @@ impl Pool {
         self.manager.wake_claim(task_id);
     }
 
-    /// End the claim on `task_id`; an outcome nobody took goes to `next_events`.
-    fn unclaim(&self, task_id: u64) {
-        self.manager.unclaim(task_id);
+    /// End the claim on `task_id`. Returns the event tuple of an outcome that arrived
+    /// and was not taken (the caller applies it), else None.
+    fn unclaim<'py>(&self, py: Python<'py>, task_id: u64) -> Option<EventTuple<'py>> {
+        self.manager
+            .unclaim(task_id)
+            .map(|event| event_tuple(py, event))
     }
 
     /// Wait (without the GIL) for at least one event, or `timeout` seconds, and return

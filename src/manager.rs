@@ -164,7 +164,7 @@ struct Shared {
     claim_count: AtomicUsize,
     /// Bumped whenever a claim changes, for claimers that spin before they sleep.
     claim_changes: AtomicU64,
-    /// Where outcomes go when nobody claims them; also used by `unclaim`.
+    /// Where outcomes go when nobody claims them.
     events: Sender<Event>,
 }
 
@@ -407,6 +407,13 @@ impl Manager {
                 .wait_until(&mut claims, deadline)
                 .timed_out()
             {
+                // One last look: the outcome may have come with the deadline.
+                if let Some(slot @ Claim::Arrived(_)) = claims.by_task.get_mut(&id) {
+                    let Claim::Arrived(event) = std::mem::replace(slot, Claim::Waiting) else {
+                        unreachable!()
+                    };
+                    return Awaited::Outcome(event);
+                }
                 return Awaited::TimedOut;
             }
         }
@@ -422,16 +429,17 @@ impl Manager {
         }
     }
 
-    /// End the claim on task `id`; an outcome nobody took goes to `next_events`.
-    pub fn unclaim(&self, id: u64) {
+    /// End the claim on task `id`. Returns an outcome that arrived and was not taken:
+    /// the claimer applies it (the result thread may have stopped already).
+    pub fn unclaim(&self, id: u64) -> Option<Event> {
         let mut claims = self.shared.claims.lock();
         let claim = claims.by_task.remove(&id);
         self.shared
             .claim_count
             .store(claims.by_task.len(), Ordering::SeqCst);
-        drop(claims);
-        if let Some(Claim::Arrived(event)) = claim {
-            let _ = self.shared.events.send(event);
+        match claim {
+            Some(Claim::Arrived(event)) => Some(event),
+            _ => None,
         }
     }
 

@@ -230,3 +230,16 @@ def test_many_waits_while_the_result_thread_is_busy(executor_factory):
     for _ in range(5):
         futures = [executor.submit(helpers.square, i) for i in range(2000)]
         assert [f.result(timeout=30) for f in futures] == [i * i for i in range(2000)]
+
+
+def test_claimed_outcomes_survive_a_graceful_shutdown():
+    # The pool may close while an outcome waits for its claimer: it must still land.
+    for _ in range(20):
+        executor = loky.ProcessPoolExecutor(max_workers=2)
+        futures = [executor.submit(helpers.square, i) for i in range(50)]
+        stopper = threading.Thread(target=executor.shutdown)
+        stopper.start()
+        try:
+            assert [f.result(timeout=30) for f in futures] == [i * i for i in range(50)]
+        finally:
+            stopper.join(30)

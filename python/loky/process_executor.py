@@ -181,6 +181,7 @@ class _PoolState:
         self.futures = {}
         self.broken = None  # error message once the pool cannot run tasks
         self.has_initializer = False
+        self.closed = False  # the result thread has stopped
 
     def unqueue(self, task_id):
         if self.pool.cancel(task_id):
@@ -206,16 +207,28 @@ class _PoolState:
                     self.handle([event])
         finally:
             future._claimed = False
-            self.pool.unclaim(task_id)
+            # An outcome that came after the wait ended is still this thread's to apply.
+            event = self.pool.unclaim(task_id)
+            if event is not None:
+                self.handle([event])
+        if self.closed and not future.done():
+            # The result thread stopped, sparing this claimed future: no outcome came.
+            self.futures.pop(task_id, None)
+            _fail(future, ShutdownExecutorError("The executor was shut down."))
         return None if deadline is None else max(0.0, deadline - monotonic())
 
     def outcome_handled(self, task_id):
         self.pool.wake_claim(task_id)
 
-    def fail_all(self, make_error):
+    def fail_all(self, make_error, spare_claimed=False):
+        """Fail every unfinished future; with `spare_claimed`, leave the ones a thread
+        has claimed to that thread (their outcome may be on its way to it)."""
         futures, self.futures = self.futures, {}
-        for future in list(futures.values()):
-            _fail(future, make_error())
+        for task_id, future in futures.items():
+            if spare_claimed and future._claimed:
+                self.futures[task_id] = future
+            else:
+                _fail(future, make_error())
 
     def handle(self, events):
         """Apply one batch of events from the core. False once the pool has closed."""
@@ -284,7 +297,10 @@ def _run_results(state):
         while state.handle(state.pool.next_events()):
             pass
     finally:
-        state.fail_all(lambda: ShutdownExecutorError("The executor was shut down."))
+        state.closed = True
+        state.fail_all(
+            lambda: ShutdownExecutorError("The executor was shut down."), spare_claimed=True
+        )
         _live_pools.discard(state)
 
 
