@@ -206,11 +206,12 @@ class _PoolState:
                 if event is not None:
                     self.handle([event])
         finally:
-            future._claimed = False
-            # An outcome that came after the wait ended is still this thread's to apply.
+            # An outcome that came after the wait ended is still this thread's to apply,
+            # before the flag goes: until then the result thread leaves the future alone.
             event = self.pool.unclaim(task_id)
             if event is not None:
                 self.handle([event])
+            future._claimed = False
         if self.closed and not future.done():
             # The result thread stopped, sparing this claimed future: no outcome came.
             self.futures.pop(task_id, None)
