@@ -17,7 +17,7 @@ use pyo3::exceptions::{PyBufferError, PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
-use manager::{Awaited, Config, Event, Manager, Shutdown};
+use manager::{Config, Event, Manager, Shutdown};
 use spawn::WorkerCommand;
 
 /// Longest a blocking call waits before it lets pending signals be handled.
@@ -196,30 +196,23 @@ impl Pool {
         self.manager.claim(task_id);
     }
 
-    /// Wait up to `timeout` seconds (None: no limit) for the outcome of a claimed task:
-    /// its event tuple, or None if it timed out or was handled elsewhere. Waits in
-    /// slices, so that signals (Ctrl-C) get through.
+    /// Wait up to `timeout` seconds (None: no limit) until a claimed task's outcome has
+    /// arrived (`unclaim` hands it over) or was handled elsewhere. Waits in slices, so
+    /// that signals (Ctrl-C) get through.
     #[pyo3(signature = (task_id, timeout=None))]
-    fn await_claim<'py>(
-        &self,
-        py: Python<'py>,
-        task_id: u64,
-        timeout: Option<f64>,
-    ) -> PyResult<Option<EventTuple<'py>>> {
+    fn await_claim(&self, py: Python<'_>, task_id: u64, timeout: Option<f64>) -> PyResult<()> {
         let deadline = timeout.map(|t| Instant::now() + Duration::from_secs_f64(t.max(0.0)));
         loop {
             let slice = deadline.map_or(SIGNAL_SLICE, |d| {
                 d.saturating_duration_since(Instant::now())
                     .min(SIGNAL_SLICE)
             });
-            match py.detach(|| self.manager.await_claim(task_id, slice)) {
-                Awaited::Outcome(event) => return Ok(Some(event_tuple(py, event))),
-                Awaited::LookAgain => return Ok(None),
-                Awaited::TimedOut if deadline.is_some_and(|d| Instant::now() >= d) => {
-                    return Ok(None)
-                }
-                Awaited::TimedOut => py.check_signals()?,
+            if py.detach(|| self.manager.await_claim(task_id, slice))
+                || deadline.is_some_and(|d| Instant::now() >= d)
+            {
+                return Ok(());
             }
+            py.check_signals()?;
         }
     }
 

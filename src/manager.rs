@@ -120,15 +120,6 @@ enum Claim {
     Arrived(Event),
 }
 
-/// How `Manager::await_claim` ended.
-pub enum Awaited {
-    Outcome(Event),
-    /// The outcome was handled elsewhere, or will never come (the manager stopped, or
-    /// the task was not claimed): look at the future again.
-    LookAgain,
-    TimedOut,
-}
-
 #[derive(Default)]
 struct Claims {
     by_task: HashMap<u64, Claim>,
@@ -371,8 +362,10 @@ impl Manager {
             .store(claims.by_task.len(), Ordering::SeqCst);
     }
 
-    /// Wait up to `timeout` for the outcome of claimed task `id`.
-    pub fn await_claim(&self, id: u64, timeout: Duration) -> Awaited {
+    /// Wait up to `timeout` until claimed task `id` needs a look: its outcome arrived
+    /// (`unclaim` hands it over), the claim was woken (`wake_claim`), the manager
+    /// stopped, or the task is not claimed. False if the time ran out first.
+    pub fn await_claim(&self, id: u64, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         // A short task's outcome often comes back sooner than a sleeping thread can be
         // woken: watch for it a little while first, yielding the CPU meanwhile.
@@ -384,38 +377,21 @@ impl Manager {
             std::thread::yield_now();
         }
         let mut claims = self.shared.claims.lock();
+        let mut timed_out = false;
         loop {
-            let closed = claims.closed;
-            match claims.by_task.get_mut(&id) {
-                None => return Awaited::LookAgain,
-                Some(slot @ Claim::Woken) => {
-                    *slot = Claim::Waiting;
-                    return Awaited::LookAgain;
-                }
-                Some(slot @ Claim::Arrived(_)) => {
-                    let Claim::Arrived(event) = std::mem::replace(slot, Claim::Waiting) else {
-                        unreachable!()
-                    };
-                    return Awaited::Outcome(event);
-                }
-                Some(Claim::Waiting) if closed => return Awaited::LookAgain,
-                Some(Claim::Waiting) => {}
+            match claims.by_task.get(&id) {
+                Some(Claim::Waiting) if !claims.closed => {}
+                _ => return true,
             }
-            if self
+            if timed_out {
+                return false;
+            }
+            // One more look after a timeout: the outcome may have come with the deadline.
+            timed_out = self
                 .shared
                 .claim_changed
                 .wait_until(&mut claims, deadline)
-                .timed_out()
-            {
-                // One last look: the outcome may have come with the deadline.
-                if let Some(slot @ Claim::Arrived(_)) = claims.by_task.get_mut(&id) {
-                    let Claim::Arrived(event) = std::mem::replace(slot, Claim::Waiting) else {
-                        unreachable!()
-                    };
-                    return Awaited::Outcome(event);
-                }
-                return Awaited::TimedOut;
-            }
+                .timed_out();
         }
     }
 

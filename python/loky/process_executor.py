@@ -168,6 +168,10 @@ def _decode_result(body, fd):
 _EV_RESULT = _core.EV_RESULT
 
 
+def _shut_down_error():
+    return ShutdownExecutorError("The executor was shut down.")
+
+
 def _fail(future, error):
     future._finish(False, error)  # no-op if it finished or was cancelled meanwhile
 
@@ -202,12 +206,11 @@ class _PoolState:
             # Set after the claim and looked at after the flag, while the result thread
             # finishes the future and then looks at the flag: one of them sees the other.
             if not future.done():
-                event = self.pool.await_claim(task_id, timeout)
-                if event is not None:
-                    self.handle([event])
+                self.pool.await_claim(task_id, timeout)
         finally:
-            # An outcome that came after the wait ended is still this thread's to apply,
-            # before the flag goes: until then the result thread leaves the future alone.
+            # The outcome, if it came (even after the wait ended), is this thread's to
+            # apply, before the flag goes: until then the result thread leaves the
+            # future alone.
             event = self.pool.unclaim(task_id)
             if event is not None:
                 self.handle([event])
@@ -215,7 +218,7 @@ class _PoolState:
         if self.closed and not future.done():
             # The result thread stopped, sparing this claimed future: no outcome came.
             self.futures.pop(task_id, None)
-            _fail(future, ShutdownExecutorError("The executor was shut down."))
+            _fail(future, _shut_down_error())
         return None if deadline is None else max(0.0, deadline - monotonic())
 
     def outcome_handled(self, task_id):
@@ -299,9 +302,7 @@ def _run_results(state):
             pass
     finally:
         state.closed = True
-        state.fail_all(
-            lambda: ShutdownExecutorError("The executor was shut down."), spare_claimed=True
-        )
+        state.fail_all(_shut_down_error, spare_claimed=True)
         _live_pools.discard(state)
 
 
