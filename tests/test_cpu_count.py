@@ -7,7 +7,6 @@ machine they run on (only on its online CPU count and affinity mask, which are t
 other terms of the minimum)."""
 
 import os
-import sys
 
 import pytest
 

@@ -3,13 +3,12 @@
 
 import json
 import os
-import pickle
 import textwrap
 
 import pytest
 
 import loky
-from loky import ProcessPoolExecutor, set_loky_pickler, wrap_non_picklable_objects
+from loky import set_loky_pickler, wrap_non_picklable_objects
 from loky.backend import reduction
 
 import helpers

@@ -1,7 +1,6 @@
 """Issue 4: `get_reusable_executor` and `_ReusablePoolExecutor` — reuse, replacement,
 invalid arguments, the subclassable class, and resizing a live executor."""
 
-import os
 import threading
 import time
 
