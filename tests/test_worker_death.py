@@ -223,3 +223,28 @@ def test_pool_recovers_when_its_helper_processes_are_killed(executor_factory):
     )
     assert len(helpers.pids_of_all_workers(executor, 2)) == 2
     assert list(executor.map(helpers.square, range(5))) == [0, 1, 4, 9, 16]
+
+
+RAISING_SCRIPT = """
+from loky import ProcessPoolExecutor
+
+def fail_in_a_named_function():
+    raise ValueError("from the task")
+
+with ProcessPoolExecutor(max_workers=1) as executor:
+    try:
+        executor.submit(fail_in_a_named_function).result(timeout=60)
+    except ValueError as exc:
+        print(exc.__cause__)
+"""
+
+
+@pytest.mark.timeout(90)
+def test_worker_traceback_of_a_main_function_names_the_users_file_and_line(tmp_path):
+    # Functions defined in the script travel by value: their code must keep its file
+    # name, so that the traceback points at the user's file, line and source.
+    result = helpers.run_script(tmp_path, RAISING_SCRIPT)
+    assert result.returncode == 0, result.stderr
+    expected = f'File "{tmp_path / "script.py"}", line 5, in fail_in_a_named_function'
+    assert expected in result.stdout, result.stdout
+    assert 'raise ValueError("from the task")' in result.stdout, result.stdout

@@ -2,8 +2,9 @@
 when the executor's pickler is the standard one."""
 
 import inspect
+from pickle import loads
 
-import cloudpickle
+from .backend.reduction import cloudpickle_dumps
 
 
 class CloudpickledObjectWrapper:
@@ -14,10 +15,10 @@ class CloudpickledObjectWrapper:
         self._keep_wrapper = keep_wrapper
 
     def __reduce__(self):
-        payload = cloudpickle.dumps(self._obj)
+        payload = cloudpickle_dumps(self._obj)
         if self._keep_wrapper:
             return _unpickle_wrapped, (payload,)
-        return cloudpickle.loads, (payload,)
+        return loads, (payload,)
 
     def __getattr__(self, name):
         # Only reached for names not found on the wrapper itself.
@@ -37,7 +38,7 @@ def _wrap(obj, keep_wrapper):
 
 
 def _unpickle_wrapped(payload):
-    return _wrap(cloudpickle.loads(payload), keep_wrapper=True)
+    return _wrap(loads(payload), keep_wrapper=True)
 
 
 def wrap_non_picklable_objects(obj, keep_wrapper=True):

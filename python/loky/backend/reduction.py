@@ -8,10 +8,13 @@ registered here apply to every pickle; an executor's ``job_reducers`` and
 """
 
 import copyreg
+import functools
 import io
-from collections.abc import Mapping
+import marshal
 import os
 import pickle
+import types
+from collections.abc import Mapping
 from pickle import HIGHEST_PROTOCOL, loads
 
 __all__ = [
@@ -54,6 +57,8 @@ def _dispatch_table(base, reducers):
     # cloudpickle's Pickler has a class-level table; the standard one only the slot.
     own = getattr(base, "dispatch_table", None)
     table = dict(own if isinstance(own, Mapping) else copyreg.dispatch_table)
+    if types.CodeType in table:
+        table[types.CodeType] = _reduce_code
     table.update(_registered_reducers)
     if reducers:
         table.update(reducers)
@@ -61,6 +66,15 @@ def _dispatch_table(base, reducers):
         _merged_tables.clear()
     _merged_tables[key] = (reducers, table)
     return table
+
+
+def _reduce_code(code):
+    """Code objects travel as marshal data, which keeps their file name and line
+    numbers: a worker's traceback (or faulthandler report) for a function pickled by
+    value names the user's file. cloudpickle replaces the file name with a placeholder.
+    marshal's format depends on the Python version, and a worker always runs the same
+    interpreter as its parent."""
+    return marshal.loads, (marshal.dumps(code),)
 
 
 def _pickler_base(name):
@@ -90,7 +104,14 @@ def set_loky_pickler(loky_pickler=None):
         loky_pickler = "cloudpickle"
     if loky_pickler == _loky_pickler_name:
         return
-    base = _pickler_base(loky_pickler)
+    _LokyPickler = _loky_pickler_class(loky_pickler)
+    _loky_pickler_name = loky_pickler
+
+
+@functools.cache
+def _loky_pickler_class(name):
+    """The loky pickler class built on the pickler module `name`."""
+    base = _pickler_base(name)
 
     class LokyPickler(base):
         """`base` with the registered reducers and per-call ones in its dispatch table."""
@@ -111,9 +132,8 @@ def set_loky_pickler(loky_pickler=None):
             if isinstance(self, pickle.Pickler):
                 _C_DISPATCH_TABLE.__set__(self, table)
 
-    LokyPickler.__qualname__ = LokyPickler.__name__ = f"LokyPickler[{loky_pickler}]"
-    _LokyPickler = LokyPickler
-    _loky_pickler_name = loky_pickler
+    LokyPickler.__qualname__ = LokyPickler.__name__ = f"LokyPickler[{name}]"
+    return LokyPickler
 
 
 def get_loky_pickler():
@@ -226,6 +246,14 @@ class Serializer:
         finally:
             self._buffer_callback = None
         return file.getvalue()
+
+
+def cloudpickle_dumps(obj):
+    """Pickle `obj` with cloudpickle (by value where needed), whatever the loky pickler,
+    keeping the file names of code objects (see `_reduce_code`)."""
+    buffer = io.BytesIO()
+    _loky_pickler_class("cloudpickle")(buffer).dump(obj)
+    return buffer.getvalue()
 
 
 def _keep_in_band(buffer):
