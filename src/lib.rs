@@ -410,6 +410,7 @@ impl SharedSegment {
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<Pool>()?;
     m.add_class::<SharedSegment>()?;
     m.add("SEGMENT_HEADER_LEN", shm::SEGMENT_HEADER_LEN)?;

@@ -25,7 +25,7 @@ def nothing_started():
 def test_max_workers_not_positive(nothing_started, max_workers):
     with pytest.raises(ValueError) as info:
         ProcessPoolExecutor(max_workers=max_workers)
-    assert str(info.value) == "max_workers must be greater than 0"
+    assert str(info.value) == f"max_workers must be greater than 0, got {max_workers}"
 
 
 @pytest.mark.parametrize("max_workers", [0, -3])
@@ -34,10 +34,60 @@ def test_reusable_executor_max_workers_not_positive(nothing_started, max_workers
         get_reusable_executor(max_workers=max_workers)
 
 
-@pytest.mark.parametrize("max_workers", ["2", 1.5])
-def test_max_workers_wrong_type(nothing_started, max_workers):
-    with pytest.raises((TypeError, ValueError)):
-        ProcessPoolExecutor(max_workers=max_workers)
+@pytest.mark.parametrize(
+    "max_workers, shown", [("4", "'4' (str)"), (1.5, "1.5 (float)"), (True, "True (bool)")]
+)
+@pytest.mark.parametrize("make", [ProcessPoolExecutor, get_reusable_executor])
+def test_max_workers_wrong_type(nothing_started, make, max_workers, shown):
+    with pytest.raises(TypeError) as info:
+        make(max_workers=max_workers)
+    assert str(info.value) == f"max_workers must be an int or None, got {shown}"
+
+
+@pytest.mark.parametrize("make", [ProcessPoolExecutor, get_reusable_executor])
+def test_timeout_wrong_type_or_value(nothing_started, make):
+    with pytest.raises(TypeError) as info:
+        make(max_workers=1, timeout="x")
+    assert str(info.value) == "timeout must be a number of seconds or None, got 'x' (str)"
+    with pytest.raises(ValueError, match="timeout must be a number of seconds >= 0"):
+        make(max_workers=1, timeout=-1)
+
+
+def test_integral_types_from_numpy_are_accepted():
+    np = pytest.importorskip("numpy")
+    executor = ProcessPoolExecutor(max_workers=np.int64(1), timeout=np.float64(5))
+    try:
+        assert executor.submit(helpers.square, 3).result(timeout=30) == 9
+    finally:
+        executor.shutdown()
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"max_tasks_per_child": "3"}, TypeError, "max_tasks_per_child must be an int"),
+        ({"max_tasks_per_child": 0}, ValueError, "max_tasks_per_child must be greater than 0"),
+        ({"job_reducers": [1]}, TypeError, "job_reducers must be a dict"),
+        ({"result_reducers": "x"}, TypeError, "result_reducers must be a dict"),
+        ({"initargs": 5}, TypeError, r"initargs must be a tuple of arguments, got 5 \(int\)"),
+        ({"initargs": "ab"}, TypeError, "initargs must be a tuple"),
+        ({"context": 3}, TypeError, "context must be None"),
+        ({"context": "nope"}, ValueError, "Unknown start method 'nope'"),
+    ],
+)
+@pytest.mark.parametrize("make", [ProcessPoolExecutor, get_reusable_executor])
+def test_other_arguments_checked(nothing_started, make, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        make(max_workers=1, **kwargs)
+
+
+def test_map_arguments_checked(nothing_started):
+    executor = ProcessPoolExecutor(max_workers=1)
+    with pytest.raises(TypeError, match="chunksize must be an int, got '2' .str."):
+        executor.map(helpers.square, range(3), chunksize="2")
+    with pytest.raises(TypeError, match="timeout must be a number of seconds or None"):
+        executor.map(helpers.square, range(3), timeout="1")
+    executor.shutdown()
 
 
 @pytest.mark.parametrize("chunksize", [0, -1])

@@ -5,7 +5,7 @@ Attributes are loaded on first use, so that a worker process, which imports
 ``loky._worker``, pays only for what it needs.
 """
 
-__version__ = "3.6.0"
+from ._core import __version__  # one source: the crate's version (Cargo.toml)
 
 __all__ = [
     "get_reusable_executor",
@@ -51,12 +51,20 @@ _LAZY = {
 }
 
 
+# Submodules that `import loky` makes available as attributes, as loky does.
+_SUBMODULES = frozenset(
+    ["_base", "backend", "cloudpickle_wrapper", "process_executor", "reusable_executor"]
+)
+
+
 def __getattr__(name):
+    import importlib
+
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'loky' has no attribute {name!r}")
-    import importlib
-
     package = __name__ if module.startswith(".") else None
     value = getattr(importlib.import_module(module, package), name)
     globals()[name] = value
@@ -64,4 +72,4 @@ def __getattr__(name):
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | _SUBMODULES)

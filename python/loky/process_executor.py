@@ -32,7 +32,8 @@ from ._payload import pack, release_cached_segments, unpack
 from ._worker import OK, RAISED, TASK_UNPICKLE_FAILED, run_chunk
 from .backend import reduction
 from . import _inherit
-from .backend.context import cpu_count, executor_start_method
+from ._options import ExecutorOptions, check_int, check_seconds
+from .backend.context import executor_start_method
 
 __all__ = [
     "ProcessPoolExecutor",
@@ -338,20 +339,6 @@ def _check_max_depth():
         )
 
 
-def _check_env(env):
-    if env is None:
-        return {}
-    if not isinstance(env, dict):
-        raise TypeError(f"env must be a dict of str to str, got {type(env).__name__}")
-    for key, value in env.items():
-        if not isinstance(key, str) or not isinstance(value, str):
-            raise TypeError(
-                f"env must map str to str; got {key!r}: {value!r} "
-                f"({type(key).__name__}: {type(value).__name__})"
-            )
-    return dict(env)
-
-
 def _chunks(chunksize, *iterables):
     it = zip(*iterables)
     while chunk := tuple(itertools.islice(it, chunksize)):
@@ -396,29 +383,31 @@ class ProcessPoolExecutor(Executor):
         env=None,
         max_tasks_per_child=None,
     ):
-        if max_workers is None:
-            max_workers = cpu_count()
-        elif not isinstance(max_workers, int) or max_workers <= 0:
-            raise ValueError("max_workers must be greater than 0")
-        if initializer is not None and not callable(initializer):
-            raise TypeError("initializer must be a callable")
-        if max_tasks_per_child is not None and (
-            not isinstance(max_tasks_per_child, int) or max_tasks_per_child <= 0
-        ):
-            raise ValueError("max_tasks_per_child must be a positive integer or None")
-        if timeout is not None and timeout < 0:
-            raise ValueError(f"timeout must be None or >= 0 seconds, got {timeout!r}")
+        options = ExecutorOptions(
+            max_workers=max_workers,
+            context=context,
+            timeout=timeout,
+            job_reducers=job_reducers,
+            result_reducers=result_reducers,
+            initializer=initializer,
+            initargs=initargs,
+            env=env,
+            max_tasks_per_child=max_tasks_per_child,
+        )
         _check_max_depth()
-        self._max_workers = max_workers
-        self._env = _check_env(env)
-        self._context = context
-        self._start_method = executor_start_method(context)
-        self._initializer = initializer
-        self._initargs = tuple(initargs)
-        self._job_reducers = job_reducers
-        self._result_reducers = job_reducers if result_reducers is None else result_reducers
-        self._timeout = timeout
-        self._max_tasks_per_child = max_tasks_per_child
+        self._options = options
+        self._max_workers = options.max_workers
+        self._env = options.env
+        self._context = options.context
+        self._start_method = executor_start_method(options.context)
+        self._initializer = options.initializer
+        self._initargs = options.initargs
+        self._job_reducers = options.job_reducers
+        self._result_reducers = (
+            options.job_reducers if options.result_reducers is None else options.result_reducers
+        )
+        self._timeout = options.timeout
+        self._max_tasks_per_child = options.max_tasks_per_child
         self._submit_lock = threading.Lock()
         # Used under _submit_lock only: one task is pickled at a time.
         self._serializer = reduction.Serializer(job_reducers)
@@ -504,8 +493,8 @@ class ProcessPoolExecutor(Executor):
     def map(self, fn, *iterables, timeout=None, chunksize=1):
         """Like the builtin map, evaluated in the workers; `chunksize` items travel
         together in one task."""
-        if chunksize < 1:
-            raise ValueError("chunksize must be >= 1.")
+        chunksize = check_int("chunksize", chunksize, allow_none=False)
+        timeout = check_seconds("timeout", timeout)
         if chunksize == 1:
             return super().map(fn, *iterables, timeout=timeout)
         results = super().map(

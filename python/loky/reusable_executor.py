@@ -8,7 +8,7 @@ or shut-down executor, replace it.
 
 import threading
 
-from .backend.context import cpu_count
+from ._options import ExecutorOptions
 from .process_executor import ProcessPoolExecutor
 
 __all__ = ["get_reusable_executor"]
@@ -17,7 +17,6 @@ __all__ = ["get_reusable_executor"]
 # submit never lands on an executor that is being replaced.
 _executor_lock = threading.RLock()
 _executor = None
-_executor_kwargs = None
 _executor_ids = iter(range(1 << 62))
 
 
@@ -107,20 +106,17 @@ class _ReusablePoolExecutor(ProcessPoolExecutor):
         max_tasks_per_child=None,
     ):
         """Return ``(executor, is_reused)``; see `get_reusable_executor`."""
-        global _executor, _executor_kwargs
+        global _executor
         if reuse not in ("auto", True, False):
             raise ValueError(f"reuse must be 'auto', True or False, got {reuse!r}")
         replaced = None
         with _executor_lock:
             executor = _executor
-            if max_workers is None:
-                if reuse is True and executor is not None:
-                    max_workers = executor._max_workers
-                else:
-                    max_workers = cpu_count()
-            elif not isinstance(max_workers, int) or max_workers <= 0:
-                raise ValueError(f"max_workers must be greater than 0, got {max_workers}.")
-            kwargs = dict(
+            keep_size = None
+            if reuse is True and executor is not None:
+                keep_size = lambda: executor._max_workers  # noqa: E731
+            options = ExecutorOptions(
+                max_workers=max_workers,
                 context=context,
                 timeout=timeout,
                 job_reducers=job_reducers,
@@ -129,20 +125,32 @@ class _ReusablePoolExecutor(ProcessPoolExecutor):
                 initargs=initargs,
                 env=env,
                 max_tasks_per_child=max_tasks_per_child,
+                default_max_workers=keep_size,
             )
             if executor is not None:
-                reusable = reuse is True or (reuse == "auto" and kwargs == _executor_kwargs)
+                reusable = reuse is True or (
+                    reuse == "auto" and options.same_but_size(executor._options)
+                )
                 if reusable and not executor._is_broken_or_shut_down():
-                    executor._resize(max_workers)
+                    executor._resize(options.max_workers)
                     return executor, True
                 # From now on its submits go to the new executor.
                 with executor._submit_lock:
                     executor._shutdown_thread = True
                 replaced = executor
             _executor = new = cls(
-                _executor_lock, max_workers=max_workers, executor_id=next(_executor_ids), **kwargs
+                _executor_lock,
+                max_workers=options.max_workers,
+                context=options.context,
+                timeout=options.timeout,
+                executor_id=next(_executor_ids),
+                job_reducers=options.job_reducers,
+                result_reducers=options.result_reducers,
+                initializer=options.initializer,
+                initargs=options.initargs,
+                env=options.env,
+                max_tasks_per_child=options.max_tasks_per_child,
             )
-            _executor_kwargs = kwargs
         if replaced is not None:
             # Outside the lock: the old executor's done-callbacks may still submit (and
             # reach the new executor) while it finishes its work.
