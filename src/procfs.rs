@@ -1,4 +1,5 @@
-//! Process-tree lookups in /proc, to kill a worker together with everything it started.
+//! Process trees, read from /proc: to end a worker together with everything it started.
+//! The only place that walks the tree (the Python side asks here too).
 
 use std::collections::HashMap;
 use std::fs;
@@ -39,6 +40,21 @@ pub fn descendants(root: i32) -> Vec<i32> {
         }
     }
     found
+}
+
+/// Send `signal` to the process group of `pid` (its own: workers lead one), to `pid`,
+/// and to every descendant that left the group. Descendants are listed before anything
+/// is signalled, so that a tree ending itself (`pid` is this process) still reaches them.
+pub fn kill_tree(pid: i32, signal: libc::c_int) {
+    let found = descendants(pid);
+    // SAFETY: plain kill syscalls on pids of our own tree.
+    unsafe {
+        for &child in &found {
+            libc::kill(child, signal);
+        }
+        libc::killpg(pid, signal);
+        libc::kill(pid, signal);
+    }
 }
 
 #[cfg(test)]

@@ -1,27 +1,115 @@
-//! Receiving side of the shared-memory segments that carry large buffers.
+//! Shared-memory segments: how large buffers travel between processes, both sides.
 //!
-//! A sender writes buffers into a segment (a memfd) after a `SEGMENT_HEADER_LEN`-byte
-//! header whose first word says whether the segment is `LENT` or `FREE`, and passes
-//! the descriptor along with its frame. The receiver maps it here; when the last
-//! view of the mapping is gone it marks the segment `FREE`, then unmaps it, so the
-//! sender may write the next buffers into the same pages instead of new ones.
+//! ```text
+//!  sender                                               receiver
+//!  SegmentCache::write(buffers)
+//!    reuse a FREE segment that fits, or make one (memfd, mapped)
+//!    state := LENT, copy the buffers in
+//!  frame + the segment's descriptor (SCM_RIGHTS) ──────► Mapping::new(fd): map it, close fd
+//!                                                        views of the mapping (arrays...)
+//!  keeps its mapping; writes it again once FREE ◄─────── last view gone: state := FREE
+//! ```
+//!
+//! The state word is the first of the `SEGMENT_HEADER_LEN` bytes before the buffers.
+//!
+//! Ownership, stated once:
+//! - A segment is released (FREE) only by the process that mapped it on receipt, and
+//!   only once its last view there is gone (`Mapping::drop`). Each segment is mapped by
+//!   one receiver: a worker maps a task's segment when it takes the task to run it, so
+//!   tasks it hands back unrun never touch theirs.
+//! - The sender writes a segment again only when it is FREE *and* no queued or
+//!   in-flight task still holds it (the cache's reference is the only one left).
+//! - `fork()`: a child created from a process owns none of that process's segments.
+//!   Its inherited mappings never release anything (they are stamped with the process
+//!   that mapped them, see `fork`), and after `os.fork()` (the `fork_*` hooks) they
+//!   become private copies, so the child keeps what it saw at fork time whatever the
+//!   parent does next. Its inherited sending cache is dropped unused (stamped too).
+//!
+//! Memory ordering: the sender stores LENT, copies the buffers in, then sends the
+//! descriptor (the system call orders the writes before the receiver can map). The
+//! receiver's FREE store is Release, after its last read through the mapping; the
+//! sender's FREE load is Acquire, before its next write.
+//!
+//! Resources: a live mapping holds no descriptor. The sending cache holds one descriptor
+//! and one mapping per kept segment, at most `max_segments` of them and `max_bytes` in
+//! all; a segment unused for `IDLE` is let go at the next write. Segments are sized to
+//! their payload (rounded up to a page). When no segment can be made (descriptors or
+//! memory ran out), `write` fails and the caller sends the buffers in-band instead.
 
-use std::os::fd::BorrowedFd;
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
+use parking_lot::Mutex;
 
 /// Bytes before the first buffer of a segment (a cache line: buffers stay aligned).
 pub const SEGMENT_HEADER_LEN: usize = 64;
 /// Values of a segment's state word.
 pub const SEGMENT_FREE: u64 = 0;
 pub const SEGMENT_LENT: u64 = 1;
+/// Buffers start on cache-line boundaries.
+const ALIGN: usize = 64;
+/// A kept segment not written again for this long is let go at the next write.
+const IDLE: Duration = Duration::from_secs(30);
 
-/// A shared, writable mapping of the first `len` bytes of a received segment.
+fn page_size() -> usize {
+    // SAFETY: sysconf with a valid name has no side effects.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if size > 0 {
+        size as usize
+    } else {
+        4096
+    }
+}
+
+use crate::fork::generation;
+
+/// mmap(2) of `len` bytes of `fd`, shared and writable.
+fn map_shared(fd: BorrowedFd<'_>, len: usize) -> io::Result<NonNull<u8>> {
+    // SAFETY: a fresh mapping at an address the kernel picks; no existing memory is
+    // affected. The result is checked before use.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd.as_raw_fd(),
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(NonNull::new(ptr.cast()).expect("mmap returned null"))
+}
+
+/// The state word at the start of a mapping.
+///
+/// SAFETY (for callers): `ptr` must point to a live mapping of at least
+/// `SEGMENT_HEADER_LEN` bytes; mappings are page-aligned, so the word is aligned.
+unsafe fn state_word<'a>(ptr: NonNull<u8>) -> &'a AtomicU64 {
+    // SAFETY: see the function's contract.
+    unsafe { &*(ptr.as_ptr() as *const AtomicU64) }
+}
+
+// ---- receiving side --------------------------------------------------------------
+
+/// Live received mappings of this process: base address -> (length, made private).
+/// Locked across `fork()` by the hooks below, so the child finds it consistent.
+static RECEIVED: Mutex<Option<HashMap<usize, (usize, bool)>>> = Mutex::new(None);
+
+/// A received segment, mapped shared and writable. Holds no descriptor.
+#[derive(Debug)]
 pub struct Mapping {
     ptr: NonNull<u8>,
     len: usize,
+    /// Stamp of the process that mapped it: the only one that may release the segment.
+    owner: u64,
 }
 
 // SAFETY: the mapping is plain memory owned by this value; nothing in it is tied to
@@ -30,27 +118,21 @@ unsafe impl Send for Mapping {}
 unsafe impl Sync for Mapping {}
 
 impl Mapping {
-    /// Map `len` bytes of the segment `fd` (which may then be closed), with every page
-    /// mapped up front.
-    pub fn new(fd: BorrowedFd<'_>, len: usize) -> std::io::Result<Mapping> {
-        let size = std::num::NonZeroUsize::new(len)
-            .filter(|_| len >= SEGMENT_HEADER_LEN)
-            .ok_or_else(|| std::io::Error::other("segment shorter than its header"))?;
-        // SAFETY: a fresh mapping at an address the kernel picks; no existing memory
-        // is affected.
-        let ptr = unsafe {
-            mmap(
-                None,
-                size,
-                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
-                MapFlags::MAP_SHARED | MapFlags::MAP_POPULATE,
-                fd,
-                0,
-            )
-        }?;
+    /// Map the whole segment `fd` (which the caller may close afterwards).
+    pub fn new(fd: BorrowedFd<'_>) -> io::Result<Mapping> {
+        let len = nix::sys::stat::fstat(fd).map_err(io::Error::from)?.st_size as usize;
+        if len < SEGMENT_HEADER_LEN {
+            return Err(io::Error::other("segment shorter than its header"));
+        }
+        let ptr = map_shared(fd, len)?;
+        RECEIVED
+            .lock()
+            .get_or_insert_with(HashMap::new)
+            .insert(ptr.as_ptr() as usize, (len, false));
         Ok(Mapping {
-            ptr: ptr.cast(),
+            ptr,
             len,
+            owner: generation(),
         })
     }
 
@@ -62,52 +144,395 @@ impl Mapping {
         self.len
     }
 
-    fn state(&self) -> &AtomicU64 {
-        // SAFETY: the header is inside the mapping (len >= SEGMENT_HEADER_LEN) and
-        // page-aligned, so aligned for an AtomicU64; the sender only reads it while
-        // the segment is lent.
-        unsafe { &*(self.ptr.as_ptr() as *const AtomicU64) }
+    /// Fault every page in now (where the kernel can), so the first reads of the
+    /// buffers run at memory speed. Best effort.
+    pub fn populate(&self) {
+        const MADV_POPULATE_WRITE: libc::c_int = 23; // Linux 5.14
+                                                     // SAFETY: advice on our own live mapping; failure (old kernel) is harmless.
+        unsafe { libc::madvise(self.ptr.as_ptr().cast(), self.len, MADV_POPULATE_WRITE) };
     }
 }
 
 impl Drop for Mapping {
     fn drop(&mut self) {
-        // Nothing reads the buffers any more: the sender may reuse the segment.
-        self.state().store(SEGMENT_FREE, Ordering::Release);
+        let private = RECEIVED
+            .lock()
+            .as_mut()
+            .and_then(|live| live.remove(&(self.ptr.as_ptr() as usize)))
+            .is_some_and(|(_, private)| private);
+        if !private && self.owner == generation() {
+            // Nothing here reads the buffers any more: the sender may write them again.
+            // SAFETY: the mapping is live and at least a header long.
+            unsafe { state_word(self.ptr) }.store(SEGMENT_FREE, Ordering::Release);
+        }
         // SAFETY: unmaps exactly the region mapped in `new`; no view of it remains.
-        let _ = unsafe { munmap(self.ptr.cast(), self.len) };
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
     }
 }
+
+/// Before `fork()`: hold the registry so that the child finds it consistent.
+pub fn fork_prepare() {
+    std::mem::forget(RECEIVED.lock());
+}
+
+/// After `fork()`, in the parent.
+pub fn fork_parent() {
+    // SAFETY: locked by `fork_prepare` in this thread, which the guard was forgotten by.
+    unsafe { RECEIVED.force_unlock() };
+}
+
+/// After `fork()`, in the child: every inherited received mapping becomes a private
+/// copy of what it held at fork time.
+pub fn fork_child() {
+    // SAFETY: locked by `fork_prepare` before the fork; this is the only thread now.
+    unsafe { RECEIVED.force_unlock() };
+    if let Some(live) = RECEIVED.lock().as_mut() {
+        for (&base, (len, private)) in live.iter_mut() {
+            if !*private {
+                // On failure (no memory) the view stays shared; it still releases
+                // nothing, as its owner is the parent.
+                *private = make_private(base as *mut u8, *len).is_ok();
+            }
+        }
+    }
+}
+
+/// Replace the shared mapping at `base` by a private one with the same contents.
+fn make_private(base: *mut u8, len: usize) -> io::Result<()> {
+    // SAFETY: a fresh anonymous mapping, filled from the live mapping at `base` (both
+    // `len` bytes), then moved over it: mremap replaces the old mapping atomically.
+    unsafe {
+        let copy = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        if copy == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        std::ptr::copy_nonoverlapping(base, copy.cast::<u8>(), len);
+        let moved = libc::mremap(
+            copy,
+            len,
+            len,
+            libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+            base.cast::<libc::c_void>(),
+        );
+        if moved == libc::MAP_FAILED {
+            let err = io::Error::last_os_error();
+            libc::munmap(copy, len);
+            return Err(err);
+        }
+    }
+    Ok(())
+}
+
+// ---- sending side ----------------------------------------------------------------
+
+/// A segment this process writes buffers into and sends.
+pub struct OutSegment {
+    fd: OwnedFd,
+    ptr: NonNull<u8>,
+    capacity: usize,
+}
+
+// SAFETY: as for Mapping; writes happen only while the cache hands the segment out.
+unsafe impl Send for OutSegment {}
+unsafe impl Sync for OutSegment {}
+
+impl OutSegment {
+    fn create(capacity: usize) -> io::Result<OutSegment> {
+        // SAFETY: plain memfd creation; the result is checked.
+        let raw = unsafe { libc::memfd_create(c"loky-buffers".as_ptr(), libc::MFD_CLOEXEC) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: memfd_create returned a fresh descriptor that we now own.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        nix::unistd::ftruncate(&fd, capacity as libc::off_t).map_err(io::Error::from)?;
+        let ptr = map_shared(fd.as_fd(), capacity)?;
+        Ok(OutSegment { fd, ptr, capacity })
+    }
+
+    fn state(&self) -> &AtomicU64 {
+        // SAFETY: our mapping is live and at least a header long.
+        unsafe { state_word(self.ptr) }
+    }
+
+    fn is_free(&self) -> bool {
+        self.state().load(Ordering::Acquire) == SEGMENT_FREE
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+}
+
+impl AsFd for OutSegment {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl Drop for OutSegment {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly our mapping; the receivers have their own.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.capacity) };
+    }
+}
+
+/// Where each buffer starts in a segment, and the segment's size.
+pub fn layout(lengths: &[usize]) -> (Vec<usize>, usize) {
+    let mut end = SEGMENT_HEADER_LEN;
+    let offsets = lengths
+        .iter()
+        .map(|&len| {
+            let offset = end.div_ceil(ALIGN) * ALIGN;
+            end = offset + len;
+            offset
+        })
+        .collect();
+    (offsets, end)
+}
+
+struct Kept {
+    segment: Arc<OutSegment>,
+    last_lent: Instant,
+}
+
+struct CacheState {
+    /// Stamp of the process the kept segments belong to.
+    owner: u64,
+    /// Least recently lent first.
+    kept: Vec<Kept>,
+}
+
+/// The segments this process has sent, kept to be written again.
+pub struct SegmentCache {
+    state: Mutex<CacheState>,
+    max_bytes: AtomicU64,
+    max_segments: AtomicU64,
+}
+
+impl SegmentCache {
+    pub const fn new(max_bytes: u64, max_segments: u64) -> SegmentCache {
+        SegmentCache {
+            state: Mutex::new(CacheState {
+                owner: 0,
+                kept: Vec::new(),
+            }),
+            max_bytes: AtomicU64::new(max_bytes),
+            max_segments: AtomicU64::new(max_segments),
+        }
+    }
+
+    pub fn set_limits(&self, max_bytes: u64, max_segments: u64) {
+        self.max_bytes.store(max_bytes, Ordering::Relaxed);
+        self.max_segments.store(max_segments, Ordering::Relaxed);
+        self.trim(&mut self.state.lock(), Instant::now());
+    }
+
+    /// Copy `buffers` into a segment (reused or new), marked LENT; returns it with the
+    /// offset of each buffer. Fails if no segment can be made: send in-band then.
+    pub fn write(&self, buffers: &[&[u8]]) -> io::Result<(Arc<OutSegment>, Vec<usize>)> {
+        let lengths: Vec<usize> = buffers.iter().map(|b| b.len()).collect();
+        let (offsets, size) = layout(&lengths);
+        let segment = self.take(size)?;
+        segment.state().store(SEGMENT_LENT, Ordering::Relaxed);
+        for (buffer, &offset) in buffers.iter().zip(&offsets) {
+            // SAFETY: the segment holds `size` bytes and the buffers lie within it, at
+            // offsets past the header that do not overlap; no receiver maps it now
+            // (it was FREE and unreferenced, or is new).
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    buffer.as_ptr(),
+                    segment.ptr.as_ptr().add(offset),
+                    buffer.len(),
+                )
+            };
+        }
+        Ok((segment, offsets))
+    }
+
+    /// A segment of at least `size` bytes, which the cache keeps from now on.
+    fn take(&self, size: usize) -> io::Result<Arc<OutSegment>> {
+        let now = Instant::now();
+        let mut state = self.state.lock();
+        if state.owner != generation() {
+            // Forked from the process that filled it: its segments are not ours.
+            state.kept.clear();
+            state.owner = generation();
+        }
+        let reusable = state
+            .kept
+            .iter()
+            .enumerate()
+            .filter(|(_, k)| {
+                let capacity = k.segment.capacity;
+                capacity >= size
+                    && capacity <= 2 * size
+                    && Arc::strong_count(&k.segment) == 1
+                    && k.segment.is_free()
+            })
+            .min_by_key(|(_, k)| k.segment.capacity)
+            .map(|(i, _)| i);
+        let segment = match reusable {
+            Some(i) => state.kept.remove(i).segment,
+            None => {
+                let capacity = size.div_ceil(page_size()) * page_size();
+                match OutSegment::create(capacity) {
+                    Ok(segment) => Arc::new(segment),
+                    Err(_) if !state.kept.is_empty() => {
+                        // Out of descriptors or memory: let go of what is kept, once.
+                        state.kept.clear();
+                        Arc::new(OutSegment::create(capacity)?)
+                    }
+                    Err(err) => return Err(err),
+                }
+            }
+        };
+        state.kept.push(Kept {
+            segment: segment.clone(),
+            last_lent: now,
+        });
+        self.trim(&mut state, now);
+        Ok(segment)
+    }
+
+    /// Drop idle segments, then the oldest ones beyond the limits.
+    fn trim(&self, state: &mut CacheState, now: Instant) {
+        state.kept.retain(|k| {
+            now.duration_since(k.last_lent) < IDLE || Arc::strong_count(&k.segment) > 1
+        });
+        let max_bytes = self.max_bytes.load(Ordering::Relaxed);
+        let max_segments = self.max_segments.load(Ordering::Relaxed) as usize;
+        let mut bytes: u64 = state.kept.iter().map(|k| k.segment.capacity as u64).sum();
+        while !state.kept.is_empty() && (bytes > max_bytes || state.kept.len() > max_segments) {
+            bytes -= state.kept.remove(0).segment.capacity as u64;
+        }
+    }
+
+    /// Let go of every kept segment (tasks still holding one keep it alive).
+    pub fn clear(&self) {
+        self.state.lock().kept.clear();
+    }
+
+    /// (segments kept, bytes kept), for tests and statistics.
+    pub fn usage(&self) -> (usize, u64) {
+        let state = self.state.lock();
+        if state.owner != generation() {
+            return (0, 0);
+        }
+        let bytes = state.kept.iter().map(|k| k.segment.capacity as u64).sum();
+        (state.kept.len(), bytes)
+    }
+}
+
+/// This process's sending cache (workers and parents alike send large buffers).
+pub static CACHE: SegmentCache = SegmentCache::new(1 << 30, 32);
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::AsFd;
+
+    fn receive(segment: &OutSegment) -> Mapping {
+        Mapping::new(segment.as_fd()).unwrap()
+    }
 
     #[test]
-    fn dropping_a_mapping_marks_its_segment_free() {
-        let fd =
-            nix::sys::memfd::memfd_create(c"test", nix::sys::memfd::MFdFlags::empty()).unwrap();
-        nix::unistd::ftruncate(&fd, 4096).unwrap();
-        let lent = SEGMENT_LENT.to_le_bytes();
-        nix::sys::uio::pwrite(&fd, &lent, 0).unwrap();
-        let mapping = Mapping::new(fd.as_fd(), 4096).unwrap();
-        // SAFETY: within the mapping.
-        unsafe { *mapping.as_ptr().add(100) = 7 };
-        assert_eq!(mapping.state().load(Ordering::Acquire), SEGMENT_LENT);
+    fn buffers_arrive_aligned_and_intact() {
+        let cache = SegmentCache::new(1 << 30, 8);
+        let a = vec![1u8; 100];
+        let b = vec![2u8; 5000];
+        let (segment, offsets) = cache.write(&[&a, &b]).unwrap();
+        assert!(offsets
+            .iter()
+            .all(|o| o % ALIGN == 0 && *o >= SEGMENT_HEADER_LEN));
+        let mapping = receive(&segment);
+        // SAFETY: the offsets and lengths lie within the mapping.
+        let (got_a, got_b) = unsafe {
+            (
+                std::slice::from_raw_parts(mapping.as_ptr().add(offsets[0]), 100),
+                std::slice::from_raw_parts(mapping.as_ptr().add(offsets[1]), 5000),
+            )
+        };
+        assert_eq!((got_a, got_b), (&a[..], &b[..]));
+        assert_eq!(segment.capacity() % page_size(), 0);
+    }
+
+    #[test]
+    fn a_segment_is_written_again_only_once_free_and_unreferenced() {
+        let cache = SegmentCache::new(1 << 30, 8);
+        let data = vec![7u8; 200_000];
+        let (first, _) = cache.write(&[&data]).unwrap();
+        let mapping = receive(&first);
+        let first_ptr = first.ptr;
+        drop(first);
+        // Still mapped by its receiver: a new write takes another segment.
+        let (second, _) = cache.write(&[&data]).unwrap();
+        assert_ne!(second.ptr, first_ptr);
+        drop(second);
+        drop(mapping); // FREE now
+        let (third, _) = cache.write(&[&data]).unwrap();
+        assert!(third.ptr == first_ptr || cache.usage().0 == 2);
+        // A FREE segment a task still holds is not written again either.
+        let held = third.clone();
+        drop(receive(&third));
+        drop(third);
+        let (fourth, _) = cache.write(&[&data]).unwrap();
+        assert_ne!(fourth.ptr, held.ptr);
+    }
+
+    #[test]
+    fn a_mapping_from_another_process_releases_nothing() {
+        let cache = SegmentCache::new(1 << 30, 8);
+        let (segment, _) = cache.write(&[&[1u8; 10]]).unwrap();
+        let mut mapping = receive(&segment);
+        mapping.owner = generation() + 1; // as if inherited through fork()
         drop(mapping);
-        let mut word = [0xffu8; 8];
-        nix::sys::uio::pread(&fd, &mut word, 0).unwrap();
-        assert_eq!(u64::from_le_bytes(word), SEGMENT_FREE);
-        let mut byte = [0u8; 1];
-        nix::sys::uio::pread(&fd, &mut byte, 100).unwrap();
-        assert_eq!(byte[0], 7, "writes through the mapping reach the segment");
+        assert!(!segment.is_free());
+    }
+
+    #[test]
+    fn the_cache_keeps_within_its_limits() {
+        let cache = SegmentCache::new(3 * 1024 * 1024, 2);
+        let data = vec![0u8; 1024 * 1024];
+        for _ in 0..5 {
+            drop(cache.write(&[&data]).unwrap()); // never released: new each time
+        }
+        let (count, bytes) = cache.usage();
+        assert!(count <= 2 && bytes <= 3 * 1024 * 1024, "{count} {bytes}");
+        cache.set_limits(0, 0);
+        assert_eq!(cache.usage(), (0, 0));
+    }
+
+    #[test]
+    fn segments_are_sized_to_their_payload() {
+        let cache = SegmentCache::new(1 << 30, 8);
+        let (segment, _) = cache.write(&[&vec![0u8; 200 * 1024]]).unwrap();
+        assert!(segment.capacity() < 200 * 1024 + SEGMENT_HEADER_LEN + page_size());
     }
 
     #[test]
     fn a_segment_shorter_than_its_header_is_refused() {
-        let fd =
-            nix::sys::memfd::memfd_create(c"test", nix::sys::memfd::MFdFlags::empty()).unwrap();
-        assert!(Mapping::new(fd.as_fd(), 8).is_err());
+        let fd = nix::sys::memfd::memfd_create(c"t", nix::sys::memfd::MFdFlags::empty()).unwrap();
+        nix::unistd::ftruncate(&fd, 8).unwrap();
+        assert!(Mapping::new(fd.as_fd()).is_err());
+    }
+
+    #[test]
+    fn private_copies_keep_their_contents_and_release_nothing() {
+        let cache = SegmentCache::new(1 << 30, 8);
+        let (segment, offsets) = cache.write(&[&[5u8; 4096]]).unwrap();
+        let mapping = receive(&segment);
+        make_private(mapping.as_ptr(), mapping.len()).unwrap();
+        // SAFETY: within both mappings.
+        unsafe {
+            *segment.ptr.as_ptr().add(offsets[0]) = 9; // the sender writes again
+            assert_eq!(*mapping.as_ptr().add(offsets[0]), 5);
+        }
     }
 }

@@ -198,16 +198,3 @@ pub fn try_reap(pidfd: RawFd) -> io::Result<Option<i32>> {
         _ => -status,
     }))
 }
-
-/// Send `signal` to the worker's process group, then to every descendant that left it.
-pub fn kill_tree(pid: i32, signal: libc::c_int) {
-    let descendants = crate::procfs::descendants(pid);
-    // SAFETY: plain kill syscalls on pids we started (the group is the worker's own).
-    unsafe {
-        libc::killpg(pid, signal);
-        libc::kill(pid, signal);
-        for child in descendants {
-            libc::kill(child, signal);
-        }
-    }
-}

@@ -19,14 +19,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
 use crate::spawn::{channel_pair, spawn_worker, Spawned, WorkerCommand};
-use crate::wire::{recv_with_fd, FrameReader, FrameWriter, Header, OutFrame, HEADER_LEN};
-
-/// Manager to template: fork a worker on the attached socket.
-pub const FORK: u32 = 6;
-/// Template to manager: forked; the task id field is the new worker's pid.
-pub const FORKED: u32 = 7;
-/// Template to manager: a worker exited; task id = pid, body = exit code (i64 LE).
-pub const EXITED: u32 = 8;
+use crate::wire::{empty_body, FrameReader, FrameWriter, Kind, OutFrame};
 
 pub struct Template {
     pub process: Spawned,
@@ -56,25 +49,16 @@ impl Template {
     pub fn request(&mut self) -> io::Result<()> {
         let (ours, theirs) = channel_pair()?;
         self.writer
-            .push(OutFrame::new(0, FORK, Arc::new(Vec::new())).with_fd(theirs));
+            .push(OutFrame::new(0, Kind::Fork, empty_body()).with_fd(Arc::new(theirs)));
         self.requested.push_back(ours);
         Ok(())
     }
 }
 
-/// What the template process is asked to do next.
-pub enum Request {
-    /// Fork a worker on this socket.
-    Fork(OwnedFd),
-    /// This child (by index in the list given) has exited.
-    ChildExited(usize),
-    /// The manager closed the control socket: exit.
-    Closed,
-}
-
-/// Template side: wait for a fork request on `control` or the exit of a child (its
-/// pidfd in `children`). Blocks.
-pub fn next_request(control: RawFd, children: &[RawFd]) -> io::Result<Request> {
+/// Template side: wait until the control channel has something to read (a fork
+/// request, or EOF) or one of the `children` pidfds is readable (that child exited).
+/// Returns the index of an exited child, or None for the channel. Blocks.
+pub fn wait_for_request(control: RawFd, children: &[RawFd]) -> io::Result<Option<usize>> {
     let mut fds: Vec<libc::pollfd> = std::iter::once(control)
         .chain(children.iter().copied())
         .map(|fd| libc::pollfd {
@@ -94,32 +78,10 @@ pub fn next_request(control: RawFd, children: &[RawFd]) -> io::Result<Request> {
             return Err(err);
         }
         if let Some(i) = fds[1..].iter().position(|p| p.revents != 0) {
-            return Ok(Request::ChildExited(i));
+            return Ok(Some(i));
         }
         if fds[0].revents != 0 {
-            return read_fork_request(control);
+            return Ok(None);
         }
-    }
-}
-
-fn read_fork_request(control: RawFd) -> io::Result<Request> {
-    let mut header = [0u8; HEADER_LEN];
-    let mut filled = 0;
-    let mut socket = None;
-    while filled < HEADER_LEN {
-        let (n, fd) = recv_with_fd(control, &mut header[filled..])?;
-        if n == 0 {
-            return Ok(Request::Closed);
-        }
-        socket = socket.or(fd);
-        filled += n;
-    }
-    let header = Header::decode(&header);
-    match (header.kind, socket) {
-        (FORK, Some(socket)) => Ok(Request::Fork(socket)),
-        _ => Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("unexpected message {header:?} on the template's control socket"),
-        )),
     }
 }

@@ -1,4 +1,5 @@
-//! The framing on a worker's channel.
+//! The framing on every channel: between the manager and a worker, the manager and the
+//! template, read and written by the same code on both sides.
 //!
 //! Every message is a 24-byte little-endian header followed by its body:
 //!
@@ -9,27 +10,77 @@
 //! The body is opaque here (pickles, laid out by the Python side). Lengths are 64-bit,
 //! so a body may exceed 4 GiB. Bodies are read straight into their final buffer and
 //! written with vectored I/O from the caller's memory. A frame flagged `HAS_FD` carries
-//! one descriptor (a memfd holding large buffers), passed with its first byte.
+//! one descriptor (a shared segment, or a new worker's socket), passed with its first
+//! byte (SCM_RIGHTS).
+//!
+//! A receiver at its descriptor limit gets the bytes of such a frame but not the
+//! descriptor: the kernel drops it and flags the message `MSG_CTRUNC`. The reader then
+//! hands the frame over as `Attached::Dropped`, so the consumer can say what ran out
+//! instead of mistaking it for a broken protocol.
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
 pub const HEADER_LEN: usize = 24;
 
-/// Parent to worker: run this task.
-pub const TASK: u32 = 1;
-/// Parent to worker, first message: configuration and initializer.
-pub const INIT: u32 = 2;
-/// Worker to parent: the outcome of a task.
-pub const RESULT: u32 = 1;
-/// Worker to parent: initialized, ready for tasks.
-pub const READY: u32 = 3;
-/// Worker to parent: the initializer failed; the body describes why. The worker exits.
-pub const INIT_FAILED: u32 = 4;
-/// Worker to parent: about to exit on its own (memory growth); send nothing more.
-pub const RETIRING: u32 = 5;
+/// Every kind of message, on every channel. Defined here only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Kind {
+    /// Manager to worker: run this task (body: pickled call; descriptor: its segment).
+    Task = 1,
+    /// Manager to worker, first message: settings and the pickled initializer.
+    Init = 2,
+    /// Worker to manager: initialized, ready for tasks. Template to manager: ready to fork.
+    Ready = 3,
+    /// Worker to manager: the initializer failed; the body says why. The worker exits.
+    InitFailed = 4,
+    /// Worker to manager: about to exit on its own (memory growth); send nothing more.
+    Retiring = 5,
+    /// Manager to template: fork a worker on the attached socket.
+    Fork = 6,
+    /// Template to manager: forked; the task id field is the new worker's pid.
+    Forked = 7,
+    /// Template to manager: a worker exited; task id = pid, body = exit code (i64 LE).
+    Exited = 8,
+    /// Worker to manager: the outcome of a task (descriptor: its segment).
+    Result = 9,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 9] = [
+        Kind::Task,
+        Kind::Init,
+        Kind::Ready,
+        Kind::InitFailed,
+        Kind::Retiring,
+        Kind::Fork,
+        Kind::Forked,
+        Kind::Exited,
+        Kind::Result,
+    ];
+
+    pub fn from_u32(raw: u32) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| *k as u32 == raw)
+    }
+
+    /// The name the Python side knows it by (`loky._core.KIND_...`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Task => "KIND_TASK",
+            Kind::Init => "KIND_INIT",
+            Kind::Ready => "KIND_READY",
+            Kind::InitFailed => "KIND_INIT_FAILED",
+            Kind::Retiring => "KIND_RETIRING",
+            Kind::Fork => "KIND_FORK",
+            Kind::Forked => "KIND_FORKED",
+            Kind::Exited => "KIND_EXITED",
+            Kind::Result => "KIND_RESULT",
+        }
+    }
+}
 
 /// Header flag: a descriptor travels with this frame.
 pub const HAS_FD: u32 = 1;
@@ -63,11 +114,21 @@ impl Header {
     }
 }
 
+/// The descriptor that came with a received frame.
+#[derive(Debug)]
+pub enum Attached {
+    None,
+    Fd(OwnedFd),
+    /// The frame announced one, and the kernel dropped it (`MSG_CTRUNC`): this process
+    /// had no descriptor left to receive it into.
+    Dropped,
+}
+
 #[derive(Debug)]
 pub struct Frame {
     pub header: Header,
     pub body: Vec<u8>,
-    pub fd: Option<OwnedFd>,
+    pub fd: Attached,
 }
 
 /// Reads frames from a non-blocking descriptor as bytes arrive.
@@ -77,8 +138,9 @@ pub struct FrameReader {
     end: usize,
     /// A frame whose body is being read directly into its own buffer.
     partial: Option<(Header, Vec<u8>, usize)>,
-    /// Descriptors received, in order, for the frames flagged HAS_FD.
-    fds: VecDeque<OwnedFd>,
+    /// Descriptors received, in order, for the frames flagged HAS_FD (None: dropped by
+    /// the kernel).
+    fds: VecDeque<Option<OwnedFd>>,
     /// Set once the framing broke; the reader stops there.
     corrupt: Option<String>,
 }
@@ -161,10 +223,12 @@ impl FrameReader {
                 self.start = 0;
             }
             match recv_with_fd(fd, &mut self.stage[self.end..]) {
-                Ok((0, _)) => return self.outcome(frames, true),
-                Ok((n, received)) => {
-                    self.end += n;
-                    self.fds.extend(received);
+                Ok(Received { len: 0, .. }) => return self.outcome(frames, true),
+                Ok(received) => {
+                    self.end += received.len;
+                    if received.fd.is_some() || received.dropped {
+                        self.fds.push_back(received.fd);
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     return self.outcome(frames, false)
@@ -182,11 +246,13 @@ impl FrameReader {
         }
     }
 
-    fn take_fd(&mut self, header: &Header) -> Option<OwnedFd> {
-        if header.flags & HAS_FD != 0 {
-            self.fds.pop_front()
-        } else {
-            None
+    fn take_fd(&mut self, header: &Header) -> Attached {
+        if header.flags & HAS_FD == 0 {
+            return Attached::None;
+        }
+        match self.fds.pop_front() {
+            Some(Some(fd)) => Attached::Fd(fd),
+            _ => Attached::Dropped,
         }
     }
 
@@ -230,21 +296,32 @@ impl FrameReader {
     }
 }
 
+/// The bytes of an outgoing body: a Rust buffer, or a Python bytes object kept alive
+/// without a copy.
+pub type Body = Arc<dyn AsRef<[u8]> + Send + Sync>;
+
+/// A descriptor to pass with a frame; the sender keeps its own until the frame is out.
+pub type Attachment = Arc<dyn AsFd + Send + Sync>;
+
+pub fn empty_body() -> Body {
+    Arc::new(Vec::<u8>::new())
+}
+
 /// One outgoing frame: its header, its body (shared with the task table so a task can
 /// be re-sent elsewhere if its worker dies before running it) and optionally a
 /// descriptor that travels with its first byte (SCM_RIGHTS).
 pub struct OutFrame {
     header: [u8; HEADER_LEN],
-    body: Arc<Vec<u8>>,
-    fd: Option<OwnedFd>,
+    body: Body,
+    fd: Option<Attachment>,
 }
 
 impl OutFrame {
-    pub fn new(task_id: u64, kind: u32, body: Arc<Vec<u8>>) -> OutFrame {
+    pub fn new(task_id: u64, kind: Kind, body: Body) -> OutFrame {
         let header = Header {
-            len: body.len() as u64,
+            len: (*body).as_ref().len() as u64,
             task_id,
-            kind,
+            kind: kind as u32,
             flags: 0,
         };
         OutFrame {
@@ -254,7 +331,7 @@ impl OutFrame {
         }
     }
 
-    pub fn with_fd(mut self, fd: OwnedFd) -> OutFrame {
+    pub fn with_fd(mut self, fd: Attachment) -> OutFrame {
         let mut header = Header::decode(&self.header);
         header.flags |= HAS_FD;
         self.header = header.encode();
@@ -262,8 +339,12 @@ impl OutFrame {
         self
     }
 
+    fn body(&self) -> &[u8] {
+        (*self.body).as_ref()
+    }
+
     fn len(&self) -> usize {
-        HEADER_LEN + self.body.len()
+        HEADER_LEN + self.body().len()
     }
 }
 
@@ -294,7 +375,7 @@ impl FrameWriter {
             // A frame carrying a descriptor starts a call of its own, so the descriptor
             // arrives with that frame's first byte.
             let passing = if self.written == 0 {
-                self.queue[0].fd.as_ref()
+                self.queue[0].fd.as_ref().map(|fd| fd.as_fd().as_raw_fd())
             } else {
                 None
             };
@@ -302,7 +383,7 @@ impl FrameWriter {
                 if i > 0 && (passing.is_some() || frame.fd.is_some()) {
                     break;
                 }
-                for part in [&frame.header[..], &frame.body[..]] {
+                for part in [&frame.header[..], frame.body()] {
                     if skip >= part.len() {
                         skip -= part.len();
                         continue;
@@ -318,7 +399,7 @@ impl FrameWriter {
                     break;
                 }
             }
-            let n = send_iov(fd, &iov, passing.map(|p| p.as_raw_fd()));
+            let n = send_iov(fd, &iov, passing);
             if n < 0 {
                 let err = io::Error::last_os_error();
                 match err.kind() {
@@ -384,15 +465,22 @@ pub fn send_iov(sock: RawFd, iov: &[libc::iovec], fd: Option<RawFd>) -> isize {
     }
 }
 
-/// recvmsg(2) into `buf`, accepting at most one descriptor. Returns the byte count
-/// and the descriptor, if one came with these bytes.
-pub fn recv_with_fd(sock: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<OwnedFd>)> {
+/// What one recvmsg(2) brought.
+pub struct Received {
+    pub len: usize,
+    pub fd: Option<OwnedFd>,
+    /// A descriptor came and the kernel dropped it (`MSG_CTRUNC`): no room for it here.
+    pub dropped: bool,
+}
+
+/// recvmsg(2) into `buf`, accepting at most one descriptor (close-on-exec).
+pub fn recv_with_fd(sock: RawFd, buf: &mut [u8]) -> io::Result<Received> {
     let (mut control, space) = control_buffer();
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
     };
-    // SAFETY: as in send_with_fd; the kernel writes at most msg_controllen bytes of
+    // SAFETY: as in send_iov; the kernel writes at most msg_controllen bytes of
     // control data and at most buf.len() bytes of data.
     unsafe {
         let mut msg: libc::msghdr = std::mem::zeroed();
@@ -413,7 +501,11 @@ pub fn recv_with_fd(sock: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<Ow
             let raw = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const RawFd);
             fd = Some(OwnedFd::from_raw_fd(raw));
         }
-        Ok((n as usize, fd))
+        Ok(Received {
+            len: n as usize,
+            dropped: fd.is_none() && msg.msg_flags & libc::MSG_CTRUNC != 0,
+            fd,
+        })
     }
 }
 
@@ -437,7 +529,7 @@ mod tests {
         let h = Header {
             len: 5 << 32,
             task_id: u64::MAX - 1,
-            kind: READY,
+            kind: Kind::Ready as u32,
             flags: HAS_FD,
         };
         assert_eq!(Header::decode(&h.encode()), h);
@@ -452,11 +544,11 @@ mod tests {
         for id in 0..100u64 {
             writer.push(OutFrame::new(
                 id,
-                TASK,
+                Kind::Task,
                 Arc::new(vec![id as u8; id as usize]),
             ));
         }
-        writer.push(OutFrame::new(1000, TASK, Arc::new(big.clone())));
+        writer.push(OutFrame::new(1000, Kind::Task, Arc::new(big.clone())));
         let mut got = Vec::new();
         while got.len() < 101 {
             writer.flush(a.as_raw_fd()).unwrap();
@@ -478,19 +570,21 @@ mod tests {
         let (a, b) = pair();
         let (x, _y) = pair();
         let mut writer = FrameWriter::default();
-        writer.push(OutFrame::new(1, TASK, Arc::new(vec![1, 2, 3])));
-        writer.push(OutFrame::new(2, TASK, Arc::new(vec![])).with_fd(OwnedFd::from(x)));
+        writer.push(OutFrame::new(1, Kind::Task, Arc::new(vec![1, 2, 3])));
+        writer.push(
+            OutFrame::new(2, Kind::Task, Arc::new(vec![])).with_fd(Arc::new(OwnedFd::from(x))),
+        );
         writer.flush(a.as_raw_fd()).unwrap();
         assert!(writer.is_empty());
         let mut buf = [0u8; HEADER_LEN + 3];
-        let (n, fd) = recv_with_fd(b.as_raw_fd(), &mut buf).unwrap();
-        assert_eq!((n, fd.is_some()), (HEADER_LEN + 3, false));
+        let got = recv_with_fd(b.as_raw_fd(), &mut buf).unwrap();
+        assert_eq!((got.len, got.fd.is_some()), (HEADER_LEN + 3, false));
         let mut buf = [0u8; HEADER_LEN];
-        let (n, fd) = recv_with_fd(b.as_raw_fd(), &mut buf).unwrap();
-        assert_eq!(n, HEADER_LEN);
+        let got = recv_with_fd(b.as_raw_fd(), &mut buf).unwrap();
+        assert_eq!(got.len, HEADER_LEN);
         assert_eq!(Header::decode(&buf).task_id, 2);
         assert_eq!(Header::decode(&buf).flags, HAS_FD);
-        assert!(fd.is_some());
+        assert!(got.fd.is_some() && !got.dropped);
     }
 
     #[test]
@@ -498,17 +592,32 @@ mod tests {
         let (a, b) = pair();
         let (x, _y) = pair();
         let mut writer = FrameWriter::default();
-        writer.push(OutFrame::new(1, TASK, Arc::new(vec![7; 10])));
-        writer.push(OutFrame::new(2, TASK, Arc::new(vec![8; 10])).with_fd(OwnedFd::from(x)));
-        writer.push(OutFrame::new(3, TASK, Arc::new(vec![9; 10])));
+        writer.push(OutFrame::new(1, Kind::Task, Arc::new(vec![7; 10])));
+        writer.push(
+            OutFrame::new(2, Kind::Task, Arc::new(vec![8; 10])).with_fd(Arc::new(OwnedFd::from(x))),
+        );
+        writer.push(OutFrame::new(3, Kind::Task, Arc::new(vec![9; 10])));
         writer.flush(a.as_raw_fd()).unwrap();
         let mut reader = FrameReader::default();
         let mut frames = Vec::new();
         while frames.len() < 3 {
             frames.extend(reader.read_available(b.as_raw_fd()).frames);
         }
-        let with_fd: Vec<bool> = frames.iter().map(|f| f.fd.is_some()).collect();
+        let with_fd: Vec<bool> = frames
+            .iter()
+            .map(|f| matches!(f.fd, Attached::Fd(_)))
+            .collect();
         assert_eq!(with_fd, vec![false, true, false]);
+    }
+
+    #[test]
+    fn every_kind_round_trips_through_its_number() {
+        for kind in Kind::ALL {
+            assert_eq!(Kind::from_u32(kind as u32), Some(kind));
+        }
+        assert_eq!(Kind::from_u32(0), None);
+        let names: std::collections::HashSet<_> = Kind::ALL.iter().map(|k| k.name()).collect();
+        assert_eq!(names.len(), Kind::ALL.len());
     }
 
     #[test]

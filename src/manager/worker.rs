@@ -5,15 +5,17 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::policy::ExitReason;
+use crate::shm::OutSegment;
 use crate::spawn::Spawned;
-use crate::wire::{FrameReader, FrameWriter, OutFrame, INIT, TASK};
+use crate::wire::{Body, FrameReader, FrameWriter, Kind, OutFrame};
 
 /// A pickled call waiting for, or running on, a worker.
 pub struct Task {
     pub id: u64,
-    pub body: Arc<Vec<u8>>,
-    /// A memfd holding its large buffers; each worker it is sent to gets a duplicate.
-    pub fd: Option<OwnedFd>,
+    pub body: Body,
+    /// The shared segment holding its large buffers, passed along with the frame.
+    pub segment: Option<Arc<OutSegment>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,13 +50,15 @@ pub struct Worker {
     pub from_template: bool,
     /// Why the manager killed it (it broke the protocol).
     pub fault: Option<String>,
+    /// Why it is leaving, once the manager asked it to (or it announced it).
+    pub exit_reason: Option<ExitReason>,
 }
 
 impl Worker {
-    pub fn new(spawned: Spawned, init: &Arc<Vec<u8>>, from_template: bool) -> Worker {
+    pub fn new(spawned: Spawned, init: &Body, from_template: bool) -> Worker {
         let now = Instant::now();
         let mut writer = FrameWriter::default();
-        writer.push(OutFrame::new(0, INIT, init.clone()));
+        writer.push(OutFrame::new(0, Kind::Init, init.clone()));
         Worker {
             pid: spawned.pid,
             pidfd: spawned.pidfd,
@@ -70,6 +74,7 @@ impl Worker {
             init_error: None,
             from_template,
             fault: None,
+            exit_reason: None,
         }
     }
 
@@ -78,9 +83,9 @@ impl Worker {
     }
 
     pub fn send(&mut self, task: Task) {
-        let mut frame = OutFrame::new(task.id, TASK, task.body.clone());
-        if let Some(fd) = task.fd.as_ref().and_then(|fd| fd.try_clone().ok()) {
-            frame = frame.with_fd(fd);
+        let mut frame = OutFrame::new(task.id, Kind::Task, task.body.clone());
+        if let Some(segment) = &task.segment {
+            frame = frame.with_fd(segment.clone());
         }
         self.writer.push(frame);
         self.record_sent(task);
@@ -96,8 +101,9 @@ impl Worker {
     }
 
     /// Ask the worker to exit once it has read everything sent so far: it sees EOF.
-    pub fn request_exit(&mut self) {
+    pub fn request_exit(&mut self, reason: ExitReason) {
         self.state = State::Exiting;
+        self.exit_reason.get_or_insert(reason);
         if self.writer.is_empty() {
             self.close_write();
         }
@@ -113,12 +119,23 @@ impl Worker {
     pub fn fail(&mut self, reason: String) {
         if self.fault.is_none() {
             self.fault = Some(reason);
-            crate::spawn::kill_tree(self.pid, libc::SIGKILL);
+            crate::procfs::kill_tree(self.pid, libc::SIGKILL);
         }
     }
 
     /// Counts toward the pool's size (not on its way out).
     pub fn is_live(&self) -> bool {
         matches!(self.state, State::Starting | State::Ready)
+    }
+
+    /// Ready and holding nothing.
+    pub fn is_idle(&self) -> bool {
+        self.state == State::Ready && self.inflight.is_empty()
+    }
+
+    /// Finish what it holds, then leave (task budget spent, pool shrinking).
+    pub fn drain(&mut self, reason: ExitReason) {
+        self.state = State::Draining;
+        self.exit_reason.get_or_insert(reason);
     }
 }

@@ -1,0 +1,355 @@
+//! `Pool`, the handle of one executor's manager, and the events it reports.
+
+use std::time::{Duration, Instant};
+
+use pyo3::exceptions::{PyOSError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedBytes;
+use pyo3::types::PyTuple;
+
+use super::buffers::{OutgoingSegment, Payload, SharedSegment};
+use super::InheritedPoolError;
+use crate::manager::{Config, Event, Incoming, Manager, Shutdown};
+use crate::spawn::WorkerCommand;
+
+/// Longest a blocking call waits before it lets pending signals be handled.
+const SIGNAL_SLICE: Duration = Duration::from_millis(100);
+
+/// A worker returned the outcome of a task. `body` is the pickled outcome; `segment`
+/// holds its large buffers. When they could not be received, `segment` is None and
+/// `descriptor_dropped` (this process had no descriptor left) or `map_error` says why.
+#[pyclass(module = "loky._core", frozen, get_all)]
+pub struct TaskResult {
+    task_id: u64,
+    pid: i32,
+    body: Py<Payload>,
+    segment: Option<Py<SharedSegment>>,
+    descriptor_dropped: bool,
+    map_error: Option<String>,
+}
+
+/// The worker running a task died. `reason` says why the manager killed it (empty:
+/// it died by itself); `exitcode` is minus the signal number for a signal.
+#[pyclass(module = "loky._core", frozen, get_all)]
+pub struct WorkerDied {
+    task_id: u64,
+    pid: i32,
+    exitcode: i32,
+    reason: String,
+}
+
+/// A worker process started (`forked`: by the template, as a replacement).
+#[pyclass(module = "loky._core", frozen, get_all)]
+pub struct WorkerStarted {
+    pid: i32,
+    forked: bool,
+}
+
+/// A worker left the pool, and why (`reason`: "idle timeout", "task limit", "memory
+/// growth", "pool shrank", "shutdown", "died", "killed").
+#[pyclass(module = "loky._core", frozen, get_all)]
+pub struct WorkerExited {
+    pid: i32,
+    exitcode: i32,
+    reason: &'static str,
+}
+
+/// A worker's initializer failed; `body` pickles (exception or None, traceback text).
+/// No more workers start.
+#[pyclass(module = "loky._core", frozen, get_all)]
+pub struct InitFailed {
+    pid: i32,
+    body: Py<Payload>,
+}
+
+/// A worker could not start (`message`), or died before it was ready (`exitcode`).
+/// No more workers start.
+#[pyclass(module = "loky._core", frozen, get_all)]
+pub struct StartFailed {
+    pid: i32,
+    exitcode: i32,
+    message: String,
+}
+
+/// The manager has stopped and every worker has exited: the last event.
+#[pyclass(module = "loky._core", frozen)]
+pub struct PoolClosed {}
+
+fn to_python(py: Python<'_>, event: Event) -> PyResult<Py<PyAny>> {
+    let payload = |body: Vec<u8>| Py::new(py, Payload::new(body));
+    Ok(match event {
+        Event::Result {
+            task_id,
+            pid,
+            body,
+            segment,
+        } => {
+            let (segment, descriptor_dropped, map_error) = match segment {
+                Incoming::None => (None, false, None),
+                Incoming::Mapped(m) => (Some(Py::new(py, SharedSegment::new(m))?), false, None),
+                Incoming::Dropped => (None, true, None),
+                Incoming::Unmappable(err) => (None, false, Some(err.to_string())),
+            };
+            let result = TaskResult {
+                task_id,
+                pid,
+                body: payload(body)?,
+                segment,
+                descriptor_dropped,
+                map_error,
+            };
+            Py::new(py, result)?.into_any()
+        }
+        Event::WorkerDied {
+            task_id,
+            pid,
+            exitcode,
+            reason,
+        } => Py::new(
+            py,
+            WorkerDied {
+                task_id,
+                pid,
+                exitcode,
+                reason,
+            },
+        )?
+        .into_any(),
+        Event::WorkerStarted { pid, forked } => {
+            Py::new(py, WorkerStarted { pid, forked })?.into_any()
+        }
+        Event::WorkerExited {
+            pid,
+            exitcode,
+            reason,
+        } => Py::new(
+            py,
+            WorkerExited {
+                pid,
+                exitcode,
+                reason: reason.as_str(),
+            },
+        )?
+        .into_any(),
+        Event::InitFailed { pid, body } => Py::new(
+            py,
+            InitFailed {
+                pid,
+                body: payload(body)?,
+            },
+        )?
+        .into_any(),
+        Event::StartFailed {
+            pid,
+            exitcode,
+            message,
+        } => Py::new(
+            py,
+            StartFailed {
+                pid,
+                exitcode,
+                message,
+            },
+        )?
+        .into_any(),
+        Event::Closed => Py::new(py, PoolClosed {})?.into_any(),
+    })
+}
+
+fn seconds(value: Option<f64>) -> Option<Duration> {
+    value.map(|t| Duration::from_secs_f64(t.max(0.0)))
+}
+
+/// A pool of worker processes driven by a manager thread. A pool belongs to the
+/// process that made it: in a process forked from that one, `submit`, `cancel`,
+/// `resize` and waits raise `InheritedPoolError`, while `shutdown` and `join` do
+/// nothing (the workers are the parent's).
+#[pyclass(module = "loky._core", frozen)]
+pub struct Pool {
+    manager: Manager,
+}
+
+impl Pool {
+    fn owned(&self) -> PyResult<&Manager> {
+        if self.manager.owned_here() {
+            Ok(&self.manager)
+        } else {
+            Err(InheritedPoolError::new_err(()))
+        }
+    }
+}
+
+#[pymethods]
+impl Pool {
+    #[new]
+    #[pyo3(signature = (*, program, args, env, init, max_workers, idle_timeout=None, max_tasks_per_child=None, pass_fds=Vec::new(), template_args=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        program: String,
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+        init: PyBackedBytes,
+        max_workers: usize,
+        idle_timeout: Option<f64>,
+        max_tasks_per_child: Option<u64>,
+        pass_fds: Vec<i32>,
+        template_args: Option<Vec<String>>,
+    ) -> PyResult<Self> {
+        if max_workers == 0 {
+            return Err(PyValueError::new_err("max_workers must be greater than 0"));
+        }
+        let command = WorkerCommand {
+            program,
+            args,
+            env,
+            pass_fds,
+        };
+        let template = template_args.map(|args| WorkerCommand {
+            args,
+            ..command.clone()
+        });
+        let config = Config {
+            command,
+            template,
+            init: std::sync::Arc::new(init),
+            max_workers,
+            idle_timeout: seconds(idle_timeout),
+            max_tasks_per_child,
+        };
+        let manager = Manager::start(config)
+            .map_err(|e| PyOSError::new_err(format!("could not start the pool manager: {e}")))?;
+        Ok(Pool { manager })
+    }
+
+    /// Queue a pickled task (kept without a copy), with the segment holding its large
+    /// buffers.
+    #[pyo3(signature = (task_id, body, segment=None))]
+    fn submit(
+        &self,
+        task_id: u64,
+        body: PyBackedBytes,
+        segment: Option<PyRef<'_, OutgoingSegment>>,
+    ) -> PyResult<()> {
+        let segment = segment.map(|s| s.segment.clone());
+        self.owned()?
+            .submit(task_id, std::sync::Arc::new(body), segment);
+        Ok(())
+    }
+
+    /// Take a task back if no worker can have received it yet.
+    fn cancel(&self, task_id: u64) -> PyResult<bool> {
+        Ok(self.owned()?.cancel(task_id))
+    }
+
+    fn resize(&self, max_workers: usize) -> PyResult<()> {
+        if max_workers == 0 {
+            return Err(PyValueError::new_err("max_workers must be greater than 0"));
+        }
+        self.owned()?.resize(max_workers);
+        Ok(())
+    }
+
+    /// Graceful: finish queued work, then stop the workers. Kill: stop them now.
+    fn shutdown(&self, kill: bool) {
+        if self.manager.owned_here() {
+            self.manager.shutdown(if kill {
+                Shutdown::Kill
+            } else {
+                Shutdown::Graceful
+            });
+        }
+    }
+
+    /// Wait up to `timeout` seconds (None: for ever) for the manager thread to end,
+    /// without holding the GIL. True once it has.
+    #[pyo3(signature = (timeout=None))]
+    fn join(&self, py: Python<'_>, timeout: Option<f64>) -> bool {
+        if !self.manager.owned_here() {
+            return true;
+        }
+        py.detach(|| self.manager.join(seconds(timeout)))
+    }
+
+    fn owned_here(&self) -> bool {
+        self.manager.owned_here()
+    }
+
+    fn pids(&self) -> Vec<i32> {
+        if self.manager.owned_here() {
+            self.manager.pids()
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Wait (without the GIL) for at least one event, or `timeout` seconds, and return
+    /// every event queued by then.
+    #[pyo3(signature = (timeout=None, max_events=4096))]
+    fn next_events(
+        &self,
+        py: Python<'_>,
+        timeout: Option<f64>,
+        max_events: usize,
+    ) -> PyResult<Vec<Py<PyAny>>> {
+        let manager = self.owned()?;
+        let events = py.detach(|| manager.next_events(seconds(timeout), max_events));
+        events.into_iter().map(|e| to_python(py, e)).collect()
+    }
+
+    /// Wait up to `timeout` seconds (None: no limit) for task `task_id`'s outcome in
+    /// this thread: the manager hands it over directly. `done()` tells whether the
+    /// future is finished already. Returns (event or None, interruption or None): the
+    /// event (a TaskResult or WorkerDied) is the caller's to apply, before it raises
+    /// the interruption (an exception raised by a signal handler, e.g.
+    /// KeyboardInterrupt). None: the outcome went the usual way, through
+    /// `next_events`; wait on the future.
+    #[pyo3(signature = (task_id, timeout, done))]
+    fn wait_outcome<'py>(
+        &self,
+        py: Python<'py>,
+        task_id: u64,
+        timeout: Option<f64>,
+        done: Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let manager = self.owned()?;
+        let none = || py.None();
+        if !manager.claim(task_id) {
+            return PyTuple::new(py, [none(), none()]);
+        }
+        let deadline = seconds(timeout).map(|t| Instant::now() + t);
+        let interruption = loop {
+            // Looked at after claiming: an outcome applied just before is seen here.
+            if done.call0().and_then(|d| d.is_truthy()).unwrap_or(true) {
+                break None;
+            }
+            let slice = deadline.map_or(SIGNAL_SLICE, |d| {
+                d.saturating_duration_since(Instant::now())
+                    .min(SIGNAL_SLICE)
+            });
+            if py.detach(|| manager.wait_claim(task_id, slice))
+                || deadline.is_some_and(|d| Instant::now() >= d)
+            {
+                break None;
+            }
+            if let Err(err) = py.check_signals() {
+                break Some(err);
+            }
+        };
+        let event = py.detach(|| manager.release_claim(task_id));
+        let event = match event {
+            Some(event) => to_python(py, event)?,
+            None => none(),
+        };
+        let interruption = interruption.map_or_else(none, |e| e.into_value(py).into_any());
+        PyTuple::new(py, [event, interruption])
+    }
+
+    /// Tasks whose outcome waits for the thread that claimed it.
+    fn claimed_outcomes(&self) -> Vec<u64> {
+        if self.manager.owned_here() {
+            self.manager.claimed_outcomes()
+        } else {
+            Vec::new()
+        }
+    }
+}

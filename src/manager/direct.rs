@@ -1,0 +1,93 @@
+//! Direct send: while the manager sleeps with an idle worker, a submitting thread may
+//! write one small task straight to that worker's channel, sparing a wake-up of the
+//! manager on the task's way to the worker (a context switch, on the critical path of
+//! every round trip).
+//!
+//! ```text
+//!  manager, before it sleeps:  offer(idle worker's pid and channel)
+//!  submitting thread:          take the offer (lock) ─► write the frame ─► note it as sent
+//!  manager, after it wakes:    withdraw(): the offer ends; tasks sent that way are
+//!                              recorded as that worker's, in order
+//! ```
+//!
+//! The offer is one worker, one task: it ends with the first task sent or when the
+//! manager wakes, whichever comes first, so the manager never writes to a worker's
+//! channel concurrently, and the frame goes out whole (the worker was idle, its socket
+//! empty; a frame is at most `DIRECT_MAX` bytes). Only the process that owns the pool
+//! may take the offer (the handle checks before it comes here).
+
+use std::os::fd::RawFd;
+
+use parking_lot::Mutex;
+
+use super::worker::Task;
+use crate::wire::{FrameWriter, Kind, OutFrame};
+
+/// Larger tasks, and tasks with a segment, go through the manager, which writes
+/// without blocking.
+pub const DIRECT_MAX: usize = 64 * 1024;
+
+#[derive(Default)]
+struct Offer {
+    /// (pid, channel) of the offered worker.
+    worker: Option<(i32, RawFd)>,
+    /// Tasks sent that way, for the manager to record as in flight.
+    sent: Vec<(i32, Task)>,
+}
+
+#[derive(Default)]
+pub struct Direct {
+    offer: Mutex<Offer>,
+}
+
+impl Direct {
+    /// Manager, before it sleeps: offer this idle worker.
+    pub fn offer(&self, pid: i32, channel: RawFd) {
+        self.offer.lock().worker = Some((pid, channel));
+    }
+
+    /// Manager, after it wakes: end the offer; the tasks sent meanwhile, in order.
+    pub fn withdraw(&self) -> Vec<(i32, Task)> {
+        let mut offer = self.offer.lock();
+        offer.worker = None;
+        std::mem::take(&mut offer.sent)
+    }
+
+    /// Write `task` to the offered worker, if there is one; gives the task back
+    /// otherwise. `mark_sent` runs before the write (the task cannot be cancelled once
+    /// a worker may hold it).
+    pub fn try_send(&self, task: Task, mark_sent: impl FnOnce(u64)) -> Option<Task> {
+        if task.segment.is_some() || (*task.body).as_ref().len() > DIRECT_MAX {
+            return Some(task);
+        }
+        let mut offer = self.offer.lock();
+        let Some((pid, channel)) = offer.worker else {
+            return Some(task);
+        };
+        mark_sent(task.id);
+        let mut writer = FrameWriter::default();
+        writer.push(OutFrame::new(task.id, Kind::Task, task.body.clone()));
+        if writer.flush(channel).is_err() {
+            // The worker is going away: leave the task to the manager.
+            offer.worker = None;
+            return Some(task);
+        }
+        // The socket was empty (the worker idle), so a small frame went out whole; if
+        // not, finish it before anything else can write there.
+        while !writer.is_empty() {
+            let mut out = libc::pollfd {
+                fd: channel,
+                events: libc::POLLOUT,
+                revents: 0,
+            };
+            // SAFETY: polls one live pollfd.
+            unsafe { libc::poll(&mut out, 1, 100) };
+            if writer.flush(channel).is_err() {
+                break; // dead worker: its exit handling re-queues or fails the task
+            }
+        }
+        offer.worker = None;
+        offer.sent.push((pid, task));
+        None
+    }
+}

@@ -1,0 +1,415 @@
+//! The manager: one thread per executor that owns the workers, and the handle callers
+//! hold. Every path a task can take:
+//!
+//! ```text
+//!  submit(task) ─┬─ direct.rs: an idle worker offered while the manager sleeps ──────┐
+//!                └─ submissions queue ─(wake-up)─► event loop: dispatch (policy.rs) ─┴─► worker
+//!  cancel(id) ──── taken back while no worker can hold it yet; its claimer is woken
+//!
+//!  worker ─► RESULT ─► event loop ─► claims.rs: offer ─┬─► the thread blocked on it
+//!                                                      └─► events queue ─► next_events()
+//!  worker exits (pidfd, or the template's EXITED) ─► its running task fails
+//!        (WorkerDied); tasks it held unstarted go back to the queue; a replacement is
+//!        owed unless the pool meant it to leave; WorkerExited says why it left
+//!  shutdown ─► graceful: queued work finishes, then the workers get EOF; kill: every
+//!        worker tree is killed, queued work dropped ─► Closed, the last event
+//! ```
+//!
+//! The thread never touches Python: callers hand it pickled tasks and receive raw
+//! outcomes, which the Python side turns into future results. It waits in poll(2) on the
+//! wake-up eventfd, every worker's channel and every worker's pidfd (`event_loop.rs`).
+//! The handle is stamped with the process that started it (`crate::fork`): a process
+//! forked from that one must not use it, and the glue refuses before it gets here.
+
+mod claims;
+mod direct;
+mod event_loop;
+pub mod policy;
+mod worker;
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use std::collections::HashSet;
+
+use crossbeam_channel::{Receiver, Sender};
+use parking_lot::{Condvar, Mutex};
+
+use crate::shm::{Mapping, OutSegment};
+use crate::spawn::WorkerCommand;
+use crate::wire::Body;
+use claims::Claims;
+use direct::Direct;
+use event_loop::ManagerLoop;
+pub use policy::ExitReason;
+use worker::Task;
+
+pub struct Config {
+    pub command: WorkerCommand,
+    /// How to start the template that forks replacement workers; None: always exec.
+    pub template: Option<WorkerCommand>,
+    /// Body of the first message every worker gets (settings and initializer).
+    pub init: Body,
+    pub max_workers: usize,
+    pub idle_timeout: Option<Duration>,
+    pub max_tasks_per_child: Option<u64>,
+}
+
+/// The shared segment that came with a result.
+#[derive(Debug)]
+pub enum Incoming {
+    None,
+    Mapped(Mapping),
+    /// The kernel dropped its descriptor: this process had none left.
+    Dropped,
+    /// It came, and could not be mapped.
+    Unmappable(io::Error),
+}
+
+/// What the manager reports to the Python side.
+#[derive(Debug)]
+pub enum Event {
+    /// A worker sent back the outcome of a task.
+    Result {
+        task_id: u64,
+        pid: i32,
+        body: Vec<u8>,
+        segment: Incoming,
+    },
+    /// A worker died while running this task. `reason` says why the manager killed it
+    /// (empty: it died by itself).
+    WorkerDied {
+        task_id: u64,
+        pid: i32,
+        exitcode: i32,
+        reason: String,
+    },
+    /// A worker process started (`forked`: by the template).
+    WorkerStarted { pid: i32, forked: bool },
+    /// A worker that had been ready left the pool.
+    WorkerExited {
+        pid: i32,
+        exitcode: i32,
+        reason: ExitReason,
+    },
+    /// A worker's initializer failed; the body describes the error. No more workers start.
+    InitFailed { pid: i32, body: Vec<u8> },
+    /// A worker could not start at all. No more workers start.
+    StartFailed {
+        pid: i32,
+        exitcode: i32,
+        message: String,
+    },
+    /// The manager has stopped and every worker has exited.
+    Closed,
+}
+
+impl Event {
+    /// The task whose outcome this is, for events a waiting thread may claim.
+    fn task_id(&self) -> Option<u64> {
+        match self {
+            Event::Result { task_id, .. } | Event::WorkerDied { task_id, .. } => Some(*task_id),
+            _ => None,
+        }
+    }
+
+    /// Fault a result's shared pages in, on the thread that takes the event (not the
+    /// manager's), so that reading the buffers runs at memory speed.
+    fn populate(&self) {
+        if let Event::Result {
+            segment: Incoming::Mapped(mapping),
+            ..
+        } = self
+        {
+            mapping.populate();
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shutdown {
+    /// Finish pending work, then let the workers exit.
+    Graceful,
+    /// Kill every worker and its children now; drop pending work.
+    Kill,
+}
+
+/// Settings callers change, and what the manager publishes back.
+struct Control {
+    max_workers: usize,
+    shutdown: Option<Shutdown>,
+    pids: Vec<i32>,
+}
+
+/// What the handle and the manager thread share.
+struct Shared {
+    control: Mutex<Control>,
+    /// New tasks; lock-free, so a submitting thread never waits for the manager.
+    submissions: Sender<Task>,
+    /// Tasks taken back before any worker could receive them.
+    cancelled: Mutex<HashSet<u64>>,
+    /// Mirrors `cancelled.len()`, so dispatch takes the lock only when needed.
+    cancelled_count: AtomicUsize,
+    /// One more than the highest task id a worker may have received. Task ids grow in
+    /// submission order and tasks are sent in that order, so a task may have reached
+    /// a worker iff its id is below this mark.
+    sent_mark: AtomicU64,
+    /// Set when the manager has been woken and has not yet looked at its inputs.
+    notified: AtomicBool,
+    /// Set while the manager sleeps with room for a task right away (see
+    /// `policy::has_room`); otherwise `submit` need not wake it.
+    hungry: AtomicBool,
+    /// Set (and signalled) when the manager thread has finished.
+    finished: (Mutex<bool>, Condvar),
+    wake: OwnedFd,
+    direct: Direct,
+    claims: Claims<Event>,
+    /// Where outcomes go when nobody claims them.
+    events: Sender<Event>,
+}
+
+impl Shared {
+    fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to our eventfd.
+        unsafe {
+            libc::write(
+                self.wake.as_raw_fd(),
+                &one as *const u64 as *const libc::c_void,
+                8,
+            )
+        };
+    }
+
+    /// Wake the manager unless a wake-up is already on its way.
+    fn notify(&self) {
+        if !self.notified.swap(true, Ordering::AcqRel) {
+            self.wake();
+        }
+    }
+
+    /// A worker may receive task `id` from now on: it can no longer be taken back.
+    fn mark_sent(&self, id: u64) {
+        self.sent_mark.fetch_max(id + 1, Ordering::SeqCst);
+    }
+
+    /// Manager side, just before it sends a task: false if the task was cancelled
+    /// (then it is dropped). Pairs with `Manager::cancel`.
+    fn take_for_sending(&self, id: u64) -> bool {
+        self.mark_sent(id);
+        if self.cancelled_count.load(Ordering::SeqCst) == 0 {
+            return true;
+        }
+        let mut cancelled = self.cancelled.lock();
+        if cancelled.remove(&id) {
+            self.cancelled_count.fetch_sub(1, Ordering::SeqCst);
+            return false;
+        }
+        true
+    }
+
+    /// Hand an outcome to its claimer, or queue it for the result thread.
+    fn emit(&self, event: Event) {
+        let event = match event.task_id() {
+            Some(id) => self.claims.offer(id, event),
+            None => Some(event),
+        };
+        if let Some(event) = event {
+            let _ = self.events.send(event);
+        }
+    }
+}
+
+/// The handle the Python glue holds.
+pub struct Manager {
+    shared: Arc<Shared>,
+    events: Receiver<Event>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    /// The process that started it (see `crate::fork`).
+    generation: u64,
+}
+
+impl Manager {
+    pub fn start(config: Config) -> io::Result<Manager> {
+        crate::fork::register();
+        // SAFETY: plain eventfd creation; the result is checked before use.
+        let wake = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if wake < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let (submissions, submitted) = crossbeam_channel::unbounded();
+        let (sender, events) = crossbeam_channel::unbounded();
+        let shared = Arc::new(Shared {
+            control: Mutex::new(Control {
+                max_workers: config.max_workers,
+                shutdown: None,
+                pids: Vec::new(),
+            }),
+            submissions,
+            cancelled: Mutex::new(HashSet::new()),
+            cancelled_count: AtomicUsize::new(0),
+            sent_mark: AtomicU64::new(0),
+            notified: AtomicBool::new(false),
+            hungry: AtomicBool::new(true),
+            finished: (Mutex::new(false), Condvar::new()),
+            // SAFETY: eventfd returned a fresh descriptor that we now own.
+            wake: unsafe { OwnedFd::from_raw_fd(wake) },
+            direct: Direct::default(),
+            claims: Claims::default(),
+            events: sender,
+        });
+        let mut run = ManagerLoop::new(config, shared.clone(), submitted);
+        let thread = std::thread::Builder::new()
+            .name("loky-manager".into())
+            .spawn(move || run.run())?;
+        Ok(Manager {
+            shared,
+            events,
+            thread: Mutex::new(Some(thread)),
+            generation: crate::fork::generation(),
+        })
+    }
+
+    /// Whether this process started the pool (it was not inherited through fork()).
+    pub fn owned_here(&self) -> bool {
+        self.generation == crate::fork::generation()
+    }
+
+    /// Queue a task. Ids must grow from one call to the next.
+    pub fn submit(&self, id: u64, body: Body, segment: Option<Arc<OutSegment>>) {
+        let task = Task { id, body, segment };
+        let shared = &self.shared;
+        let Some(task) = shared.direct.try_send(task, |id| shared.mark_sent(id)) else {
+            return;
+        };
+        // The receiver lives as long as the manager thread; after it ended, the task is
+        // dropped (the Python side refuses tasks after shutdown anyway).
+        let _ = shared.submissions.send(task);
+        // Pairs with the manager's store of `hungry` and look at the queue before it
+        // sleeps: either it sees this task or this sees it hungry.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if shared.hungry.load(Ordering::SeqCst) {
+            shared.notify();
+        }
+    }
+
+    /// Take back a task no worker can have received yet. False if it may have been.
+    pub fn cancel(&self, id: u64) -> bool {
+        let shared = &self.shared;
+        let mut cancelled = shared.cancelled.lock();
+        shared.cancelled_count.fetch_add(1, Ordering::SeqCst);
+        cancelled.insert(id);
+        if id < shared.sent_mark.load(Ordering::SeqCst) {
+            cancelled.remove(&id);
+            shared.cancelled_count.fetch_sub(1, Ordering::SeqCst);
+            return false;
+        }
+        drop(cancelled);
+        shared.claims.wake(id); // no outcome will come
+        true
+    }
+
+    pub fn resize(&self, max_workers: usize) {
+        self.shared.control.lock().max_workers = max_workers;
+        self.shared.notify();
+    }
+
+    pub fn shutdown(&self, mode: Shutdown) {
+        {
+            let mut control = self.shared.control.lock();
+            if control.shutdown != Some(Shutdown::Kill) {
+                control.shutdown = Some(mode);
+            }
+        }
+        self.shared.notify();
+    }
+
+    pub fn pids(&self) -> Vec<i32> {
+        self.shared.control.lock().pids.clone()
+    }
+
+    /// Wait up to `timeout` for events, then take every event already queued (up to
+    /// `max`). Outcomes claimed meanwhile go to their claimers instead.
+    pub fn next_events(&self, timeout: Option<Duration>, max: usize) -> Vec<Event> {
+        self.shared.claims.batch_applied();
+        let first = match timeout {
+            Some(t) => self.events.recv_timeout(t).ok(),
+            None => self.events.recv().ok(),
+        };
+        let mut batch: Vec<(Option<u64>, Event)> = Vec::new();
+        for event in first
+            .into_iter()
+            .chain(self.events.try_iter().take(max.max(1) - 1))
+        {
+            batch.push((event.task_id(), event));
+        }
+        let events = self.shared.claims.take_batch(batch);
+        events.iter().for_each(Event::populate);
+        events
+    }
+
+    /// Claim task `id`'s outcome for the calling thread (see `claims.rs`). False if it
+    /// cannot come that way.
+    pub fn claim(&self, id: u64) -> bool {
+        self.shared.claims.claim(id)
+    }
+
+    /// Wait up to `timeout` for a claimed outcome to need a look.
+    pub fn wait_claim(&self, id: u64, timeout: Duration) -> bool {
+        self.shared.claims.wait(id, timeout)
+    }
+
+    /// End a claim; the outcome, if it arrived, is the caller's to apply.
+    pub fn release_claim(&self, id: u64) -> Option<Event> {
+        let event = self.shared.claims.release(id);
+        if let Some(event) = &event {
+            event.populate();
+        }
+        event
+    }
+
+    /// Tasks whose outcome waits for its claimer.
+    pub fn claimed_outcomes(&self) -> Vec<u64> {
+        self.shared.claims.arrived()
+    }
+
+    /// Wait up to `timeout` (None: for ever) for the manager thread to end, after a
+    /// shutdown request. True once it has.
+    pub fn join(&self, timeout: Option<Duration>) -> bool {
+        {
+            let (finished, done) = &self.shared.finished;
+            let mut finished = finished.lock();
+            let deadline = timeout.map(|t| Instant::now() + t);
+            while !*finished {
+                match deadline {
+                    Some(d) => {
+                        if done.wait_until(&mut finished, d).timed_out() {
+                            break;
+                        }
+                    }
+                    None => done.wait(&mut finished),
+                }
+            }
+            if !*finished {
+                return false;
+            }
+        }
+        if let Some(thread) = self.thread.lock().take() {
+            let _ = thread.join(); // it has returned from its loop: ends at once
+        }
+        true
+    }
+}
+
+impl Drop for Manager {
+    fn drop(&mut self) {
+        // In a forked child the pool is the parent's: leave it alone.
+        if self.owned_here() {
+            self.shutdown(Shutdown::Graceful);
+        }
+    }
+}

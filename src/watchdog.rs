@@ -1,0 +1,64 @@
+//! In a worker: a thread that ends the worker and every process it started as soon as
+//! its parent is gone, so nothing a task started outlives the executor.
+//!
+//! A parent-death signal alone cannot do it: it kills the worker at once, and the
+//! worker's children are then orphans that nobody ends. So the worker starts with one
+//! (set between fork and exec, covering its start-up), and drops it once this thread
+//! watches: the thread walks the worker's descendants, kills them, then the worker.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use crate::procfs::kill_tree;
+use crate::spawn::pidfd_open;
+
+/// How often the parent is looked at where no pidfd says at once that it exited.
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+fn parent_is(pid: i32) -> bool {
+    // SAFETY: getppid has no preconditions.
+    unsafe { libc::getppid() == pid }
+}
+
+/// Kill every descendant of this process, then the process itself.
+fn end_this_tree() -> ! {
+    // SAFETY: getpid has no preconditions.
+    let me = unsafe { libc::getpid() };
+    kill_tree(me, libc::SIGKILL);
+    // SAFETY: exits this process; reached only if the signal above did not.
+    unsafe { libc::_exit(1) }
+}
+
+/// Start watching `parent`, the process this worker expects as its parent. If it is
+/// already gone, the tree ends now.
+pub fn watch_parent(parent: i32) -> io::Result<()> {
+    if !parent_is(parent) {
+        end_this_tree();
+    }
+    let pidfd = pidfd_open(parent).ok();
+    std::thread::Builder::new()
+        .name("loky-watchdog".into())
+        .spawn(move || loop {
+            match &pidfd {
+                Some(fd) => {
+                    let mut pfd = libc::pollfd {
+                        fd: fd.as_raw_fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
+                    // SAFETY: polls one live pollfd; readable once the parent exited.
+                    unsafe { libc::poll(&mut pfd, 1, POLL_INTERVAL.as_millis() as i32) };
+                }
+                None => std::thread::sleep(POLL_INTERVAL),
+            }
+            if !parent_is(parent) {
+                end_this_tree();
+            }
+        })?;
+    // SAFETY: prctl on this process only. From now on the watchdog ends the tree.
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
