@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import transport_tasks as tasks
-from loky import _payload
+from loky import _core, _payload
 from loky._payload import SHARED_MIN
 
 pytestmark = pytest.mark.timeout(120)
@@ -121,14 +121,17 @@ def _open_fds():
     return len(os.listdir("/proc/self/fd"))
 
 
+def _kept_segments():
+    return _core.segment_cache_usage()[0]
+
+
 def test_a_released_segment_is_written_again(executor_factory):
     executor = executor_factory(max_workers=1)
-    cache = _payload._segments
-    cache.clear()
+    _core.release_cached_segments()
     for value in range(4):
         array = np.full(BIG, value, dtype=np.float64)
         assert executor.submit(tasks.describe, array).result() == expected(array)
-        assert len(cache.segments) == 1, "the worker released it: the same one is reused"
+        assert _kept_segments() == 1, "the worker released it: the same one is reused"
     # Results come back the same way: the worker keeps a single segment too.
     for value in range(4):
         back = executor.submit(tasks.filled, BIG, value).result()
@@ -160,49 +163,39 @@ def test_received_arrays_hold_no_file_descriptor(executor_factory):
     assert [int(a[0]) for a in kept] == list(range(50))
 
 
-def test_the_cache_stays_within_its_limit():
-    cache = _payload._SegmentCache(limit=3 << 20)
-    try:
-        taken = [cache.take(1 << 20) for _ in range(5)]  # all lent: none reusable
-        assert len({s.fd for s in taken}) == 5
-        for segment in taken:
-            cache.put_back(segment)
-        assert sum(s.capacity for s in cache.segments) <= 3 << 20
-        assert cache.segments == taken[-3:], "the oldest are dropped first"
-        assert taken[0].mapping.closed
-    finally:
-        cache.clear()
+@pytest.fixture
+def cache_limits():
+    """Set this process's cache limits for one test."""
+    yield _core.configure_segment_cache
+    _core.configure_segment_cache(*_payload._cache_limits())
 
 
-def test_a_cache_of_size_zero_keeps_nothing(executor_factory, monkeypatch):
-    monkeypatch.setattr(_payload, "_segments", _payload._SegmentCache(limit=0))
+def test_the_cache_stays_within_its_limits(executor_factory, cache_limits):
+    executor = executor_factory(max_workers=1)
+    cache_limits(3 * BIG * 8, 2)
+    for value in range(5):  # the worker keeps them all: none can be written again
+        executor.submit(tasks.keep, np.full(BIG, value, dtype=np.float64)).result()
+        count, size = _core.segment_cache_usage()
+        assert count <= 2 and size <= 3 * BIG * 8
+    assert executor.submit(tasks.kept_sums).result() == [v * BIG for v in range(5)]
+
+
+def test_a_cache_of_size_zero_keeps_nothing(executor_factory, cache_limits):
+    cache_limits(0, 64)
     executor = executor_factory(max_workers=1)
     array = np.arange(BIG, dtype=np.float64)
     assert executor.submit(tasks.describe, array).result() == expected(array)
-    assert _payload._segments.segments == []
-
-
-def test_segments_unused_for_a_while_are_dropped(monkeypatch):
-    cache = _payload._SegmentCache(limit=1 << 30)
-    try:
-        old = cache.take(1 << 20)
-        cache.put_back(old)
-        old.last_lent -= _payload.IDLE_SECONDS + 1
-        fresh = cache.take(1 << 20)  # `old` is still lent: a new one, and `old` goes
-        assert fresh is not old and old.mapping.closed and cache.segments == []
-        fresh.close()
-    finally:
-        cache.clear()
+    assert _core.segment_cache_usage() == (0, 0)
 
 
 def test_a_forked_child_does_not_reuse_its_parent_segments(executor_factory):
     executor = executor_factory(max_workers=1)
     executor.submit(tasks.describe, np.arange(BIG, dtype=np.float64)).result()
-    assert _payload._segments.segments
+    assert _kept_segments()
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:
-        os.write(write, str(len(_payload._segments.segments)).encode())
+        os.write(write, str(_kept_segments()).encode())
         os._exit(0)
     os.close(write)
     try:
@@ -210,4 +203,4 @@ def test_a_forked_child_does_not_reuse_its_parent_segments(executor_factory):
     finally:
         os.close(read)
         os.waitpid(pid, 0)
-    assert _payload._segments.segments, "the parent keeps its own"
+    assert _kept_segments(), "the parent keeps its own"

@@ -56,6 +56,6 @@ def filled(size, value):
 
 
 def segment_count():
-    from loky import _payload
+    from loky import _core
 
-    return len(_payload._segments.segments)
+    return _core.segment_cache_usage()[0]

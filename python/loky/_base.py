@@ -39,12 +39,10 @@ class Future(_StdFuture):
     _waiter_list = None
     _done_callbacks = ()  # a list once a callback is added
     # Set by the executor: `_queue.unqueue(_task_id)` takes the task back from the
-    # queue (False once a worker holds it); `_queue.await_outcome(future, timeout)`
-    # waits for the outcome in person; `_queue.outcome_handled(_task_id)` ends such a
-    # wait, which is under way while `_claimed` is set.
+    # queue (False once a worker may hold it); `_queue.await_outcome(future, timeout)`
+    # waits for the outcome in this thread.
     _queue = None
     _task_id = None
-    _claimed = False
 
     def __init__(self):
         self._state = PENDING
@@ -93,8 +91,6 @@ class Future(_StdFuture):
                     self.set_exception(value)
             except InvalidStateError:
                 return False
-        if self._claimed:
-            self._queue.outcome_handled(self._task_id)
         if notified:
             self._invoke_callbacks()
         return True
@@ -145,8 +141,8 @@ class Future(_StdFuture):
     def _await_outcome(self, timeout):
         """Let the executor hand the outcome to this thread, if it can; returns what is
         left of `timeout` for the standard wait that follows."""
-        if self._queue is None or self._claimed or self._state in _DONE:
-            return timeout  # another thread is waiting in person: use the Condition
+        if self._queue is None or self._state in _DONE:
+            return timeout
         return self._queue.await_outcome(self, timeout)
 
     def cancel(self):
@@ -159,10 +155,7 @@ class Future(_StdFuture):
                     # A worker already holds the task.
                     self.set_running_or_notify_cancel()
                     return False
-        cancelled = super().cancel()
-        if cancelled and self._claimed:
-            self._queue.outcome_handled(self._task_id)
-        return cancelled
+        return super().cancel()
 
     def _invoke_callbacks(self):
         for callback in self._done_callbacks:

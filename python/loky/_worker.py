@@ -1,29 +1,30 @@
 """The worker process: a fresh interpreter that runs tasks read from its channel.
 
-It is started by the Rust core as ``python -c "from loky._worker import main; main()"``
-with its channel on file descriptor 3, and imports as little as it can: the executor
-machinery, cloudpickle and traceback are loaded only when a task needs them.
+It is started by the Rust core as ``python -c "from loky._worker import main;
+main(<parent pid>)"`` with its channel on file descriptor 3, and imports as little as it
+can: the executor machinery, cloudpickle and traceback are loaded only when a task needs
+them. The frames and their attachments are the core's (`_core.Channel`); this module
+only runs tasks and pickles their outcomes.
 
-Conversation on the channel (frames laid out in ``src/wire.rs``):
+Conversation on the channel (message kinds defined in ``src/wire.rs``):
 
     parent -> INIT   (settings, pickled initializer)
     worker -> READY  or INIT_FAILED (then exits)
-    parent -> TASK   (pickled fn, args, kwargs)          one or many at a time
-    worker -> RESULT (pickled outcome), in task order, each before the next task runs
-    parent closes its end                                -> the worker exits
+    parent -> TASK   (pickled fn, args, kwargs; a shared segment for large buffers)
+    worker -> RESULT (pickled outcome, see `_tasks`), in task order, each before the
+              next task runs
+    worker -> RETIRING, then exits   (its memory grew too much)
+    parent closes its end            -> the worker exits
 """
 
 import os
 import sys
-from struct import Struct
 from time import monotonic
 
 # The C pickle module: `pickle` would import much more at every worker start.
 import _pickle as pickle
 
 from ._core import (
-    FLAG_HAS_FD,
-    HEADER_LEN,
     KIND_EXITED,
     KIND_FORKED,
     KIND_INIT_FAILED,
@@ -31,130 +32,14 @@ from ._core import (
     KIND_RESULT,
     KIND_RETIRING,
     WORKER_FD,
-    recv_with_fd,
-    send_with_fd,
+    Channel,
+    watch_parent,
 )
-from ._payload import IO_CHUNK, pack, unpack
-
-HEADER = Struct("<QQII")
-assert HEADER.size == HEADER_LEN
-
-# Outcome tags, the first item of a RESULT body.
-OK = 0
-RAISED = 1  # (RAISED, exception, worker traceback text)
-TASK_UNPICKLE_FAILED = 2  # (TASK_UNPICKLE_FAILED, worker traceback text)
+from ._payload import pack, unpack
+from ._tasks import OK, RAISED, TASK_NOT_RECEIVED, TASK_UNPICKLE_FAILED
 
 # Nesting depth of this process; read by loky.process_executor.
 DEPTH = 0
-
-
-class Channel:
-    """Blocking framed I/O on the worker's end of its socket. A frame may carry one
-    descriptor (a memfd of large buffers), received with its first byte."""
-
-    def __init__(self, fd):
-        self.fd = fd
-        self.staged = bytearray()
-        self.fds = []  # received, not yet claimed by their frame
-        self.outgoing = []  # (header, body, fd or None)
-
-    def _fill(self):
-        data, fd = recv_with_fd(self.fd, 1 << 20)
-        if not data:
-            raise EOFError
-        if fd >= 0:
-            self.fds.append(fd)
-        self.staged += data
-
-    def read_frame(self):
-        """Return (kind, task_id, body, fd or None); raise EOFError when the parent
-        closed."""
-        while len(self.staged) < HEADER_LEN:
-            self._fill()
-        length, task_id, kind, flags = HEADER.unpack_from(self.staged)
-        fd = self.fds.pop(0) if flags & FLAG_HAS_FD else None
-        end = HEADER_LEN + length
-        if len(self.staged) >= end:
-            body = bytes(self.staged[HEADER_LEN:end])
-            del self.staged[:end]
-            return kind, task_id, body, fd
-        # A large body: read the rest straight into its final buffer (only its own
-        # bytes, so no later frame's descriptor is touched).
-        body = bytearray(length)
-        have = len(self.staged) - HEADER_LEN
-        body[:have] = self.staged[HEADER_LEN:]
-        self.staged.clear()
-        view = memoryview(body)
-        while have < length:
-            n = os.readv(self.fd, [view[have : min(length, have + IO_CHUNK)]])
-            if n == 0:
-                raise EOFError
-            have += n
-        return kind, task_id, body, fd
-
-    def queue(self, kind, task_id, body, fd=None):
-        flags = 0 if fd is None else FLAG_HAS_FD
-        self.outgoing.append((HEADER.pack(len(body), task_id, kind, flags), body, fd))
-
-    def flush(self):
-        frames, self.outgoing = self.outgoing, []
-        plain = []
-        for header, body, fd in frames:
-            if fd is None:
-                plain += (header, body)
-                continue
-            self._write_all(plain)
-            plain = []
-            try:
-                data = header + body
-                sent = send_with_fd(self.fd, data, fd)
-                self._write_all([memoryview(data)[sent:]])
-            finally:
-                os.close(fd)
-        self._write_all(plain)
-
-    def _write_all(self, parts):
-        if not parts:
-            return
-        if len(parts) <= 64:
-            # Usually one call takes it all (small frames, room in the socket).
-            n = os.writev(self.fd, parts)
-            if n == sum(map(len, parts)):
-                return
-            views = _after(parts, n)
-        else:
-            views = [memoryview(p) for p in parts if len(p)]
-        while views:
-            # Large parts are cut to what one call can take.
-            if len(views[0]) > IO_CHUNK:
-                views[0:1] = [views[0][:IO_CHUNK], views[0][IO_CHUNK:]]
-            n = os.writev(self.fd, views[:64])
-            while n:
-                if n >= len(views[0]):
-                    n -= len(views[0])
-                    views.pop(0)
-                else:
-                    views[0] = views[0][n:]
-                    n = 0
-
-
-def _after(parts, n):
-    """Views of what follows the first `n` bytes of `parts`."""
-    views = []
-    for part in parts:
-        size = len(part)
-        if n >= size:
-            n -= size
-            continue
-        views.append(memoryview(part)[n:])
-        n = 0
-    return views
-
-
-def run_chunk(fn, chunk):
-    """One task of ``map(..., chunksize=n)``: defined here, so a worker need not import
-    the executor module to run it."""
-    return [fn(*args) for args in chunk]
 
 
 def _plain_dump(obj, buffer_callback):
@@ -179,7 +64,7 @@ class Runner:
         self._loky_only = (self._loky_dump,)
 
     def dumps(self, outcome):
-        """(body, memfd or None) for the parent."""
+        """(body, segment or None) for the parent."""
         return pack(self._plain_first if self.result_reducers is None else self._loky_only, outcome)
 
     def _loky_dump(self, obj, buffer_callback):
@@ -195,9 +80,12 @@ class Runner:
             reduction.set_loky_pickler(self.pickler_name)
         return reduction
 
-    def run(self, body, fd):
+    def run(self, message):
+        """(body, segment or None) of the outcome of the task in `message`."""
+        if message.descriptor_dropped or message.map_error is not None:
+            return self.dumps((TASK_NOT_RECEIVED, _lost_segment_text(message)))
         try:
-            fn, args, kwargs = unpack(body, fd)
+            fn, args, kwargs = unpack(message.body, message.segment)
         except BaseException as exc:
             return self.dumps((TASK_UNPICKLE_FAILED, _traceback_text(exc)))
         try:
@@ -273,13 +161,27 @@ def _setup(settings):
         faulthandler.enable()
 
 
-def main():
+def _lost_segment_text(message):
+    pid = os.getpid()
+    if message.descriptor_dropped:
+        return (
+            f"Worker {pid} could not receive the shared memory holding this task's "
+            "large arguments: it had no file descriptor left (see `ulimit -n`)."
+        )
+    return (
+        f"Worker {pid} could not map the shared memory holding this task's large "
+        f"arguments: {message.map_error}."
+    )
+
+
+def main(parent_pid):
+    # From here on, the worker and everything its tasks start end with the parent.
+    watch_parent(parent_pid)
     channel = Channel(WORKER_FD)
-    try:
-        _, _, body, _ = channel.read_frame()
-    except EOFError:
+    message = channel.recv()
+    if message is None:
         return
-    settings, initializer_blob = pickle.loads(body)
+    settings, initializer_blob = pickle.loads(message.body)
     _setup(settings)
     runner = Runner(settings.get("pickler"))
     try:
@@ -296,33 +198,26 @@ def main():
             report = pickle.dumps((exc, _traceback_text(exc)))
         except BaseException:
             report = pickle.dumps((None, _traceback_text(exc)))
-        channel.queue(KIND_INIT_FAILED, 0, report)
-        channel.flush()
+        channel.send(KIND_INIT_FAILED, 0, report)
         sys.exit(1)
-    channel.queue(KIND_READY, 0, b"")
-    channel.flush()
-    del body, initializer_blob
+    channel.send(KIND_READY, 0, b"")
+    del message, initializer_blob
     memory = MemoryGuard()
     try:
-        while True:
-            _, task_id, body, fd = channel.read_frame()
-            result, result_fd = runner.run(body, fd)
-            channel.queue(KIND_RESULT, task_id, result, result_fd)
-            del body, result
-            if memory.leaking():
-                # Tasks already sent here go to other workers.
-                channel.queue(KIND_RETIRING, 0, b"")
-                break
+        while (message := channel.recv()) is not None:
+            task_id = message.task_id
+            body, segment = runner.run(message)
+            del message
             # Each result leaves before the next task starts: if that task crashes the
             # worker, only it is lost.
-            channel.flush()
-    except EOFError:
-        pass
-    finally:
-        try:
-            channel.flush()
-        except OSError:
-            pass  # the parent is gone
+            channel.send(KIND_RESULT, task_id, body, segment)
+            del body, segment
+            if memory.leaking():
+                # Tasks already sent here go to other workers.
+                channel.send(KIND_RETIRING, 0, b"")
+                break
+    except OSError:
+        pass  # the parent is gone
     _exit_now()
 
 
@@ -346,38 +241,47 @@ def _exit_now():
 def serve_template():
     """Run as the pool's template: fork a worker each time the manager asks, reap the
     workers and report their exit codes. Never runs user code, so forking is safe."""
-    from ._core import detach_forked_worker, template_next
+    from ._core import KIND_FORK, detach_forked_worker, template_wait
 
     control = Channel(WORKER_FD)
-    control.queue(KIND_READY, 0, b"")
+    _send_or_exit(control, KIND_READY, 0, b"")
     children = {}  # pidfd -> pid
     while True:
-        try:
-            control.flush()
-        except OSError:
-            os._exit(0)  # the pool closed its end: nothing of ours to clean up
         pidfds = list(children)
-        request, value = template_next(WORKER_FD, pidfds)
-        if request == "fork":
-            pid = os.fork()
-            if pid == 0:
-                _become_worker(value, pidfds, detach_forked_worker)
-            os.close(value)
-            children[os.pidfd_open(pid)] = pid
-            control.queue(KIND_FORKED, pid, b"")
-        elif request == "exited":
-            pidfd = pidfds[value]
+        exited = None if control.has_queued() else template_wait(control.fileno(), pidfds)
+        if exited is not None:
+            pidfd = pidfds[exited]
             pid = children.pop(pidfd)
             os.close(pidfd)
             _, status = os.waitpid(pid, 0)
             code = os.waitstatus_to_exitcode(status)
-            control.queue(KIND_EXITED, pid, code.to_bytes(8, "little", signed=True))
-        else:
-            os._exit(0)  # the pool is gone
+            _send_or_exit(control, KIND_EXITED, pid, code.to_bytes(8, "little", signed=True))
+            continue
+        try:
+            request = control.recv()
+        except OSError:
+            request = None
+        if request is None or request.kind != KIND_FORK or request.fd < 0:
+            os._exit(0)  # the pool is gone (or confused): nothing of ours to clean up
+        pid = os.fork()
+        if pid == 0:
+            _become_worker(request.fd, pidfds, detach_forked_worker)
+        os.close(request.fd)
+        children[os.pidfd_open(pid)] = pid
+        _send_or_exit(control, KIND_FORKED, pid, b"")
+
+
+def _send_or_exit(control, kind, task_id, body):
+    try:
+        control.send(kind, task_id, body)
+    except OSError:
+        os._exit(0)  # the pool closed its end
 
 
 def _become_worker(channel_fd, template_fds, detach_forked_worker):
-    """In a child of the template: take the worker's socket as fd 3 and run."""
+    """In a child of the template: take the worker's socket as fd 3 and run. The
+    template's channel object, still alive in the caller's frame, is never used (nor
+    closed) here: its descriptor number now holds the worker's channel."""
     template_pid = os.getppid()
     os.dup2(channel_fd, WORKER_FD)  # replaces the template's control socket
     os.close(channel_fd)
@@ -386,7 +290,7 @@ def _become_worker(channel_fd, template_fds, detach_forked_worker):
     if not detach_forked_worker(template_pid):
         os._exit(1)
     try:
-        main()
+        main(template_pid)
     finally:
         # Never return into the template's loop.
         sys.stdout.flush()

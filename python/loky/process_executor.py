@@ -8,14 +8,28 @@ Data flow::
     _core.Pool (Rust)  -- queue -> manager thread -> one socket per worker -> worker
         |                 (spawns, dispatches, reads results, sees deaths at once)
         v
-    result thread      -- Pool.next_events(): a batch of raw outcomes per wake-up,
-                          unpickled and set on their futures under one GIL hold
+    result thread      -- Pool.next_events(): a batch of events per wake-up, each
+        |                 applied to its future (or logged) under one GIL hold
+    result() waiting   -- Pool.wait_outcome(): the manager hands that task's outcome
+                          to the waiting thread directly, which applies it
 
-The Rust core never runs Python code; this module only pickles, unpickles and keeps the
-futures. A worker that dies fails only the task it was running and is replaced.
+The Rust core never runs Python code; this module only pickles, unpickles, keeps the
+futures and says what happened. A worker that dies fails only the task it was running
+and is replaced.
+
+An executor belongs to the process that started its workers. In a process forked from
+that one, it refuses new tasks with a clear error, its unfinished futures raise instead
+of waiting for ever, and `shutdown()` returns at once: the workers are the parent's.
+`get_reusable_executor()` gives such a process an executor of its own.
+
+Lifecycle events (workers started, recycled, crashed; resizes; shutdowns) are logged to
+the ``loky`` logger, silent unless logging is configured, and to multiprocessing's
+logger when ``multiprocessing.util.log_to_stderr()`` is on, as loky does.
 """
 
+import errno
 import itertools
+import logging
 import os
 import sys
 import threading
@@ -24,12 +38,12 @@ from time import monotonic
 from concurrent.futures import Executor
 from concurrent.futures.process import BrokenProcessPool as _StdBrokenProcessPool
 from functools import partial
-from pickle import PicklingError, loads
+from pickle import PicklingError
 
 from . import _core
 from ._base import Future
 from ._payload import pack, release_cached_segments, unpack
-from ._worker import OK, RAISED, TASK_UNPICKLE_FAILED, run_chunk
+from ._tasks import OK, RAISED, TASK_NOT_RECEIVED, TASK_UNPICKLE_FAILED, run_chunk
 from .backend import reduction
 from . import _inherit
 from ._options import ExecutorOptions, check_int, check_seconds
@@ -137,10 +151,41 @@ def _with_cause(error, cause):
     return error
 
 
-def _decode_result(body, fd):
-    """Turn a RESULT body (and its memfd) into (ok, value_or_exception)."""
+_logger = logging.getLogger("loky")
+_logger.addHandler(logging.NullHandler())  # silent unless the user configures logging
+
+
+def _log(level, message, *args):
+    """Log a lifecycle event to the "loky" logger, and to multiprocessing's when
+    ``multiprocessing.util.log_to_stderr()`` turned it on."""
+    _logger.log(level, message, *args)
+    mp_util = sys.modules.get("multiprocessing.util")
+    if mp_util is not None and mp_util._logger is not None:
+        mp_util._logger.log(level, message, *args)
+
+
+def _lost_result_error(event):
+    if event.descriptor_dropped:
+        return OSError(
+            errno.EMFILE,
+            "The result of this task carried its large buffers in shared memory, and "
+            "this process could not receive them: it had no file descriptor left (see "
+            "`ulimit -n`; results kept alive hold none, so they are held elsewhere in "
+            f"the program). Worker {event.pid} is fine and keeps running tasks.",
+        )
+    return OSError(
+        "The result of this task carried its large buffers in shared memory, and this "
+        f"process could not map them: {event.map_error}. Worker {event.pid} is fine and "
+        "keeps running tasks.",
+    )
+
+
+def _decode_result(event):
+    """Turn a TaskResult event into (ok, value_or_exception)."""
+    if event.descriptor_dropped or event.map_error is not None:
+        return False, _lost_result_error(event)
     try:
-        outcome = loads(body) if fd < 0 else unpack(body, fd)
+        outcome = unpack(event.body, event.segment)
     except BaseException as exc:
         import traceback
 
@@ -156,6 +201,8 @@ def _decode_result(body, fd):
         return True, outcome[1]
     if tag == RAISED:
         return False, _with_cause(outcome[1], _RemoteTraceback(outcome[2]))
+    if tag == TASK_NOT_RECEIVED:
+        return False, OSError(outcome[1])
     assert tag == TASK_UNPICKLE_FAILED, tag
     return False, _with_cause(
         BrokenProcessPool(
@@ -166,11 +213,17 @@ def _decode_result(body, fd):
     )
 
 
-_EV_RESULT = _core.EV_RESULT
-
-
 def _shut_down_error():
     return ShutdownExecutorError("The executor was shut down.")
+
+
+def _inherited_error(owner_pid, what):
+    return RuntimeError(
+        f"{what} belongs to an executor whose workers were started by process "
+        f"{owner_pid}; this process ({os.getpid()}) was forked from it and cannot use "
+        "them. Create a new executor in this process (get_reusable_executor() makes "
+        "one by itself)."
+    )
 
 
 def _fail(future, error):
@@ -181,91 +234,122 @@ class _PoolState:
     """What the result thread shares with the executor: no reference to the executor
     itself, so an executor nobody holds can be garbage collected."""
 
-    def __init__(self, pool):
+    def __init__(self, pool, has_initializer):
         self.pool = pool
+        self.owner_pid = os.getpid()
         self.futures = {}
         self.broken = None  # error message once the pool cannot run tasks
-        self.has_initializer = False
+        self.has_initializer = has_initializer
         self.closed = False  # the result thread has stopped
+        self._handlers = {
+            _core.TaskResult: self._on_result,
+            _core.WorkerDied: self._on_worker_died,
+            _core.WorkerStarted: self._on_worker_started,
+            _core.WorkerExited: self._on_worker_exited,
+            _core.InitFailed: self._on_init_failed,
+            _core.StartFailed: self._on_start_failed,
+            _core.PoolClosed: self._on_closed,
+        }
+
+    def inherited(self):
+        """True in a process forked from the one that started this pool."""
+        return not self.pool.owned_here()
 
     def unqueue(self, task_id):
-        if self.pool.cancel(task_id):
+        try:
+            taken = self.pool.cancel(task_id)
+        except _core.InheritedPoolError:
+            return False
+        if taken:
             self.futures.pop(task_id, None)
-            return True
-        return False
+        return taken
 
     def await_outcome(self, future, timeout):
         """Wait for `future`'s outcome in this thread: the manager hands it over
         directly, sparing a hop through the result thread. Returns what is left of
-        `timeout`. If the outcome reaches the result thread after all (it was already
-        on its way), that thread ends the wait with `outcome_handled`."""
+        `timeout` for a standard wait on the future (the outcome went the usual way)."""
         deadline = None if timeout is None else monotonic() + timeout
-        task_id = future._task_id
-        self.pool.claim(task_id)
-        future._claimed = True
         try:
-            # Set after the claim and looked at after the flag, while the result thread
-            # finishes the future and then looks at the flag: one of them sees the other.
-            if not future.done():
-                self.pool.await_claim(task_id, timeout)
-        finally:
-            # The outcome, if it came (even after the wait ended), is this thread's to
-            # apply, before the flag goes: until then the result thread leaves the
-            # future alone.
-            event = self.pool.unclaim(task_id)
-            if event is not None:
-                self.handle([event])
-            future._claimed = False
-        if self.closed and not future.done():
-            # The result thread stopped, sparing this claimed future: no outcome came.
-            self.futures.pop(task_id, None)
-            _fail(future, _shut_down_error())
+            event, interruption = self.pool.wait_outcome(future._task_id, timeout, future.done)
+        except _core.InheritedPoolError:
+            raise _inherited_error(self.owner_pid, "This future") from None
+        if event is not None:
+            self.handle([event])
+        if interruption is not None:
+            raise interruption
         return None if deadline is None else max(0.0, deadline - monotonic())
 
-    def outcome_handled(self, task_id):
-        self.pool.wake_claim(task_id)
-
-    def fail_all(self, make_error, spare_claimed=False):
-        """Fail every unfinished future; with `spare_claimed`, leave the ones a thread
-        has claimed to that thread (their outcome may be on its way to it)."""
+    def fail_all(self, make_error, spare=()):
+        """Fail every unfinished future but those whose task ids are in `spare`."""
         futures, self.futures = self.futures, {}
         for task_id, future in futures.items():
-            if spare_claimed and future._claimed:
+            if task_id in spare:
                 self.futures[task_id] = future
             else:
                 _fail(future, make_error())
 
     def handle(self, events):
         """Apply one batch of events from the core. False once the pool has closed."""
-        for kind, task_id, pid, body, fd, exitcode, message in events:
-            if kind == _EV_RESULT:
-                future = self.futures.pop(task_id, None)
-                if future is None:
-                    if fd >= 0:
-                        os.close(fd)
-                    continue
-                # No-op if cancelled or failed by a kill meanwhile.
-                future._finish(*_decode_result(body, fd))
-            elif kind == _core.EV_WORKER_DIED:
-                future = self.futures.pop(task_id, None)
-                if future is not None:
-                    _fail(future, _terminated_worker_error(pid, exitcode, message))
-            elif kind == _core.EV_INIT_FAILED:
-                self._break(_initializer_error(body))
-            elif kind == _core.EV_START_FAILED:
-                self._break(_start_error(pid, exitcode, message, self.has_initializer))
-            elif kind == _core.EV_CLOSED:
+        handlers = self._handlers
+        for event in events:
+            if handlers[type(event)](event) is False:
                 return False
         return True
+
+    def _on_result(self, event):
+        future = self.futures.pop(event.task_id, None)
+        if future is not None:
+            # No-op if cancelled or failed by a kill meanwhile.
+            future._finish(*_decode_result(event))
+
+    def _on_worker_died(self, event):
+        future = self.futures.pop(event.task_id, None)
+        if future is not None:
+            _fail(future, _terminated_worker_error(event.pid, event.exitcode, event.reason))
+
+    def _on_worker_started(self, event):
+        how = "forked from the template" if event.forked else "started"
+        _log(logging.DEBUG, "loky worker %d %s", event.pid, how)
+
+    def _on_worker_exited(self, event):
+        status = _format_exitcodes([event.exitcode])
+        if event.reason in ("died", "killed"):
+            _log(
+                logging.WARNING,
+                "loky worker %d %s with status %s; a replacement starts",
+                event.pid,
+                "died" if event.reason == "died" else "was killed for breaking its channel",
+                status,
+            )
+        elif event.reason in ("memory growth", "task limit"):
+            limit = {
+                "memory growth": "its memory grew past LOKY_MAX_MEMORY_LEAK_SIZE",
+                "task limit": "it ran max_tasks_per_child tasks",
+            }[event.reason]
+            _log(logging.INFO, "loky worker %d recycled: %s", event.pid, limit)
+        else:
+            _log(logging.DEBUG, "loky worker %d exited (%s)", event.pid, event.reason)
+
+    def _on_init_failed(self, event):
+        self._break(_initializer_error(event.body))
+
+    def _on_start_failed(self, event):
+        self._break(_start_error(event.pid, event.exitcode, event.message, self.has_initializer))
+
+    def _on_closed(self, event):
+        return False
 
     def _break(self, error):
         if self.broken is None:
             self.broken = str(error)
+            _log(logging.ERROR, "loky executor broken: %s", self.broken)
             self.pool.shutdown(True)
         self.fail_all(lambda: _with_cause(BrokenProcessPool(self.broken), error.__cause__))
 
 
 def _initializer_error(body):
+    from pickle import loads
+
     exc, tb = loads(body)
     error = BrokenProcessPool(
         "A worker failed to run the executor's initializer, so the executor cannot "
@@ -303,7 +387,8 @@ def _run_results(state):
             pass
     finally:
         state.closed = True
-        state.fail_all(_shut_down_error, spare_claimed=True)
+        # Outcomes handed to a waiting thread are that thread's to apply.
+        state.fail_all(_shut_down_error, spare=set(state.pool.claimed_outcomes()))
         _live_pools.discard(state)
 
 
@@ -326,7 +411,7 @@ def _on_interpreter_exit():
 
 threading._register_atexit(_on_interpreter_exit)
 
-_WORKER_BOOTSTRAP = "from loky._worker import main; main()"
+_WORKER_BOOTSTRAP = "from loky._worker import main; main({pid})"
 _TEMPLATE_BOOTSTRAP = "from loky._worker import serve_template; serve_template()"
 
 
@@ -435,19 +520,19 @@ class ProcessPoolExecutor(Executor):
         child_settings, pass_fds = _inherit.child_settings(
             self._start_method, process_name="LokyProcess"
         )
+        worker_code = _WORKER_BOOTSTRAP.format(pid=os.getpid())
         pool = _core.Pool(
-            sys.executable,
-            ["-c", _inherit.python_code(_WORKER_BOOTSTRAP)],
-            list(self._env.items()),
-            self._init_message(child_settings),
-            self._max_workers,
-            self._timeout,
-            self._max_tasks_per_child,
+            program=sys.executable,
+            args=["-c", _inherit.python_code(worker_code)],
+            env=list(self._env.items()),
+            init=self._init_message(child_settings),
+            max_workers=self._max_workers,
+            idle_timeout=self._timeout,
+            max_tasks_per_child=self._max_tasks_per_child,
             template_args=["-c", _inherit.python_code(_TEMPLATE_BOOTSTRAP)],
             pass_fds=pass_fds,
         )
-        state = _PoolState(pool)
-        state.has_initializer = self._initializer is not None
+        state = _PoolState(pool, has_initializer=self._initializer is not None)
         state.thread = threading.Thread(
             target=_run_results, args=(state,), name="loky-results", daemon=True
         )
@@ -473,7 +558,7 @@ class ProcessPoolExecutor(Executor):
                 raise BrokenProcessPool(state.broken)
             future = Future()
             try:
-                body, fd = pack(self._serializer.dumps_in_order(), (fn, args, kwargs))
+                body, segment = pack(self._serializer.dumps_in_order(), (fn, args, kwargs))
             except Exception as exc:
                 error = PicklingError("Could not pickle the task to send it to the workers.")
                 future.set_exception(_with_cause(error, exc))
@@ -482,10 +567,10 @@ class ProcessPoolExecutor(Executor):
             future._task_id = task_id = next(self._task_ids)
             state.futures[task_id] = future
             try:
-                state.pool.submit(task_id, body, -1 if fd is None else fd)
-            finally:
-                if fd is not None:
-                    os.close(fd)
+                state.pool.submit(task_id, body, segment)
+            except _core.InheritedPoolError:
+                del state.futures[task_id]
+                raise _inherited_error(state.owner_pid, "This executor") from None
             return future
 
     submit.__doc__ = Executor.submit.__doc__
@@ -505,12 +590,17 @@ class ProcessPoolExecutor(Executor):
     def shutdown(self, wait=True, kill_workers=False):
         """Stop the executor. Pending work finishes first, unless `kill_workers`:
         then every worker is killed with its children and unfinished futures fail
-        with ShutdownExecutorError."""
+        with ShutdownExecutorError. In a process forked from the one that started the
+        workers, returns at once: they are not this process's to stop."""
         with self._submit_lock:
+            already = self._shutdown_thread
             self._shutdown_thread = True
             state = self._state
-        if state is None:
+        if state is None or state.inherited():
             return
+        if not already:
+            _log(logging.DEBUG, "loky executor shutting down (wait=%s, kill_workers=%s)",
+                 wait, kill_workers)
         state.pool.shutdown(bool(kill_workers))
         if kill_workers:
             state.fail_all(

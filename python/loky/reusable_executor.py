@@ -6,10 +6,11 @@ across calls. A different `max_workers` resizes it in place; other changes, or a
 or shut-down executor, replace it.
 """
 
+import logging
 import threading
 
 from ._options import ExecutorOptions
-from .process_executor import ProcessPoolExecutor
+from .process_executor import ProcessPoolExecutor, _log
 
 __all__ = ["get_reusable_executor"]
 
@@ -158,8 +159,12 @@ class _ReusablePoolExecutor(ProcessPoolExecutor):
         return new, False
 
     def _is_broken_or_shut_down(self):
+        """Also true for an executor inherited through fork(): its workers are the
+        parent's, and this process needs its own."""
         state = self._state
-        return self._shutdown_thread or (state is not None and state.broken is not None)
+        return self._shutdown_thread or (
+            state is not None and (state.broken is not None or state.inherited())
+        )
 
     def submit(self, fn, /, *args, **kwargs):
         with self._submit_resize_lock:
@@ -174,6 +179,8 @@ class _ReusablePoolExecutor(ProcessPoolExecutor):
         with self._submit_resize_lock:
             if max_workers == self._max_workers:
                 return
+            _log(logging.DEBUG, "loky executor resized from %d to %d workers",
+                 self._max_workers, max_workers)
             self._max_workers = max_workers
             if self._state is not None:
                 self._state.pool.resize(max_workers)

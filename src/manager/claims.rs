@@ -78,7 +78,8 @@ impl<E> Claims<E> {
     /// look at the future, then `wait`, and always `release`.
     pub fn claim(&self, id: u64) -> bool {
         let mut inner = self.inner.lock();
-        if inner.closed || inner.in_hand.contains(&id) {
+        if inner.closed || inner.in_hand.contains(&id) || inner.slots.contains_key(&id) {
+            // Already claimed by another thread: that one takes the outcome.
             return false;
         }
         inner.slots.insert(id, Slot::Waiting);
@@ -264,6 +265,16 @@ mod tests {
             assert_eq!(waiter.join().unwrap(), (true, None));
         }
         assert!(!claims.claim(3), "closed");
+    }
+
+    #[test]
+    fn a_second_claimer_of_one_task_waits_the_standard_way() {
+        let claims = Claims::default();
+        assert!(claims.claim(9));
+        assert!(!claims.claim(9));
+        assert_eq!(claims.offer(9, 'x'), None);
+        assert!(!claims.claim(9), "the arrived outcome stays the first claimer's");
+        assert_eq!(claims.release(9), Some('x'));
     }
 
     #[test]
