@@ -22,7 +22,8 @@
 //! - `fork()`: a child created from a process owns none of that process's segments.
 //!   Its inherited mappings never release anything (they are stamped with the process
 //!   that mapped them, see `fork`), and after `os.fork()` (the `fork_*` hooks) they
-//!   become private copies, so the child keeps what it saw at fork time whatever the
+//!   become private copies of what they held at fork time (snapshots taken just
+//!   before, at the cost of one copy of the live segments per fork), whatever the
 //!   parent does next. Its inherited sending cache is dropped unused (stamped too).
 //!
 //! Memory ordering: the sender stores LENT, copies the buffers in, then sends the
@@ -99,9 +100,21 @@ unsafe fn state_word<'a>(ptr: NonNull<u8>) -> &'a AtomicU64 {
 
 // ---- receiving side --------------------------------------------------------------
 
-/// Live received mappings of this process: base address -> (length, made private).
-/// Locked across `fork()` by the hooks below, so the child finds it consistent.
-static RECEIVED: Mutex<Option<HashMap<usize, (usize, bool)>>> = Mutex::new(None);
+/// What this process knows of one live received mapping.
+struct Live {
+    len: usize,
+    /// Made private (in a forked child): it releases nothing.
+    private: bool,
+    /// A snapshot of its contents taken just before a fork, for the child.
+    snapshot: Option<NonNull<u8>>,
+}
+
+// SAFETY: plain addresses of mappings this process owns.
+unsafe impl Send for Live {}
+
+/// Live received mappings of this process, by base address. Locked across `fork()` by
+/// the hooks below, so the child finds it consistent.
+static RECEIVED: Mutex<Option<HashMap<usize, Live>>> = Mutex::new(None);
 
 /// A received segment, mapped shared and writable. Holds no descriptor.
 #[derive(Debug)]
@@ -125,10 +138,14 @@ impl Mapping {
             return Err(io::Error::other("segment shorter than its header"));
         }
         let ptr = map_shared(fd, len)?;
-        RECEIVED
-            .lock()
-            .get_or_insert_with(HashMap::new)
-            .insert(ptr.as_ptr() as usize, (len, false));
+        RECEIVED.lock().get_or_insert_with(HashMap::new).insert(
+            ptr.as_ptr() as usize,
+            Live {
+                len,
+                private: false,
+                snapshot: None,
+            },
+        );
         Ok(Mapping {
             ptr,
             len,
@@ -159,7 +176,7 @@ impl Drop for Mapping {
             .lock()
             .as_mut()
             .and_then(|live| live.remove(&(self.ptr.as_ptr() as usize)))
-            .is_some_and(|(_, private)| private);
+            .is_some_and(|live| live.private);
         if !private && self.owner == generation() {
             // Nothing here reads the buffers any more: the sender may write them again.
             // SAFETY: the mapping is live and at least a header long.
@@ -170,37 +187,53 @@ impl Drop for Mapping {
     }
 }
 
-/// Before `fork()`: hold the registry so that the child finds it consistent.
+/// Before `fork()`: hold the registry so that the child finds it consistent, and
+/// snapshot every live received mapping: the child gets these copies (fork's copy
+/// semantics), as the mappings themselves stay shared with the parent.
 pub fn fork_prepare() {
-    std::mem::forget(RECEIVED.lock());
+    let mut registry = RECEIVED.lock();
+    if let Some(live) = registry.as_mut() {
+        for (&base, entry) in live.iter_mut().filter(|(_, e)| !e.private) {
+            entry.snapshot = snapshot(base as *const u8, entry.len).ok();
+        }
+    }
+    std::mem::forget(registry);
 }
 
-/// After `fork()`, in the parent.
+/// After `fork()`, in the parent: the snapshots are the child's business.
 pub fn fork_parent() {
-    // SAFETY: locked by `fork_prepare` in this thread, which the guard was forgotten by.
-    unsafe { RECEIVED.force_unlock() };
-}
-
-/// After `fork()`, in the child: every inherited received mapping becomes a private
-/// copy of what it held at fork time.
-pub fn fork_child() {
-    // SAFETY: locked by `fork_prepare` before the fork; this is the only thread now.
+    // SAFETY: locked by `fork_prepare` in this thread, whose guard was forgotten.
     unsafe { RECEIVED.force_unlock() };
     if let Some(live) = RECEIVED.lock().as_mut() {
-        for (&base, (len, private)) in live.iter_mut() {
-            if !*private {
-                // On failure (no memory) the view stays shared; it still releases
-                // nothing, as its owner is the parent.
-                *private = make_private(base as *mut u8, *len).is_ok();
+        for entry in live.values_mut() {
+            if let Some(copy) = entry.snapshot.take() {
+                // SAFETY: a snapshot mapping of `len` bytes made in `fork_prepare`.
+                unsafe { libc::munmap(copy.as_ptr().cast(), entry.len) };
             }
         }
     }
 }
 
-/// Replace the shared mapping at `base` by a private one with the same contents.
-fn make_private(base: *mut u8, len: usize) -> io::Result<()> {
-    // SAFETY: a fresh anonymous mapping, filled from the live mapping at `base` (both
-    // `len` bytes), then moved over it: mremap replaces the old mapping atomically.
+/// After `fork()`, in the child: every inherited received mapping is replaced by its
+/// snapshot, a private copy of what it held at fork time.
+pub fn fork_child() {
+    // SAFETY: locked by `fork_prepare` before the fork; this is the only thread now.
+    unsafe { RECEIVED.force_unlock() };
+    if let Some(live) = RECEIVED.lock().as_mut() {
+        for (&base, entry) in live.iter_mut() {
+            if let Some(copy) = entry.snapshot.take() {
+                // On failure the view stays shared; it still releases nothing, as its
+                // owner is the parent.
+                entry.private = install(copy, base as *mut u8, entry.len).is_ok();
+            }
+        }
+    }
+}
+
+/// A private anonymous copy of `len` bytes at `base`.
+fn snapshot(base: *const u8, len: usize) -> io::Result<NonNull<u8>> {
+    // SAFETY: a fresh anonymous mapping, then filled from the live mapping at `base`
+    // (both `len` bytes).
     unsafe {
         let copy = libc::mmap(
             std::ptr::null_mut(),
@@ -214,18 +247,27 @@ fn make_private(base: *mut u8, len: usize) -> io::Result<()> {
             return Err(io::Error::last_os_error());
         }
         std::ptr::copy_nonoverlapping(base, copy.cast::<u8>(), len);
-        let moved = libc::mremap(
-            copy,
+        Ok(NonNull::new_unchecked(copy.cast()))
+    }
+}
+
+/// Move the mapping `copy` over the one at `base` (both `len` bytes), atomically.
+fn install(copy: NonNull<u8>, base: *mut u8, len: usize) -> io::Result<()> {
+    // SAFETY: mremap replaces the mapping at `base` with `copy`, both ours.
+    let moved = unsafe {
+        libc::mremap(
+            copy.as_ptr().cast(),
             len,
             len,
             libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
             base.cast::<libc::c_void>(),
-        );
-        if moved == libc::MAP_FAILED {
-            let err = io::Error::last_os_error();
-            libc::munmap(copy, len);
-            return Err(err);
-        }
+        )
+    };
+    if moved == libc::MAP_FAILED {
+        let err = io::Error::last_os_error();
+        // SAFETY: the copy is ours and unused.
+        unsafe { libc::munmap(copy.as_ptr().cast(), len) };
+        return Err(err);
     }
     Ok(())
 }
@@ -528,7 +570,8 @@ mod tests {
         let cache = SegmentCache::new(1 << 30, 8);
         let (segment, offsets) = cache.write(&[&[5u8; 4096]]).unwrap();
         let mapping = receive(&segment);
-        make_private(mapping.as_ptr(), mapping.len()).unwrap();
+        let copy = snapshot(mapping.as_ptr(), mapping.len()).unwrap();
+        install(copy, mapping.as_ptr(), mapping.len()).unwrap();
         // SAFETY: within both mappings.
         unsafe {
             *segment.ptr.as_ptr().add(offsets[0]) = 9; // the sender writes again

@@ -273,7 +273,10 @@ mod tests {
         assert!(claims.claim(9));
         assert!(!claims.claim(9));
         assert_eq!(claims.offer(9, 'x'), None);
-        assert!(!claims.claim(9), "the arrived outcome stays the first claimer's");
+        assert!(
+            !claims.claim(9),
+            "the arrived outcome stays the first claimer's"
+        );
         assert_eq!(claims.release(9), Some('x'));
     }
 

@@ -1,0 +1,122 @@
+"""What runs out first, and what the user then sees: descriptors and memory.
+
+Live results hold no file descriptor; the sending cache is bounded in descriptors as
+well as bytes; a process out of descriptors sends large buffers in-band instead of
+failing; a descriptor the kernel drops on receipt fails that one task with the true
+cause and keeps the worker; a task costs at most one copy of its payload beyond the
+pickle."""
+
+import pytest
+
+import helpers
+
+pytestmark = pytest.mark.timeout(180)
+
+
+MANY_LIVE_RESULTS = """
+import resource
+import numpy as np
+from loky import ProcessPoolExecutor
+
+resource.setrlimit(resource.RLIMIT_NOFILE, (1024, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+
+def chunk(i):
+    return np.full(200 * 1024 // 8, i, dtype=np.float64)  # 200 KiB: a shared segment
+
+with ProcessPoolExecutor(max_workers=2) as executor:
+    futures = [executor.submit(chunk, i) for i in range(2000)]
+    kept, failures = [], 0
+    for f in futures:
+        try:
+            kept.append(f.result(timeout=120))
+        except Exception as exc:
+            failures += 1
+            error = exc
+    assert all(int(a[0]) == i for i, a in enumerate(kept))
+    print("failures", failures, "kept", len(kept))
+"""
+
+
+def test_thousands_of_live_large_results_fit_in_a_small_descriptor_limit(tmp_path):
+    result = helpers.run_script(tmp_path, MANY_LIVE_RESULTS, timeout=170)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["failures", "0", "kept", "2000"]
+
+
+OUT_OF_DESCRIPTORS = """
+import errno, os, resource
+import numpy as np
+from loky import ProcessPoolExecutor
+
+def big(n):
+    return np.ones(n)
+
+def total(a):
+    return float(a.sum()), os.getpid()
+
+N = 1 << 17  # 1 MiB of float64: travels through a shared segment
+resource.setrlimit(resource.RLIMIT_NOFILE, (256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+executor = ProcessPoolExecutor(max_workers=1)
+_, worker = executor.submit(total, np.ones(N)).result(timeout=60)
+
+hoard = []
+try:
+    while True:
+        hoard.append(os.dup(0))
+except OSError as exc:
+    assert exc.errno == errno.EMFILE
+
+# Sending: no segment can be made here, the array goes in-band.
+print("sent", executor.submit(total, np.ones(N)).result(timeout=60) == (float(N), worker))
+
+# Receiving: the kernel drops the segment's descriptor; that task fails, saying so.
+try:
+    executor.submit(big, N).result(timeout=60)
+    print("received: no error")
+except OSError as exc:
+    print("received", exc.errno == errno.EMFILE, "no file descriptor left" in str(exc))
+
+for fd in hoard:
+    os.close(fd)
+# The worker was kept, and large results flow again.
+print("after", float(executor.submit(big, N).result(timeout=60).sum()) == float(N),
+      executor.submit(os.getpid).result(timeout=60) == worker)
+executor.shutdown()
+"""
+
+
+def test_running_out_of_descriptors_falls_back_or_fails_one_task_with_the_cause(tmp_path):
+    result = helpers.run_script(tmp_path, OUT_OF_DESCRIPTORS, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "sent True",
+        "received True True",
+        "after True True",
+    ]
+
+
+ONE_COPY = """
+import resource
+from loky import ProcessPoolExecutor
+
+SIZE = 512 << 20
+
+def length(data):
+    return len(data)
+
+executor = ProcessPoolExecutor(max_workers=1)
+executor.submit(length, b"warm").result(timeout=60)
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+data = b"x" * SIZE
+assert executor.submit(length, data).result(timeout=120) == SIZE
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(round((peak - base) / SIZE, 2))
+executor.shutdown()
+"""
+
+
+def test_an_in_band_payload_costs_one_copy_beyond_the_pickle(tmp_path):
+    # The argument itself, plus its pickle: 2x. A copy more (3x) is a defect.
+    result = helpers.run_script(tmp_path, ONE_COPY, timeout=150)
+    assert result.returncode == 0, result.stderr
+    assert float(result.stdout) < 2.5, result.stdout
