@@ -5,7 +5,7 @@ Attributes are loaded on first use, so that a worker process, which imports
 ``loky._worker``, pays only for what it needs.
 """
 
-from ._core import __version__  # one source: the crate's version (Cargo.toml)
+from ._core import __version__ as __version__  # one source: Cargo.toml
 
 __all__ = [
     "get_reusable_executor",
@@ -51,13 +51,39 @@ _LAZY = {
 }
 
 
+# Type checkers see the real objects; at run time they are loaded on first use.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from concurrent.futures import ALL_COMPLETED as ALL_COMPLETED
+    from concurrent.futures import FIRST_COMPLETED as FIRST_COMPLETED
+    from concurrent.futures import FIRST_EXCEPTION as FIRST_EXCEPTION
+    from concurrent.futures import CancelledError as CancelledError
+    from concurrent.futures import Executor as Executor
+    from concurrent.futures import TimeoutError as TimeoutError
+    from concurrent.futures import as_completed as as_completed
+    from concurrent.futures import wait as wait
+
+    from . import _base as _base
+    from . import backend as backend
+    from . import cloudpickle_wrapper as cloudpickle_wrapper
+    from . import process_executor as process_executor
+    from . import reusable_executor as reusable_executor
+    from ._base import Future as Future
+    from ._joblib import use_with_joblib as use_with_joblib
+    from .backend.context import cpu_count as cpu_count
+    from .backend.reduction import set_loky_pickler as set_loky_pickler
+    from .cloudpickle_wrapper import wrap_non_picklable_objects as wrap_non_picklable_objects
+    from .process_executor import BrokenProcessPool as BrokenProcessPool
+    from .process_executor import ProcessPoolExecutor as ProcessPoolExecutor
+    from .reusable_executor import get_reusable_executor as get_reusable_executor
+
 # Submodules that `import loky` makes available as attributes, as loky does.
 _SUBMODULES = frozenset(
     ["_base", "backend", "cloudpickle_wrapper", "process_executor", "reusable_executor"]
 )
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> object:
     import importlib
 
     if name in _SUBMODULES:
@@ -71,5 +97,5 @@ def __getattr__(name):
     return value
 
 
-def __dir__():
+def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY) | _SUBMODULES)

@@ -1,6 +1,10 @@
 """The Future returned by the executors."""
 
+from __future__ import annotations
+
 import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 from concurrent.futures import Future as _StdFuture
 from concurrent.futures._base import (
     CANCELLED,
@@ -12,13 +16,15 @@ from concurrent.futures._base import (
     InvalidStateError,
 )
 
+_T = TypeVar("_T")
+
 _DONE = (CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED)
 
 # Guards the state of every future that has no Condition yet, and the making of one.
 _no_condition_lock = threading.Lock()
 
 
-class Future(_StdFuture):
+class Future(_StdFuture[_T]):
     """A `concurrent.futures.Future` whose done-callbacks may raise: the error is logged
     and the remaining callbacks still run.
 
@@ -44,30 +50,36 @@ class Future(_StdFuture):
     _queue = None
     _task_id = None
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._state = PENDING
         self._result = None
         self._exception = None
 
-    @property
-    def _condition(self):
-        condition = self._lazy_condition
-        if condition is None:
-            with _no_condition_lock:
-                condition = self._lazy_condition
-                if condition is None:
-                    condition = self._lazy_condition = threading.Condition()
-        return condition
+    if TYPE_CHECKING:
+        # To type checkers, plain attributes, as on the standard Future.
+        _condition: threading.Condition
+        _waiters: list[Any]
+    else:
 
-    @property
-    def _waiters(self):
-        # Used by `concurrent.futures.wait` and `as_completed` under the Condition.
-        waiters = self._waiter_list
-        if waiters is None:
-            waiters = self._waiter_list = []
-        return waiters
+        @property
+        def _condition(self):
+            condition = self._lazy_condition
+            if condition is None:
+                with _no_condition_lock:
+                    condition = self._lazy_condition
+                    if condition is None:
+                        condition = self._lazy_condition = threading.Condition()
+            return condition
 
-    def _finish(self, ok, value):
+        @property
+        def _waiters(self):
+            # Used by `concurrent.futures.wait` and `as_completed` under the Condition.
+            waiters = self._waiter_list
+            if waiters is None:
+                waiters = self._waiter_list = []
+            return waiters
+
+    def _finish(self, ok: bool, value: Any) -> bool:
         """Set the outcome from the executor: the result if `ok`, else the exception
         `value`. Returns False if the future was already done (e.g. cancelled)."""
         with _no_condition_lock:
@@ -95,7 +107,7 @@ class Future(_StdFuture):
             self._invoke_callbacks()
         return True
 
-    def add_done_callback(self, fn):
+    def add_done_callback(self, fn: Callable[[Future[_T]], object]) -> None:
         with _no_condition_lock:
             condition = self._lazy_condition
             if condition is None and self._state not in _DONE:
@@ -111,41 +123,41 @@ class Future(_StdFuture):
         except Exception:
             LOGGER.exception("exception calling callback for %r", self)
 
-    def _add_callback(self, fn):
+    def _add_callback(self, fn: Callable[[Future[_T]], object]) -> None:
         if self._done_callbacks:
             self._done_callbacks.append(fn)
         else:
             self._done_callbacks = [fn]
 
     # A single attribute read is atomic: no lock (and no Condition) needed.
-    def done(self):
+    def done(self) -> bool:
         return self._state in _DONE
 
-    def cancelled(self):
+    def cancelled(self) -> bool:
         return self._state in (CANCELLED, CANCELLED_AND_NOTIFIED)
 
-    def running(self):
+    def running(self) -> bool:
         return self._state == RUNNING
 
-    def result(self, timeout=None):
+    def result(self, timeout: float | None = None) -> _T:
         # The outcome is written before the state turns FINISHED.
         if self._state == FINISHED and self._exception is None:
             return self._result
         return super().result(self._await_outcome(timeout))
 
-    def exception(self, timeout=None):
+    def exception(self, timeout: float | None = None) -> BaseException | None:
         if self._state == FINISHED:
             return self._exception
         return super().exception(self._await_outcome(timeout))
 
-    def _await_outcome(self, timeout):
+    def _await_outcome(self, timeout: float | None) -> float | None:
         """Let the executor hand the outcome to this thread, if it can; returns what is
         left of `timeout` for the standard wait that follows."""
         if self._queue is None or self._state in _DONE:
             return timeout
         return self._queue.await_outcome(self, timeout)
 
-    def cancel(self):
+    def cancel(self) -> bool:
         if self._state == FINISHED:
             # Final: no lock needed. Executor.map calls this on every future it yields.
             return False
@@ -157,7 +169,7 @@ class Future(_StdFuture):
                     return False
         return super().cancel()
 
-    def _invoke_callbacks(self):
+    def _invoke_callbacks(self) -> None:
         for callback in self._done_callbacks:
             try:
                 callback(self)

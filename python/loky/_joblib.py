@@ -123,7 +123,7 @@ def install():
     sys.meta_path.insert(0, _finder)
 
 
-def use_with_joblib():
+def use_with_joblib() -> None:
     """Make joblib use this package as its process pool (``joblib.externals.loky``).
 
     Call it before ``import joblib``. It also sets ``LOKY_JOBLIB=1`` in ``os.environ``

@@ -1,10 +1,18 @@
 """`wrap_non_picklable_objects`: make an object travel by value with cloudpickle even
 when the executor's pickler is the standard one."""
 
+from __future__ import annotations
+
 import inspect
 from pickle import loads
 
 from .backend.reduction import cloudpickle_dumps
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # workers unpickling a wrapper need not import typing
+    from typing import TypeVar
+
+    _T = TypeVar("_T")
 
 
 class CloudpickledObjectWrapper:
@@ -41,7 +49,7 @@ def _unpickle_wrapped(payload):
     return _wrap(loads(payload), keep_wrapper=True)
 
 
-def wrap_non_picklable_objects(obj, keep_wrapper=True):
+def wrap_non_picklable_objects(obj: _T, keep_wrapper: bool = True) -> _T:
     """Wrap `obj` so that it is pickled with cloudpickle (lambdas, closures, objects
     defined in ``__main__``...). A class is wrapped so that its instances are.
 

@@ -27,6 +27,8 @@ the ``loky`` logger, silent unless logging is configured, and to multiprocessing
 logger when ``multiprocessing.util.log_to_stderr()`` is on, as loky does.
 """
 
+from __future__ import annotations
+
 import errno
 import itertools
 import logging
@@ -37,8 +39,11 @@ import weakref
 from time import monotonic
 from concurrent.futures import Executor
 from concurrent.futures.process import BrokenProcessPool as _StdBrokenProcessPool
+from collections.abc import Callable, Iterable, Iterator
 from functools import partial
+from multiprocessing.context import BaseContext
 from pickle import PicklingError
+from typing import Any, ParamSpec, TypeVar
 
 from . import _core
 from ._base import Future
@@ -48,6 +53,9 @@ from .backend import reduction
 from . import _inherit
 from ._options import ExecutorOptions, check_int, check_seconds
 from .backend.context import executor_start_method
+
+_T = TypeVar("_T")
+_P = ParamSpec("_P")
 
 __all__ = [
     "ProcessPoolExecutor",
@@ -458,16 +466,16 @@ class ProcessPoolExecutor(Executor):
 
     def __init__(
         self,
-        max_workers=None,
-        job_reducers=None,
-        result_reducers=None,
-        timeout=None,
-        context=None,
-        initializer=None,
-        initargs=(),
-        env=None,
-        max_tasks_per_child=None,
-    ):
+        max_workers: int | None = None,
+        job_reducers: dict[type, Callable[[Any], Any]] | None = None,
+        result_reducers: dict[type, Callable[[Any], Any]] | None = None,
+        timeout: float | None = None,
+        context: str | BaseContext | None = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: Iterable[Any] = (),
+        env: dict[str, str] | None = None,
+        max_tasks_per_child: int | None = None,
+    ) -> None:
         options = ExecutorOptions(
             max_workers=max_workers,
             context=context,
@@ -545,7 +553,9 @@ class ProcessPoolExecutor(Executor):
 
     # -- public API ---------------------------------------------------------------
 
-    def submit(self, fn, /, *args, **kwargs):
+    def submit(
+        self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs
+    ) -> Future[_T]:
         with self._submit_lock:
             if self._shutdown_thread:
                 raise ShutdownExecutorError("cannot schedule new futures after shutdown")
@@ -556,7 +566,7 @@ class ProcessPoolExecutor(Executor):
             state = self._state or self._start_pool()
             if state.broken is not None:
                 raise BrokenProcessPool(state.broken)
-            future = Future()
+            future: Future[_T] = Future()
             try:
                 body, segment = pack(self._serializer.dumps_in_order(), (fn, args, kwargs))
             except Exception as exc:
@@ -575,7 +585,13 @@ class ProcessPoolExecutor(Executor):
 
     submit.__doc__ = Executor.submit.__doc__
 
-    def map(self, fn, *iterables, timeout=None, chunksize=1):
+    def map(
+        self,
+        fn: Callable[..., _T],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+    ) -> Iterator[_T]:
         """Like the builtin map, evaluated in the workers; `chunksize` items travel
         together in one task."""
         chunksize = check_int("chunksize", chunksize, allow_none=False)
@@ -587,7 +603,7 @@ class ProcessPoolExecutor(Executor):
         )
         return itertools.chain.from_iterable(results)
 
-    def shutdown(self, wait=True, kill_workers=False):
+    def shutdown(self, wait: bool = True, kill_workers: bool = False) -> None:
         """Stop the executor. Pending work finishes first, unless `kill_workers`:
         then every worker is killed with its children and unfinished futures fail
         with ShutdownExecutorError. In a process forked from the one that started the
@@ -615,5 +631,5 @@ class ProcessPoolExecutor(Executor):
                 pass
         release_cached_segments()
 
-    def _worker_pids(self):
+    def _worker_pids(self) -> list[int]:
         return [] if self._state is None else self._state.pool.pids()

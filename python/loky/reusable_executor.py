@@ -6,11 +6,20 @@ across calls. A different `max_workers` resizes it in place; other changes, or a
 or shut-down executor, replace it.
 """
 
+from __future__ import annotations
+
 import logging
 import threading
+from collections.abc import Callable, Iterable
+from multiprocessing.context import BaseContext
+from typing import Any, Literal, ParamSpec, TypeVar
 
 from ._options import ExecutorOptions
+from ._base import Future
 from .process_executor import ProcessPoolExecutor, _log
+
+_T = TypeVar("_T")
+_P = ParamSpec("_P")
 
 __all__ = ["get_reusable_executor"]
 
@@ -22,18 +31,18 @@ _executor_ids = iter(range(1 << 62))
 
 
 def get_reusable_executor(
-    max_workers=None,
-    context=None,
-    timeout=10,
-    kill_workers=False,
-    reuse="auto",
-    job_reducers=None,
-    result_reducers=None,
-    initializer=None,
-    initargs=(),
-    env=None,
-    max_tasks_per_child=None,
-):
+    max_workers: int | None = None,
+    context: str | BaseContext | None = None,
+    timeout: float | None = 10,
+    kill_workers: bool = False,
+    reuse: bool | Literal["auto"] = "auto",
+    job_reducers: dict[type, Callable[[Any], Any]] | None = None,
+    result_reducers: dict[type, Callable[[Any], Any]] | None = None,
+    initializer: Callable[..., object] | None = None,
+    initargs: Iterable[Any] = (),
+    env: dict[str, str] | None = None,
+    max_tasks_per_child: int | None = None,
+) -> _ReusablePoolExecutor:
     """Return the process-wide executor, creating or adapting it as needed.
 
     - `reuse="auto"`: reuse the current executor if all other arguments are equal;
@@ -166,7 +175,9 @@ class _ReusablePoolExecutor(ProcessPoolExecutor):
             state is not None and (state.broken is not None or state.inherited())
         )
 
-    def submit(self, fn, /, *args, **kwargs):
+    def submit(
+        self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs
+    ) -> Future[_T]:
         with self._submit_resize_lock:
             current = _executor
             if self._shutdown_thread and current is not None and current is not self:

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use pyo3::exceptions::{PyOSError, PyValueError};
+use pyo3::exceptions::PyOSError;
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::PyTuple;
@@ -195,9 +195,7 @@ impl Pool {
         pass_fds: Vec<i32>,
         template_args: Option<Vec<String>>,
     ) -> PyResult<Self> {
-        if max_workers == 0 {
-            return Err(PyValueError::new_err("max_workers must be greater than 0"));
-        }
+        // The arguments were checked by the Python side (`loky._options`).
         let command = WorkerCommand {
             program,
             args,
@@ -212,7 +210,7 @@ impl Pool {
             command,
             template,
             init: std::sync::Arc::new(init),
-            max_workers,
+            max_workers: max_workers.max(1),
             idle_timeout: seconds(idle_timeout),
             max_tasks_per_child,
         };
@@ -242,10 +240,7 @@ impl Pool {
     }
 
     fn resize(&self, max_workers: usize) -> PyResult<()> {
-        if max_workers == 0 {
-            return Err(PyValueError::new_err("max_workers must be greater than 0"));
-        }
-        self.owned()?.resize(max_workers);
+        self.owned()?.resize(max_workers.max(1));
         Ok(())
     }
 

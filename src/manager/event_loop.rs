@@ -14,7 +14,6 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,35 +21,31 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 
 use super::policy::{self, ExitReason, Load};
+use super::poll_io::receive_segment;
 use super::worker::{State, Task, Worker};
-use super::{Config, Event, Incoming, Shared, Shutdown};
-use crate::procfs::kill_tree;
-use crate::shm::Mapping;
-use crate::spawn::{pidfd_open, spawn_worker, try_reap, Spawned};
+use super::{Config, Event, Shared, Shutdown};
+use crate::spawn::{spawn_worker, Spawned};
 use crate::template::Template;
-use crate::wire::{Attached, Frame, Kind};
-
-/// How long the template may take to exit once told to.
-const TEMPLATE_EXIT_GRACE: Duration = Duration::from_secs(2);
+use crate::wire::{Frame, Kind};
 
 pub(super) struct ManagerLoop {
-    config: Config,
-    shared: Arc<Shared>,
-    submitted: Receiver<Task>,
+    pub(super) config: Config,
+    pub(super) shared: Arc<Shared>,
+    pub(super) submitted: Receiver<Task>,
     /// Tasks waiting for a worker, oldest first (re-queued ones go to the front).
-    pending: VecDeque<Task>,
-    workers: Vec<Worker>,
+    pub(super) pending: VecDeque<Task>,
+    pub(super) workers: Vec<Worker>,
     /// Workers that left unplanned and should be replaced even with no work queued.
-    replacements_owed: usize,
+    pub(super) replacements_owed: usize,
     /// Set once a worker could not start or initialize: start no more.
-    broken: bool,
+    pub(super) broken: bool,
     /// Moving average of how long a task keeps a worker busy.
-    service_time: Option<Duration>,
+    pub(super) service_time: Option<Duration>,
     /// The pids last copied to `Control::pids`.
-    published_pids: Vec<i32>,
-    template: Option<Template>,
+    pub(super) published_pids: Vec<i32>,
+    pub(super) template: Option<Template>,
     /// The template could not start or died: start workers with exec only.
-    template_failed: bool,
+    pub(super) template_failed: bool,
 }
 
 impl ManagerLoop {
@@ -118,12 +113,12 @@ impl ManagerLoop {
         done.notify_all();
     }
 
-    fn live_count(&self) -> usize {
+    pub(super) fn live_count(&self) -> usize {
         let forking = self.template.as_ref().map_or(0, |t| t.requested.len());
         self.workers.iter().filter(|w| w.is_live()).count() + forking
     }
 
-    fn nothing_pending(&self) -> bool {
+    pub(super) fn nothing_pending(&self) -> bool {
         self.broken || self.pending.is_empty()
     }
 
@@ -188,7 +183,7 @@ impl ManagerLoop {
         Ok(())
     }
 
-    fn add_worker(&mut self, spawned: Spawned, forked: bool) {
+    pub(super) fn add_worker(&mut self, spawned: Spawned, forked: bool) {
         let pid = spawned.pid;
         self.workers
             .push(Worker::new(spawned, &self.config.init, forked));
@@ -212,20 +207,6 @@ impl ManagerLoop {
         match Template::start(command) {
             Ok(template) => self.template = Some(template),
             Err(_) => self.template_failed = true,
-        }
-    }
-
-    fn stop_template(&mut self) {
-        let Some(template) = self.template.take() else {
-            return;
-        };
-        // Its workers are gone; EOF on its socket makes it exit. shutdown(2), not just
-        // close: a process forked from ours may hold a copy of the socket.
-        // SAFETY: plain shutdown(2) on a socket we own.
-        unsafe { libc::shutdown(template.process.channel.as_raw_fd(), libc::SHUT_RDWR) };
-        if !wait_for_exit(&template.process.pidfd, Some(TEMPLATE_EXIT_GRACE)) {
-            kill_tree(template.process.pid, libc::SIGKILL);
-            wait_for_exit(&template.process.pidfd, None);
         }
     }
 
@@ -312,7 +293,7 @@ impl ManagerLoop {
     }
 
     /// End the offer and record what was sent directly meanwhile.
-    fn withdraw_offer(&mut self) {
+    pub(super) fn withdraw_offer(&mut self) {
         for (pid, task) in self.shared.direct.withdraw() {
             match self.workers.iter_mut().find(|w| w.pid == pid) {
                 Some(worker) => worker.record_sent(task),
@@ -322,7 +303,7 @@ impl ManagerLoop {
     }
 
     /// Put the tasks `worker` received but did not start back at the head of the queue.
-    fn requeue_unstarted(pending: &mut VecDeque<Task>, worker: &mut Worker) {
+    pub(super) fn requeue_unstarted(pending: &mut VecDeque<Task>, worker: &mut Worker) {
         for task in worker.inflight.drain(..).rev() {
             pending.push_front(task);
         }
@@ -330,208 +311,7 @@ impl ManagerLoop {
 
     // ---- I/O -----------------------------------------------------------------------
 
-    fn flush_all(&mut self) {
-        if let Some(template) = self.template.as_mut() {
-            if template.writer.flush(template.fd()).is_err() {
-                self.template_failed = true; // its exit is handled when its pidfd fires
-            }
-        }
-        for worker in self.workers.iter_mut() {
-            if worker.channel_closed || worker.writer.is_empty() {
-                continue;
-            }
-            if worker.writer.flush(worker.fd()).is_err() {
-                // The worker is going away; its pidfd reports the exit.
-                worker.channel_closed = true;
-                continue;
-            }
-            if worker.state == State::Exiting && worker.writer.is_empty() {
-                worker.close_write();
-            }
-        }
-    }
-
-    /// Time until the next idle timeout, if any worker is idle.
-    fn next_deadline(&self) -> Option<Duration> {
-        let timeout = self.config.idle_timeout?;
-        let now = Instant::now();
-        self.workers
-            .iter()
-            .filter(|w| w.is_idle())
-            .map(|w| (w.idle_since + timeout).saturating_duration_since(now))
-            .min()
-    }
-
-    fn wait_and_handle(&mut self) {
-        // poll set: wake fd, then per worker its pidfd and (while open) its channel.
-        let pollfd = |fd: RawFd, events: libc::c_short| libc::pollfd {
-            fd,
-            events,
-            revents: 0,
-        };
-        let mut fds = vec![pollfd(self.shared.wake.as_raw_fd(), libc::POLLIN)];
-        for worker in &self.workers {
-            // The template reports the exit of the workers it forked.
-            let pidfd = if worker.from_template {
-                -1
-            } else {
-                worker.pidfd.as_raw_fd()
-            };
-            fds.push(pollfd(pidfd, libc::POLLIN));
-            let events = if worker.writer.is_empty() {
-                libc::POLLIN
-            } else {
-                libc::POLLIN | libc::POLLOUT
-            };
-            let channel = if worker.channel_closed {
-                -1
-            } else {
-                worker.fd()
-            };
-            fds.push(pollfd(channel, events));
-        }
-        let workers_end = fds.len();
-        if let Some(template) = &self.template {
-            fds.push(pollfd(template.process.pidfd.as_raw_fd(), libc::POLLIN));
-            let events = if template.writer.is_empty() {
-                libc::POLLIN
-            } else {
-                libc::POLLIN | libc::POLLOUT
-            };
-            fds.push(pollfd(template.fd(), events));
-        }
-        let timeout_ms = match self.next_deadline() {
-            Some(d) => d.as_millis().min(i32::MAX as u128) as i32 + 1,
-            None => -1,
-        };
-        // SAFETY: fds is a valid array of fds.len() pollfd structures.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
-        self.withdraw_offer();
-        if n <= 0 {
-            return; // timeout or EINTR: the loop re-evaluates everything
-        }
-        if fds[0].revents != 0 {
-            let mut buf = [0u8; 8];
-            // SAFETY: reads at most 8 bytes into a live buffer from our eventfd.
-            unsafe { libc::read(fds[0].fd, buf.as_mut_ptr().cast(), 8) };
-        }
-        // Read channels first, so results written just before an exit are not lost.
-        let mut exited = Vec::new();
-        for (i, worker_fds) in fds[1..workers_end].chunks(2).enumerate() {
-            let (pid_fd, chan) = (worker_fds[0], worker_fds[1]);
-            if chan.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0
-                || pid_fd.revents != 0
-            {
-                self.read_worker(i);
-            }
-            if pid_fd.revents != 0 {
-                exited.push(i);
-            }
-        }
-        // Remove from the back so earlier indices stay valid.
-        for &i in exited.iter().rev() {
-            if let Ok(Some(exitcode)) = try_reap(self.workers[i].pidfd.as_raw_fd()) {
-                let worker = self.workers.remove(i);
-                self.on_exit(worker, exitcode);
-            }
-        }
-        if let [pid_fd, chan] = fds[workers_end..] {
-            if chan.revents != 0 {
-                self.read_template();
-            }
-            if pid_fd.revents != 0 {
-                self.on_template_exit();
-            }
-        }
-    }
-
-    fn read_template(&mut self) {
-        let Some(template) = self.template.as_mut() else {
-            return;
-        };
-        let outcome = template.reader.read_available(template.fd());
-        for frame in outcome.frames {
-            let pid = frame.header.task_id as i32;
-            match Kind::from_u32(frame.header.kind) {
-                Some(Kind::Ready) => {
-                    if let Some(t) = self.template.as_mut() {
-                        t.ready = true;
-                    }
-                }
-                Some(Kind::Forked) => self.on_forked(pid),
-                Some(Kind::Exited) => {
-                    let code = frame
-                        .body
-                        .get(..8)
-                        .map_or(-1, |b| i64::from_le_bytes(b.try_into().unwrap()) as i32);
-                    if let Some(i) = self.workers.iter().position(|w| w.pid == pid) {
-                        self.read_worker(i); // results written just before the exit
-                        let worker = self.workers.remove(i);
-                        self.on_exit(worker, code);
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-
-    fn on_forked(&mut self, pid: i32) {
-        let Some(channel) = self.template.as_mut().and_then(|t| t.requested.pop_front()) else {
-            return;
-        };
-        match pidfd_open(pid) {
-            Ok(pidfd) => self.add_worker(
-                Spawned {
-                    pid,
-                    pidfd,
-                    channel,
-                },
-                true,
-            ),
-            // Gone already: the template reports its exit, and the pool tops up.
-            Err(_) => self.replacements_owed += 1,
-        }
-    }
-
-    /// The template died (it should not): its workers die with it (parent-death
-    /// signal). Count them as killed and go on with exec'd workers.
-    fn on_template_exit(&mut self) {
-        let Some(template) = self.template.take() else {
-            return;
-        };
-        wait_for_exit(&template.process.pidfd, None);
-        self.template_failed = true;
-        let mut i = 0;
-        while i < self.workers.len() {
-            if self.workers[i].from_template {
-                self.read_worker(i);
-                let worker = self.workers.remove(i);
-                kill_tree(worker.pid, libc::SIGKILL);
-                self.on_exit(worker, -libc::SIGKILL);
-            } else {
-                i += 1;
-            }
-        }
-    }
-
-    fn read_worker(&mut self, i: usize) {
-        let worker = &mut self.workers[i];
-        if worker.channel_closed {
-            return;
-        }
-        let outcome = worker.reader.read_available(worker.fd());
-        if outcome.closed {
-            worker.channel_closed = true;
-        }
-        for frame in outcome.frames {
-            self.on_frame(i, frame);
-        }
-        if let Some(reason) = outcome.corrupt {
-            self.workers[i].fail(reason);
-        }
-    }
-
-    fn on_frame(&mut self, i: usize, frame: Frame) {
+    pub(super) fn on_frame(&mut self, i: usize, frame: Frame) {
         let worker = &mut self.workers[i];
         if worker.fault.is_some() {
             return;
@@ -578,7 +358,7 @@ impl ManagerLoop {
         }
     }
 
-    fn on_exit(&mut self, mut worker: Worker, exitcode: i32) {
+    pub(super) fn on_exit(&mut self, mut worker: Worker, exitcode: i32) {
         if let Some(body) = worker.init_error.take() {
             self.broken = true;
             self.shared.emit(Event::InitFailed {
@@ -622,22 +402,6 @@ impl ManagerLoop {
         });
     }
 
-    fn kill_all(&mut self) {
-        for worker in &self.workers {
-            kill_tree(worker.pid, libc::SIGKILL);
-        }
-        if let Some(template) = &self.template {
-            kill_tree(template.process.pid, libc::SIGKILL);
-        }
-        for worker in self.workers.drain(..) {
-            wait_for_exit(&worker.pidfd, None);
-        }
-        if let Some(template) = self.template.take() {
-            wait_for_exit(&template.process.pidfd, None);
-        }
-        self.pending.clear();
-    }
-
     /// Make the current worker pids visible to callers, when they changed.
     fn publish_pids(&mut self) {
         if !self
@@ -650,38 +414,4 @@ impl ManagerLoop {
             self.shared.control.lock().pids = self.published_pids.clone();
         }
     }
-}
-
-/// Map the segment that came with a result at once, so that no descriptor waits in
-/// the event queue (results that queue up hold none).
-fn receive_segment(fd: Attached) -> Incoming {
-    match fd {
-        Attached::None => Incoming::None,
-        Attached::Dropped => Incoming::Dropped,
-        Attached::Fd(fd) => match Mapping::new(fd.as_fd()) {
-            Ok(mapping) => Incoming::Mapped(mapping),
-            Err(err) => Incoming::Unmappable(err),
-        },
-    }
-}
-
-/// Wait until the process behind `pidfd` has exited (at most `timeout`), then reap it
-/// if it is our child (the template reaps the workers it forked). False on timeout.
-fn wait_for_exit(pidfd: &OwnedFd, timeout: Option<Duration>) -> bool {
-    let mut fd = libc::pollfd {
-        fd: pidfd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let timeout_ms = timeout.map_or(-1, |t| t.as_millis() as i32);
-    loop {
-        // SAFETY: polls one live pollfd; readable once the process has exited.
-        match unsafe { libc::poll(&mut fd, 1, timeout_ms) } {
-            0 => return false,
-            n if n > 0 => break,
-            _ => continue, // EINTR
-        }
-    }
-    let _ = try_reap(pidfd.as_raw_fd());
-    true
 }

@@ -25,6 +25,7 @@ mod claims;
 mod direct;
 mod event_loop;
 pub mod policy;
+mod poll_io;
 mod worker;
 
 use std::io;

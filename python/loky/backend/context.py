@@ -5,7 +5,7 @@ import os
 from .. import _core
 
 
-def cpu_count(only_physical_cores=False):
+def cpu_count(only_physical_cores: bool = False) -> int:
     """Number of CPUs this process can use.
 
     The minimum of the machine's online CPUs, the CPU affinity mask, the CPU quota of

@@ -94,7 +94,7 @@ def _pickler_base(name):
         ) from exc
 
 
-def set_loky_pickler(loky_pickler=None):
+def set_loky_pickler(loky_pickler: str | None = None) -> None:
     """Choose the pickler for tasks: "cloudpickle" (default), "pickle", or the name of
     a module with a ``Pickler`` class. None means ``LOKY_PICKLER`` or the default."""
     global _LokyPickler, _loky_pickler_name

@@ -1,0 +1,273 @@
+"""Typed surface of ``loky._core``, the Rust process-management core.
+
+The core owns every byte on a socket (frames and the descriptors they carry), every
+shared segment's life and every wake-up between threads; the Python layer owns every
+Python object and every message a user reads. Nothing here is public API: the
+``loky`` package builds its executors on it.
+"""
+
+from collections.abc import Callable, Sequence
+
+from typing_extensions import Buffer
+from typing import Final
+
+__version__: Final[str]
+"""The distribution's version (from the crate's Cargo.toml)."""
+
+# -- message kinds on a worker's or the template's channel (defined in src/wire.rs) --
+KIND_TASK: Final[int]
+"""Manager to worker: run this task (body: pickled call; segment: large buffers)."""
+KIND_INIT: Final[int]
+"""Manager to worker, first message: settings and the pickled initializer."""
+KIND_READY: Final[int]
+"""Worker (or template) to manager: ready for tasks (or fork requests)."""
+KIND_INIT_FAILED: Final[int]
+"""Worker to manager: the initializer failed; the body says why. The worker exits."""
+KIND_RETIRING: Final[int]
+"""Worker to manager: about to exit on its own (memory growth)."""
+KIND_FORK: Final[int]
+"""Manager to template: fork a worker on the attached socket."""
+KIND_FORKED: Final[int]
+"""Template to manager: forked; the task id field is the new worker's pid."""
+KIND_EXITED: Final[int]
+"""Template to manager: a worker exited; task id = pid, body = exit code (i64 LE)."""
+KIND_RESULT: Final[int]
+"""Worker to manager: the outcome of a task (segment: large buffers)."""
+WORKER_FD: Final[int]
+"""The descriptor number a worker finds its channel on (3)."""
+
+class InheritedPoolError(RuntimeError):
+    """The pool belongs to the process this one was forked from."""
+
+# -- byte buffers ----------------------------------------------------------------------
+
+class Payload(Buffer):
+    """A message body received from a channel, readable without a copy through the
+    buffer protocol (``memoryview(payload)``, ``pickle.loads(payload)``)."""
+
+    def __len__(self) -> int: ...
+    def __buffer__(self, flags: int, /) -> memoryview: ...
+
+class SharedSegment(Buffer):
+    """A received shared-memory segment, mapped and writable through the buffer
+    protocol. The segment is released to its sender once the last view is gone, and
+    only by the process that received it. Holds no file descriptor."""
+
+    def __len__(self) -> int: ...
+    def __buffer__(self, flags: int, /) -> memoryview: ...
+
+class OutgoingSegment:
+    """A segment this process filled with large buffers, to send with one message."""
+
+    def __len__(self) -> int: ...
+
+def write_segment(buffers: Sequence[Buffer], /) -> tuple[OutgoingSegment, list[int]]:
+    """Copy C-contiguous `buffers` into a segment of this process's sending cache;
+    returns it with each buffer's offset. Raises OSError when no segment can be made
+    (out of descriptors or memory): send the buffers in-band then."""
+
+def configure_segment_cache(max_bytes: int, max_segments: int, /) -> None:
+    """Bound this process's sending cache (each kept segment holds one descriptor)."""
+
+def segment_cache_usage() -> tuple[int, int]:
+    """(segments kept, bytes kept) by this process's sending cache."""
+
+def release_cached_segments() -> None:
+    """Let go of every kept segment (receivers keep what they still use)."""
+
+def fork_prepare() -> None:
+    """``os.register_at_fork(before=...)``: snapshot received segments for the child."""
+
+def fork_parent() -> None:
+    """``os.register_at_fork(after_in_parent=...)``: drop the snapshots."""
+
+def fork_child() -> None:
+    """``os.register_at_fork(after_in_child=...)``: received segments become the
+    child's private copies of what they held at fork time."""
+
+# -- the pool ----------------------------------------------------------------------------
+
+class TaskResult:
+    """A worker returned the outcome of a task. When its large buffers could not be
+    received, `segment` is None and `descriptor_dropped` (no descriptor was left in
+    this process) or `map_error` says why."""
+
+    task_id: int
+    pid: int
+    body: Payload
+    segment: SharedSegment | None
+    descriptor_dropped: bool
+    map_error: str | None
+
+class WorkerDied:
+    """The worker running task `task_id` died. `reason` says why the manager killed it
+    (empty: it died by itself); `exitcode` is minus the signal number for a signal."""
+
+    task_id: int
+    pid: int
+    exitcode: int
+    reason: str
+
+class WorkerStarted:
+    """A worker process started (`forked`: by the template, as a replacement)."""
+
+    pid: int
+    forked: bool
+
+class WorkerExited:
+    """A worker left the pool. `reason`: "idle timeout", "task limit", "memory
+    growth", "pool shrank", "shutdown", "died" or "killed"."""
+
+    pid: int
+    exitcode: int
+    reason: str
+
+class InitFailed:
+    """A worker's initializer failed; `body` pickles (exception or None, traceback
+    text). No more workers start."""
+
+    pid: int
+    body: Payload
+
+class StartFailed:
+    """A worker could not start (`message`), or died before it was ready
+    (`exitcode`). No more workers start."""
+
+    pid: int
+    exitcode: int
+    message: str
+
+class PoolClosed:
+    """The manager has stopped and every worker has exited: the last event."""
+
+Event = TaskResult | WorkerDied | WorkerStarted | WorkerExited | InitFailed | StartFailed | PoolClosed
+
+class Pool:
+    """A pool of worker processes driven by a manager thread (one per executor).
+
+    A pool belongs to the process that made it: in a process forked from that one,
+    `submit`, `cancel`, `resize`, `next_events` and `wait_outcome` raise
+    `InheritedPoolError`; `shutdown` and `join` return at once; `pids` is empty."""
+
+    def __init__(
+        self,
+        *,
+        program: str,
+        args: list[str],
+        env: list[tuple[str, str]],
+        init: bytes,
+        max_workers: int,
+        idle_timeout: float | None = None,
+        max_tasks_per_child: int | None = None,
+        pass_fds: list[int] = ...,
+        template_args: list[str] | None = None,
+    ) -> None:
+        """Start the manager thread. Workers run `program` with `args` (plus the
+        environment overrides `env` and the inherited descriptors `pass_fds`) and get
+        `init` as their first message. Workers start on demand, up to `max_workers`;
+        an idle one exits after `idle_timeout` seconds; one is replaced after
+        `max_tasks_per_child` tasks. With `template_args`, replacements are forked from
+        a template process started with those arguments."""
+
+    def submit(self, task_id: int, body: bytes, segment: OutgoingSegment | None = None) -> None:
+        """Queue a pickled task (kept without a copy). Ids grow from call to call."""
+
+    def cancel(self, task_id: int) -> bool:
+        """Take a task back if no worker can have received it yet."""
+
+    def resize(self, max_workers: int) -> None:
+        """Change the number of workers; idle ones leave first when shrinking."""
+
+    def shutdown(self, kill: bool) -> None:
+        """Graceful: finish queued work, then stop the workers. Kill: stop them now,
+        with every process they started."""
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait (without the GIL) for the manager thread to end; True once it has."""
+
+    def owned_here(self) -> bool:
+        """False in a process forked from the one that made the pool."""
+
+    def pids(self) -> list[int]:
+        """The pids of the current workers."""
+
+    def next_events(self, timeout: float | None = None, max_events: int = 4096) -> list[Event]:
+        """Wait (without the GIL) for at least one event, or `timeout` seconds, and
+        return every event queued by then."""
+
+    def wait_outcome(
+        self, task_id: int, timeout: float | None, done: Callable[[], bool]
+    ) -> tuple[TaskResult | WorkerDied | None, BaseException | None]:
+        """Wait for task `task_id`'s outcome in this thread: the manager hands it over
+        directly. `done()` tells whether the future is finished already. Returns (the
+        event or None, an exception a signal handler raised meanwhile or None); apply
+        the event, then raise the exception. No event: the outcome went through
+        `next_events`; wait on the future."""
+
+    def claimed_outcomes(self) -> list[int]:
+        """Tasks whose outcome waits for the thread that claimed it."""
+
+# -- a worker's (or the template's) end of its channel -----------------------------------
+
+class Message:
+    """One message received on a `Channel`. A task's shared segment comes mapped
+    (`segment`); a fork request's socket as a descriptor the caller owns (`fd`, else
+    -1). When the attachment could not be received, `descriptor_dropped` or
+    `map_error` says why."""
+
+    kind: int
+    task_id: int
+    body: Payload
+    segment: SharedSegment | None
+    fd: int
+    descriptor_dropped: bool
+    map_error: str | None
+
+class Channel:
+    """The blocking end of a channel. Takes the socket `fd` over and makes it
+    close-on-exec, so processes a task starts never inherit it. Blocking calls
+    release the GIL."""
+
+    def __init__(self, fd: int) -> None: ...
+    def fileno(self) -> int: ...
+    def has_queued(self) -> bool:
+        """Whether `recv` would return without reading."""
+
+    def recv(self) -> Message | None:
+        """The next message; None once the manager closed its end."""
+
+    def send(
+        self, kind: int, task_id: int, body: bytes, segment: OutgoingSegment | None = None
+    ) -> None:
+        """Send one message, blocking until it is written."""
+
+# -- processes ---------------------------------------------------------------------------
+
+def spawn_process(
+    program: str, args: list[str], env: list[tuple[str, str]], pass_fds: list[int] = ...
+) -> tuple[int, int]:
+    """Fork+exec a plain child with `pass_fds` inherited; (pid, pidfd). The caller owns
+    the pidfd (readable once the child exited) and reaps the child with `reap`."""
+
+def reap(pidfd: int, /) -> int | None:
+    """The exit code of the exited child behind `pidfd` (minus the signal number if a
+    signal killed it), reaping it; None while it runs."""
+
+def descendants(pid: int, /) -> list[int]:
+    """Every live descendant of `pid`, children before grandchildren."""
+
+def template_wait(control: int, children: list[int], /) -> int | None:
+    """Template side: block until the control channel is readable (None) or the child
+    behind ``children[i]`` (a pidfd) exited (i)."""
+
+def detach_forked_worker(template_pid: int, /) -> bool:
+    """In a worker just forked by the template: its own process group, and death with
+    the template. False if the template is gone already."""
+
+def watch_parent(parent: int, /) -> None:
+    """In a worker: end this process and everything it started as soon as `parent`
+    is gone (at once if it already is)."""
+
+def cpu_count(only_physical_cores: bool = False, limit: int | None = None, root: str = "/") -> int:
+    """CPUs this process can use: online CPUs, affinity, cgroup quota and `limit`;
+    `root` points the /proc and /sys lookups elsewhere (tests)."""

@@ -1,0 +1,276 @@
+//! The manager thread's I/O: the poll set (wake-up fd, every worker's channel and
+//! pidfd, the template's), reading frames from the workers and the template, writing
+//! what is queued for them, and the ends of processes.
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+use super::event_loop::ManagerLoop;
+use super::worker::State;
+use super::Incoming;
+use crate::procfs::kill_tree;
+use crate::shm::Mapping;
+use crate::spawn::{pidfd_open, try_reap, Spawned};
+use crate::wire::{Attached, Kind};
+
+/// How long the template may take to exit once told to.
+const TEMPLATE_EXIT_GRACE: Duration = Duration::from_secs(2);
+
+impl ManagerLoop {
+    pub(super) fn stop_template(&mut self) {
+        let Some(template) = self.template.take() else {
+            return;
+        };
+        // Its workers are gone; EOF on its socket makes it exit. shutdown(2), not just
+        // close: a process forked from ours may hold a copy of the socket.
+        // SAFETY: plain shutdown(2) on a socket we own.
+        unsafe { libc::shutdown(template.process.channel.as_raw_fd(), libc::SHUT_RDWR) };
+        if !wait_for_exit(&template.process.pidfd, Some(TEMPLATE_EXIT_GRACE)) {
+            kill_tree(template.process.pid, libc::SIGKILL);
+            wait_for_exit(&template.process.pidfd, None);
+        }
+    }
+    pub(super) fn flush_all(&mut self) {
+        if let Some(template) = self.template.as_mut() {
+            if template.writer.flush(template.fd()).is_err() {
+                self.template_failed = true; // its exit is handled when its pidfd fires
+            }
+        }
+        for worker in self.workers.iter_mut() {
+            if worker.channel_closed || worker.writer.is_empty() {
+                continue;
+            }
+            if worker.writer.flush(worker.fd()).is_err() {
+                // The worker is going away; its pidfd reports the exit.
+                worker.channel_closed = true;
+                continue;
+            }
+            if worker.state == State::Exiting && worker.writer.is_empty() {
+                worker.close_write();
+            }
+        }
+    }
+    /// Time until the next idle timeout, if any worker is idle.
+    fn next_deadline(&self) -> Option<Duration> {
+        let timeout = self.config.idle_timeout?;
+        let now = Instant::now();
+        self.workers
+            .iter()
+            .filter(|w| w.is_idle())
+            .map(|w| (w.idle_since + timeout).saturating_duration_since(now))
+            .min()
+    }
+    pub(super) fn wait_and_handle(&mut self) {
+        // poll set: wake fd, then per worker its pidfd and (while open) its channel.
+        let pollfd = |fd: RawFd, events: libc::c_short| libc::pollfd {
+            fd,
+            events,
+            revents: 0,
+        };
+        let mut fds = vec![pollfd(self.shared.wake.as_raw_fd(), libc::POLLIN)];
+        for worker in &self.workers {
+            // The template reports the exit of the workers it forked.
+            let pidfd = if worker.from_template {
+                -1
+            } else {
+                worker.pidfd.as_raw_fd()
+            };
+            fds.push(pollfd(pidfd, libc::POLLIN));
+            let events = if worker.writer.is_empty() {
+                libc::POLLIN
+            } else {
+                libc::POLLIN | libc::POLLOUT
+            };
+            let channel = if worker.channel_closed {
+                -1
+            } else {
+                worker.fd()
+            };
+            fds.push(pollfd(channel, events));
+        }
+        let workers_end = fds.len();
+        if let Some(template) = &self.template {
+            fds.push(pollfd(template.process.pidfd.as_raw_fd(), libc::POLLIN));
+            let events = if template.writer.is_empty() {
+                libc::POLLIN
+            } else {
+                libc::POLLIN | libc::POLLOUT
+            };
+            fds.push(pollfd(template.fd(), events));
+        }
+        let timeout_ms = match self.next_deadline() {
+            Some(d) => d.as_millis().min(i32::MAX as u128) as i32 + 1,
+            None => -1,
+        };
+        // SAFETY: fds is a valid array of fds.len() pollfd structures.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+        self.withdraw_offer();
+        if n <= 0 {
+            return; // timeout or EINTR: the loop re-evaluates everything
+        }
+        if fds[0].revents != 0 {
+            let mut buf = [0u8; 8];
+            // SAFETY: reads at most 8 bytes into a live buffer from our eventfd.
+            unsafe { libc::read(fds[0].fd, buf.as_mut_ptr().cast(), 8) };
+        }
+        // Read channels first, so results written just before an exit are not lost.
+        let mut exited = Vec::new();
+        for (i, worker_fds) in fds[1..workers_end].chunks(2).enumerate() {
+            let (pid_fd, chan) = (worker_fds[0], worker_fds[1]);
+            if chan.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0
+                || pid_fd.revents != 0
+            {
+                self.read_worker(i);
+            }
+            if pid_fd.revents != 0 {
+                exited.push(i);
+            }
+        }
+        // Remove from the back so earlier indices stay valid.
+        for &i in exited.iter().rev() {
+            if let Ok(Some(exitcode)) = try_reap(self.workers[i].pidfd.as_raw_fd()) {
+                let worker = self.workers.remove(i);
+                self.on_exit(worker, exitcode);
+            }
+        }
+        if let [pid_fd, chan] = fds[workers_end..] {
+            if chan.revents != 0 {
+                self.read_template();
+            }
+            if pid_fd.revents != 0 {
+                self.on_template_exit();
+            }
+        }
+    }
+    fn read_template(&mut self) {
+        let Some(template) = self.template.as_mut() else {
+            return;
+        };
+        let outcome = template.reader.read_available(template.fd());
+        for frame in outcome.frames {
+            let pid = frame.header.task_id as i32;
+            match Kind::from_u32(frame.header.kind) {
+                Some(Kind::Ready) => {
+                    if let Some(t) = self.template.as_mut() {
+                        t.ready = true;
+                    }
+                }
+                Some(Kind::Forked) => self.on_forked(pid),
+                Some(Kind::Exited) => {
+                    let code = frame
+                        .body
+                        .get(..8)
+                        .map_or(-1, |b| i64::from_le_bytes(b.try_into().unwrap()) as i32);
+                    if let Some(i) = self.workers.iter().position(|w| w.pid == pid) {
+                        self.read_worker(i); // results written just before the exit
+                        let worker = self.workers.remove(i);
+                        self.on_exit(worker, code);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    fn on_forked(&mut self, pid: i32) {
+        let Some(channel) = self.template.as_mut().and_then(|t| t.requested.pop_front()) else {
+            return;
+        };
+        match pidfd_open(pid) {
+            Ok(pidfd) => self.add_worker(
+                Spawned {
+                    pid,
+                    pidfd,
+                    channel,
+                },
+                true,
+            ),
+            // Gone already: the template reports its exit, and the pool tops up.
+            Err(_) => self.replacements_owed += 1,
+        }
+    }
+    /// The template died (it should not): its workers die with it (parent-death
+    /// signal). Count them as killed and go on with exec'd workers.
+    fn on_template_exit(&mut self) {
+        let Some(template) = self.template.take() else {
+            return;
+        };
+        wait_for_exit(&template.process.pidfd, None);
+        self.template_failed = true;
+        let mut i = 0;
+        while i < self.workers.len() {
+            if self.workers[i].from_template {
+                self.read_worker(i);
+                let worker = self.workers.remove(i);
+                kill_tree(worker.pid, libc::SIGKILL);
+                self.on_exit(worker, -libc::SIGKILL);
+            } else {
+                i += 1;
+            }
+        }
+    }
+    pub(super) fn read_worker(&mut self, i: usize) {
+        let worker = &mut self.workers[i];
+        if worker.channel_closed {
+            return;
+        }
+        let outcome = worker.reader.read_available(worker.fd());
+        if outcome.closed {
+            worker.channel_closed = true;
+        }
+        for frame in outcome.frames {
+            self.on_frame(i, frame);
+        }
+        if let Some(reason) = outcome.corrupt {
+            self.workers[i].fail(reason);
+        }
+    }
+    pub(super) fn kill_all(&mut self) {
+        for worker in &self.workers {
+            kill_tree(worker.pid, libc::SIGKILL);
+        }
+        if let Some(template) = &self.template {
+            kill_tree(template.process.pid, libc::SIGKILL);
+        }
+        for worker in self.workers.drain(..) {
+            wait_for_exit(&worker.pidfd, None);
+        }
+        if let Some(template) = self.template.take() {
+            wait_for_exit(&template.process.pidfd, None);
+        }
+        self.pending.clear();
+    }
+}
+
+/// Map the segment that came with a result at once, so that no descriptor waits in
+/// the event queue (results that queue up hold none).
+pub(super) fn receive_segment(fd: Attached) -> Incoming {
+    match fd {
+        Attached::None => Incoming::None,
+        Attached::Dropped => Incoming::Dropped,
+        Attached::Fd(fd) => match Mapping::new(fd.as_fd()) {
+            Ok(mapping) => Incoming::Mapped(mapping),
+            Err(err) => Incoming::Unmappable(err),
+        },
+    }
+}
+
+/// Wait until the process behind `pidfd` has exited (at most `timeout`), then reap it
+/// if it is our child (the template reaps the workers it forked). False on timeout.
+fn wait_for_exit(pidfd: &OwnedFd, timeout: Option<Duration>) -> bool {
+    let mut fd = libc::pollfd {
+        fd: pidfd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let timeout_ms = timeout.map_or(-1, |t| t.as_millis() as i32);
+    loop {
+        // SAFETY: polls one live pollfd; readable once the process has exited.
+        match unsafe { libc::poll(&mut fd, 1, timeout_ms) } {
+            0 => return false,
+            n if n > 0 => break,
+            _ => continue, // EINTR
+        }
+    }
+    let _ = try_reap(pidfd.as_raw_fd());
+    true
+}
