@@ -336,3 +336,12 @@ def run_script(tmp_path, source, timeout=60, env=None, name="script.py"):
 
 def signal_name(signum):
     return signal.Signals(signum).name
+
+
+_kept_memory = []
+
+
+def keep_memory(nbytes):
+    """Grow this worker by `nbytes` that stay allocated (touched, so they count)."""
+    _kept_memory.append(bytearray(b"\x01" * nbytes))
+    return len(_kept_memory)
