@@ -250,9 +250,11 @@ def test_max_tasks_per_child_keeps_initializer(executor_factory):
     assert len({pid for _, pid in results}) == 3
 
 
-@pytest.mark.parametrize("bad", [0, -1, 1.5, "3"])
-def test_invalid_max_tasks_per_child(bad):
-    with pytest.raises(ValueError, match="max_tasks_per_child"):
+@pytest.mark.parametrize(
+    "bad, error", [(0, ValueError), (-1, ValueError), (1.5, TypeError), ("3", TypeError)]
+)
+def test_invalid_max_tasks_per_child(bad, error):
+    with pytest.raises(error, match="max_tasks_per_child"):
         ProcessPoolExecutor(max_workers=1, max_tasks_per_child=bad)
 
 
