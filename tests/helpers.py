@@ -42,6 +42,19 @@ def wait_for_path(path, value, timeout=30):
     return value
 
 
+def check_in_then_wait_for_path(record, path, value, timeout=30):
+    """Append this worker's pid to `record` (the test sees the task run), then block
+    until `path` exists (a gate the test opens); return `value`."""
+    append_line(record, str(os.getpid()))
+    return wait_for_path(path, value, timeout)
+
+
+def pid_after_gate(path, timeout=30):
+    """Block until `path` exists (a gate the test opens), then return this pid."""
+    wait_for_path(path, None, timeout)
+    return os.getpid()
+
+
 def sleep_and_pid(seconds):
     time.sleep(seconds)
     return os.getpid()
@@ -53,9 +66,8 @@ def rendezvous(path, n, timeout):
     append_line(path, str(os.getpid()))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with open(path) as f:
-            if len(set(f.read().split())) >= n:
-                break
+        if len(set(read_lines(path))) >= n:
+            break
         time.sleep(0.005)
     return os.getpid()
 
@@ -108,8 +120,40 @@ def pid_then_sleep(path, seconds):
 
 
 def append_line(path, text):
-    with open(path, "a") as f:
-        f.write(text + "\n")
+    """Append the line `text` to `path`, so that a reader never sees a line half
+    written, nor the file without its first line: the first writer links a finished
+    file into place (atomic, and refused if the file exists meanwhile); later writers
+    append the line with a single write(). Readers take only the complete lines
+    (`read_lines`), as another writer may be appending at that very moment."""
+    path = os.fspath(path)
+    data = (text + "\n").encode()
+    if not os.path.exists(path):
+        tmp = f"{path}.{os.getpid()}-{threading.get_ident()}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        try:
+            os.link(tmp, path)
+            return
+        except FileExistsError:
+            pass  # another writer came first: append below
+        finally:
+            os.unlink(tmp)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def read_lines(path):
+    """The complete lines of `path` (without a line still being written); [] while
+    the file does not exist."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except FileNotFoundError:
+        return []
+    return text.split("\n")[:-1]
 
 
 # -- tasks that raise ------------------------------------------------------------------
@@ -180,7 +224,7 @@ def start_grandchild_and_sleep(pid_file, new_session=False):
     child = subprocess.Popen(["sleep", "100"], start_new_session=new_session)
     tmp = f"{pid_file}.tmp"
     with open(tmp, "w") as f:
-        f.write(f"{os.getpid()} {child.pid}")
+        f.write(f"{os.getpid()} {child.pid}\n")
     os.replace(tmp, pid_file)
     time.sleep(100)
 
@@ -302,15 +346,46 @@ def wait_pids_gone(pids, timeout):
     return sorted(alive)
 
 
-def pids_of_all_workers(executor, n, timeout=10):
+def wait_for_lines(path, n=1, timeout=30):
+    """Wait until `path` holds at least `n` complete lines (written by `append_line`
+    or atomically); return them. Raises TimeoutError after `timeout` seconds."""
+    def enough():
+        lines = read_lines(path)
+        return lines if len(lines) >= n else None
+
+    lines = wait_until(enough, timeout)
+    if lines is None:
+        raise TimeoutError(f"{path}: fewer than {n} lines after {timeout} s")
+    return lines
+
+
+def wait_for_pid(path, timeout=30):
+    """Wait until a task wrote its worker's pid to `path` (as `pid_then_sleep` does);
+    return it."""
+    return int(wait_for_lines(path, 1, timeout)[0].split()[0])
+
+
+def pids_of_all_workers(executor, n, timeout=30):
     """Run `n` tasks that wait for each other, so that each lands on its own worker;
-    return their pids (fewer than `n` if the pool could not run them together)."""
+    return their pids (fewer than `n` if the pool could not run them together within
+    `timeout` seconds).
+
+    Should two of them be handed to one worker (the pool may send several short tasks
+    to a worker at once), the round cannot complete: it ends after its own, shorter,
+    timeout and another round is run, with longer ones each time."""
     import tempfile
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "rendezvous")
-        futures = [executor.submit(rendezvous, path, n, timeout) for _ in range(n)]
-        return {f.result(timeout=timeout * n + 30) for f in futures}
+    deadline = time.monotonic() + timeout
+    round_timeout = 5.0
+    while True:
+        wait = max(0.1, min(round_timeout, deadline - time.monotonic()))
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "rendezvous")
+            futures = [executor.submit(rendezvous, path, n, wait) for _ in range(n)]
+            pids = {f.result(timeout=wait * n + 30) for f in futures}
+        if len(pids) >= n or time.monotonic() >= deadline:
+            return pids
+        round_timeout *= 2
 
 
 def run_script(tmp_path, source, timeout=60, env=None, name="script.py"):

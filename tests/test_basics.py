@@ -131,9 +131,7 @@ def test_map_is_lazy_about_results_but_submits_eagerly(executor_factory, tmp_pat
     path = tmp_path / "log"
     results = executor.map(helpers.append_line, [str(path)] * 5, list("abcde"))
     # All tasks run even if the results are never consumed.
-    assert helpers.wait_until(
-        lambda: path.exists() and len(path.read_text().split()) == 5, timeout=30
-    )
+    assert helpers.wait_until(lambda: len(helpers.read_lines(path)) == 5, timeout=30)
     assert list(results) == [None] * 5
 
 

@@ -163,29 +163,35 @@ def _raise_alarm(signum, frame):
     raise _Alarm()
 
 
-def test_a_signal_interrupts_a_wait_and_the_outcome_is_not_lost(executor_factory):
+def test_a_signal_interrupts_a_wait_and_the_outcome_is_not_lost(executor_factory, tmp_path):
     executor = executor_factory(max_workers=1)
-    future = executor.submit(helpers.sleep_and_return, 1.0, "late")
+    gate = tmp_path / "gate"
+    future = executor.submit(helpers.wait_for_path, str(gate), "late")
     previous = signal.signal(signal.SIGALRM, _raise_alarm)
     try:
-        signal.setitimer(signal.ITIMER_REAL, 0.2)
-        started = time.monotonic()
         with pytest.raises(_Alarm):
+            signal.setitimer(signal.ITIMER_REAL, 0.2)
             future.result()
-        assert time.monotonic() - started < 0.9, "the signal waited for the task"
+        # The task waits for the gate, still closed: the signal did not wait for it.
+        assert not future.done(), "the signal waited for the task"
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+    gate.touch()
     assert future.result(timeout=30) == "late"
 
 
-def test_a_timed_out_wait_leaves_the_outcome_to_a_later_one(executor_factory):
+def test_a_timed_out_wait_leaves_the_outcome_to_a_later_one(executor_factory, tmp_path):
     executor = executor_factory(max_workers=1)
-    future = executor.submit(helpers.sleep_and_return, 0.5, "late")
+    gate = tmp_path / "gate"
+    future = executor.submit(helpers.wait_for_path, str(gate), "late")
     started = time.monotonic()
     with pytest.raises(concurrent.futures.TimeoutError):
         future.result(timeout=0.1)
-    assert 0.09 < time.monotonic() - started < 0.45
+    # It waited its timeout (the upper bound only detects a hang).
+    assert 0.09 < time.monotonic() - started < 10
+    assert not future.done()
+    gate.touch()
     assert future.exception(timeout=30) is None
     assert future.result() == "late"
 
@@ -202,9 +208,11 @@ def test_several_threads_wait_on_one_future(executor_factory):
     assert got == ["shared"] * 4
 
 
-def test_cancelling_a_future_ends_a_wait_on_it(executor_factory):
+def test_cancelling_a_future_ends_a_wait_on_it(executor_factory, tmp_path):
     executor = executor_factory(max_workers=1)
-    blocker = executor.submit(helpers.sleep_and_return, 1.0)
+    gate = tmp_path / "gate"
+    # Holds the only worker until the gate opens: `queued` cannot start before.
+    blocker = executor.submit(helpers.wait_for_path, str(gate), None)
     queued = executor.submit(helpers.square, 3)
     outcome = []
 
@@ -216,10 +224,13 @@ def test_cancelling_a_future_ends_a_wait_on_it(executor_factory):
 
     waiter = threading.Thread(target=wait)
     waiter.start()
-    time.sleep(0.1)  # the waiter is in its wait
+    # Most likely the waiter is in its wait by now; if not, it finds the future
+    # cancelled: the outcome is the same.
+    time.sleep(0.1)
     assert queued.cancel()
-    waiter.join(5)
+    waiter.join(30)
     assert outcome == ["cancelled"]
+    gate.touch()
     blocker.result(timeout=30)
 
 

@@ -33,7 +33,7 @@ def submit_or_error(executor, fn, *args):
 
 
 def distinct_pids(path):
-    return set(path.read_text().split()) if path.exists() else set()
+    return set(helpers.read_lines(path))
 
 
 def test_initializer_runs_once_per_worker(executor_factory, tmp_path):
@@ -43,7 +43,7 @@ def test_initializer_runs_once_per_worker(executor_factory, tmp_path):
     )
     futures = [executor.submit(helpers.sleep_and_pid, 0.05) for _ in range(10)]
     pids = {f.result(timeout=30) for f in futures} | helpers.pids_of_all_workers(executor, 2)
-    assert len(path.read_text().split()) == len(pids) == 2
+    assert len(helpers.read_lines(path)) == len(pids) == 2
 
 
 def test_initializer_runs_again_in_replacement_workers(executor_factory):

@@ -34,9 +34,16 @@ def _shutdown_singleton():
 
 
 def _run_pids(executor, n, seconds=0.3):
-    """Run n sleeping tasks at once; the set of pids that ran them."""
+    """Run n sleeping tasks; the set of pids that ran them. Tasks that overlap in time
+    may still all run on one worker: use this only for "at most" checks."""
     futures = [executor.submit(helpers.sleep_and_pid, seconds) for _ in range(n)]
     return {f.result(timeout=30) for f in futures}
+
+
+def _all_pids(executor, n):
+    """The pids of n workers, each proven to run a task at the same time as the others
+    (they wait for each other); fewer than n if the pool could not run n at once."""
+    return helpers.pids_of_all_workers(executor, n)
 
 
 def _wait_pool_size(executor, n, timeout=15):
@@ -56,11 +63,12 @@ def _alive(pid):
 
 def test_same_arguments_return_the_same_executor_and_workers():
     executor = get_reusable_executor(max_workers=2, timeout=5)
-    pids = _run_pids(executor, 2)
+    pids = _all_pids(executor, 2)
+    assert len(pids) == 2
     again = get_reusable_executor(max_workers=2, timeout=5)
     assert again is executor
     # The workers (and what they imported) are reused, not restarted.
-    assert _run_pids(again, 2) == pids
+    assert _all_pids(again, 2) == pids
     assert set(executor._worker_pids()) == pids
     executor.shutdown(wait=True)
 
@@ -120,7 +128,7 @@ def _base(name):
 )
 def test_changed_argument_gives_a_new_executor_and_shuts_down_the_old(name):
     old = get_reusable_executor(max_workers=2, **_base(name))
-    old_pids = _run_pids(old, 2)
+    old_pids = _all_pids(old, 2)
     assert len(old_pids) == 2
 
     new = get_reusable_executor(max_workers=2, **_changed(name))
@@ -128,8 +136,8 @@ def test_changed_argument_gives_a_new_executor_and_shuts_down_the_old(name):
     # The old executor was shut down: its workers are gone (wait=True joined them).
     assert helpers.wait_pids_gone(old_pids, timeout=10) == []
     assert old._worker_pids() == []
-    new_pids = _run_pids(new, 2)
-    assert new_pids.isdisjoint(old_pids)
+    new_pids = _all_pids(new, 2)
+    assert len(new_pids) == 2 and new_pids.isdisjoint(old_pids)
     # And the new one is now the singleton.
     assert get_reusable_executor(max_workers=2, **_changed(name)) is new
     new.shutdown(wait=True)
@@ -165,7 +173,8 @@ def test_old_executor_pending_work_finishes_when_replaced_without_kill():
 
 def test_reuse_true_keeps_the_executor_whatever_the_arguments():
     executor = get_reusable_executor(max_workers=2, env={"LOKY_TEST_VAR": "kept"})
-    pids = _run_pids(executor, 2)
+    pids = _all_pids(executor, 2)
+    assert len(pids) == 2
     again = get_reusable_executor(
         max_workers=2,
         reuse=True,
@@ -265,9 +274,7 @@ def test_replacement_with_kill_workers_kills_the_old_workers(tmp_path):
     old = get_reusable_executor(max_workers=1)
     record = tmp_path / "running"
     running = old.submit(helpers.pid_then_sleep, str(record), 60)
-    # The file may exist before its line is written.
-    assert helpers.wait_until(lambda: record.exists() and record.read_text().strip(), 30)
-    old_pid = int(record.read_text().split()[0])
+    old_pid = helpers.wait_for_pid(record)
     queued = old.submit(helpers.square, 3)
 
     start = time.monotonic()
@@ -287,8 +294,7 @@ def test_replacement_kills_grandchildren_with_kill_workers(tmp_path):
     old = get_reusable_executor(max_workers=1)
     pid_file = tmp_path / "pids"
     old.submit(helpers.start_grandchild_and_sleep, str(pid_file))
-    assert helpers.wait_until(pid_file.exists, 30)
-    worker_pid, grandchild_pid = map(int, pid_file.read_text().split())
+    worker_pid, grandchild_pid = map(int, helpers.wait_for_lines(pid_file)[0].split())
     new = get_reusable_executor(max_workers=1, reuse=False, kill_workers=True)
     assert helpers.wait_pids_gone([worker_pid, grandchild_pid], timeout=10) == []
     new.shutdown(wait=True)
@@ -301,7 +307,7 @@ def test_max_workers_none_means_cpu_count():
     executor = get_reusable_executor()
     assert executor._max_workers == loky.cpu_count()
     n = loky.cpu_count()
-    assert len(_run_pids(executor, n, seconds=0.5)) == n
+    assert len(_all_pids(executor, n)) == n
     executor.shutdown(wait=True)
 
 
@@ -453,14 +459,15 @@ def test_instances_keep_attributes_set_by_users():
 
 def test_growing_spawns_only_the_difference():
     executor = get_reusable_executor(max_workers=2)
-    before = _run_pids(executor, 2)
+    before = _all_pids(executor, 2)
     assert len(before) == 2
     assert _wait_pool_size(executor, 2) == before
 
     assert get_reusable_executor(max_workers=4) is executor
-    after_pids = _run_pids(executor, 4, seconds=0.5)
+    after_pids = _all_pids(executor, 4)
+    assert len(after_pids) == 4
     after = _wait_pool_size(executor, 4)
-    assert after_pids <= after
+    assert after_pids == after
     # The two original workers are still there, and only two were added.
     assert before <= after
     assert all(_alive(pid) for pid in before)
@@ -469,7 +476,7 @@ def test_growing_spawns_only_the_difference():
 
 def test_shrinking_keeps_surviving_workers():
     executor = get_reusable_executor(max_workers=4)
-    before = _run_pids(executor, 4, seconds=0.5)
+    before = _all_pids(executor, 4)
     assert len(before) == 4
     before = _wait_pool_size(executor, 4)
 
@@ -485,11 +492,18 @@ def test_shrinking_keeps_surviving_workers():
     executor.shutdown(wait=True)
 
 
-def test_shrinking_while_busy_lets_running_tasks_finish():
+def test_shrinking_while_busy_lets_running_tasks_finish(tmp_path):
     executor = get_reusable_executor(max_workers=3)
-    futures = [executor.submit(helpers.sleep_and_return, 0.5, i) for i in range(3)]
-    assert helpers.wait_until(lambda: len(executor._worker_pids()) == 3, 15)
+    record, gate = tmp_path / "running", tmp_path / "gate"
+    futures = [
+        executor.submit(helpers.check_in_then_wait_for_path, str(record), str(gate), i)
+        for i in range(3)
+    ]
+    # All three tasks run, on three workers, and wait for the gate.
+    assert len(set(helpers.wait_for_lines(record, 3))) == 3
     assert get_reusable_executor(max_workers=1) is executor
+    assert not any(f.done() for f in futures)
+    gate.touch()
     assert [f.result(timeout=30) for f in futures] == [0, 1, 2]
     assert len(_wait_pool_size(executor, 1)) == 1
     executor.shutdown(wait=True)
@@ -514,7 +528,7 @@ def test_resize_before_first_submit():
     executor = get_reusable_executor(max_workers=1)
     assert get_reusable_executor(max_workers=3) is executor
     assert executor._max_workers == 3
-    assert len(_run_pids(executor, 3, seconds=0.5)) == 3
+    assert len(_all_pids(executor, 3)) == 3
     executor.shutdown(wait=True)
 
 

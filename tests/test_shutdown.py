@@ -27,15 +27,15 @@ def test_shutdown_wait_true_finishes_pending_work():
     assert helpers.wait_pids_gone(pids, timeout=5) == []
 
 
-def test_shutdown_wait_false_returns_at_once_and_work_finishes():
+def test_shutdown_wait_false_returns_at_once_and_work_finishes(tmp_path):
     executor = ProcessPoolExecutor(max_workers=2)
-    futures = [executor.submit(helpers.sleep_and_pid, 0.3) for _ in range(6)]
-    start = time.monotonic()
+    gate = tmp_path / "gate"
+    futures = [executor.submit(helpers.pid_after_gate, str(gate)) for _ in range(6)]
     executor.shutdown(wait=False)
-    # ~0.9 s of queued work: returning well before that shows it did not wait
-    # (generous bound).
-    assert time.monotonic() - start < 0.5
-    assert not all(f.done() for f in futures)
+    # No task can finish before the gate opens, and it opens only now: shutdown
+    # returned without waiting for the work.
+    assert not any(f.done() for f in futures)
+    gate.touch()
     pids = {f.result(timeout=30) for f in futures}
     assert len(pids) <= 2
     # Once the work is done, the workers exit on their own.
@@ -65,21 +65,20 @@ def test_kill_workers_fails_running_and_pending_futures_fast(tmp_path, wait):
     executor = ProcessPoolExecutor(max_workers=2)
     running = [executor.submit(helpers.pid_then_sleep, tmp_path / f"r{i}", 100) for i in range(2)]
     pending = [executor.submit(helpers.sleep_and_return, 100) for _ in range(5)]
-    assert helpers.wait_until(
-        lambda: all((tmp_path / f"r{i}").exists() for i in range(2)), timeout=30
-    )
-    pids = [int((tmp_path / f"r{i}").read_text()) for i in range(2)]
+    # Both tasks run (each wrote its worker's pid; the file appears only once its line
+    # is complete).
+    pids = [helpers.wait_for_pid(tmp_path / f"r{i}") for i in range(2)]
     start = time.monotonic()
     executor.shutdown(wait=wait, kill_workers=True)
     elapsed = time.monotonic() - start
-    # The issue asks for well under a second; the bound is loose so a loaded machine
-    # does not make it flaky, yet far below the 100 s the tasks would take.
-    assert elapsed < 3, f"shutdown(kill_workers=True) took {elapsed:.2f}s"
+    # The issue asks for well under a second; the bound only detects a shutdown that
+    # waits for the 100 s tasks, so that a loaded machine does not make it flaky.
+    assert elapsed < 10, f"shutdown(kill_workers=True) took {elapsed:.2f}s"
     for future in running + pending:
         exc = future.exception(timeout=5)
         assert isinstance(exc, ShutdownExecutorError), repr(exc)
         assert "shut down" in str(exc)
-    assert helpers.wait_pids_gone(pids, timeout=3 if wait else 5) == []
+    assert helpers.wait_pids_gone(pids, timeout=10) == []
     if wait:
         assert executor._worker_pids() == []
     with pytest.raises(ShutdownExecutorError):
@@ -92,22 +91,22 @@ def test_kill_workers_kills_the_worker_process_tree(tmp_path, new_session):
     pid_file = tmp_path / "tree"
     future = executor.submit(helpers.start_grandchild_and_sleep, str(pid_file), new_session)
     other = executor.submit(helpers.sleep_and_return, 100)
-    assert helpers.wait_until(pid_file.exists, timeout=30)
-    worker, grandchild = map(int, pid_file.read_text().split())
+    # Written atomically (a temporary name, then os.replace).
+    worker, grandchild = map(int, helpers.wait_for_lines(pid_file)[0].split())
     assert not helpers.pid_gone(grandchild)
     start = time.monotonic()
     executor.shutdown(wait=True, kill_workers=True)
-    assert time.monotonic() - start < 3  # loose bound, see above
+    assert time.monotonic() - start < 10  # loose bound, see above
     assert isinstance(future.exception(timeout=5), ShutdownExecutorError)
     assert isinstance(other.exception(timeout=5), ShutdownExecutorError)
-    assert helpers.wait_pids_gone([worker, grandchild], timeout=3) == []
+    assert helpers.wait_pids_gone([worker, grandchild], timeout=10) == []
 
 
 def test_kill_workers_on_idle_pool():
     executor = ProcessPoolExecutor(max_workers=2)
     pids = set(executor.map(helpers.sleep_and_pid, [0.2] * 4))
     executor.shutdown(wait=True, kill_workers=True)
-    assert helpers.wait_pids_gone(pids, timeout=3) == []
+    assert helpers.wait_pids_gone(pids, timeout=10) == []
 
 
 def test_completed_futures_keep_their_results_after_kill():
@@ -127,7 +126,7 @@ def test_reusable_executor_kill_workers():
     pids = executor._worker_pids()
     executor.shutdown(wait=True, kill_workers=True)
     assert isinstance(future.exception(timeout=5), ShutdownExecutorError)
-    assert helpers.wait_pids_gone(pids, timeout=3) == []
+    assert helpers.wait_pids_gone(pids, timeout=10) == []
     # The next call gives a fresh, working executor.
     executor = get_reusable_executor(max_workers=2)
     assert executor.submit(helpers.square, 5).result(timeout=30) == 25
@@ -261,17 +260,29 @@ def test_ctrl_c_in_the_parent_does_not_break_or_hang_the_pool(tmp_path):
         import os, signal, threading, time
         from loky import ProcessPoolExecutor
 
+        def gated(path):
+            deadline = time.monotonic() + 30
+            while not os.path.exists(path) and time.monotonic() < deadline:
+                time.sleep(0.005)
+
+        def interrupt_then_open(path):
+            # The interrupt is pending before the gate opens: the task waited for
+            # cannot have finished when it lands.
+            os.kill(os.getpid(), signal.SIGINT)
+            open(path, "w").close()
+
+        gate1, gate2 = os.path.abspath("gate1"), os.path.abspath("gate2")
         executor = ProcessPoolExecutor(max_workers=2)
-        futures = [executor.submit(time.sleep, 0.5) for _ in range(4)]
-        threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
+        futures = [executor.submit(gated, gate1) for _ in range(4)]
         try:
+            threading.Timer(0.2, interrupt_then_open, (gate1,)).start()
             futures[-1].result(timeout=30)
         except KeyboardInterrupt:
             print("interrupted", flush=True)
         print("after", executor.submit(pow, 2, 3).result(timeout=30), flush=True)
         print("all done", all(f.result(timeout=30) is None for f in futures), flush=True)
-        more = [executor.submit(time.sleep, 0.5) for _ in range(4)]
-        threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
+        more = [executor.submit(gated, gate2) for _ in range(4)]
+        threading.Timer(0.2, interrupt_then_open, (gate2,)).start()
         more[-1].result()
         """,
         timeout=60,
@@ -290,9 +301,9 @@ def test_kill_workers_while_the_initializer_hangs():
     pids = executor._worker_pids()
     start = time.monotonic()
     executor.shutdown(wait=True, kill_workers=True)
-    assert time.monotonic() - start < 3  # loose bound, see above
+    assert time.monotonic() - start < 10  # loose bound, see above
     assert isinstance(future.exception(timeout=5), ShutdownExecutorError)
-    assert helpers.wait_pids_gone(pids, timeout=3) == []
+    assert helpers.wait_pids_gone(pids, timeout=10) == []
 
 
 def test_kill_workers_right_after_submit_repeatedly():
@@ -303,7 +314,7 @@ def test_kill_workers_right_after_submit_repeatedly():
         time.sleep(i * 0.005)
         start = time.monotonic()
         executor.shutdown(wait=True, kill_workers=True)
-        assert time.monotonic() - start < 3  # loose bound, see above
+        assert time.monotonic() - start < 8  # loose bound (the tasks take 10 s)
         for future in futures:
             assert isinstance(future.exception(timeout=5), ShutdownExecutorError)
 

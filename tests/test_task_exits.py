@@ -88,8 +88,9 @@ def test_sys_exit_in_map_and_other_items_complete(executor_factory):
 
 def test_repeated_sys_exit_keeps_the_same_workers(executor_factory):
     executor = executor_factory(max_workers=2)
-    list(executor.map(helpers.square, range(4)))
-    pids = set(executor._worker_pids())
+    # Both workers are up (tasks that wait for each other ran on both).
+    pids = helpers.pids_of_all_workers(executor, 2)
+    assert set(executor._worker_pids()) == pids
     futures = [executor.submit(helpers.call_sys_exit, i) for i in range(20)]
     assert [f.exception(timeout=30).code for f in futures] == list(range(20))
     assert set(executor._worker_pids()) == pids
