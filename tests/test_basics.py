@@ -216,6 +216,21 @@ def test_cancel_a_queued_task(executor_factory):
     assert executor.submit(helpers.square, 9).result(timeout=30) == 81
 
 
+def test_a_cancelled_queued_task_is_done_for_wait_and_as_completed(executor_factory, tmp_path):
+    executor = executor_factory(max_workers=1)
+    gate = tmp_path / "gate"
+    blocker = executor.submit(helpers.wait_for_path, gate, "blocked", 60)
+    queued = [executor.submit(helpers.square, i) for i in range(5)]
+    assert queued[-1].cancel()
+    # Not later, when the worker would have taken it: now.
+    done, not_done = concurrent.futures.wait([queued[-1]], timeout=30)
+    assert done == {queued[-1]} and not not_done
+    assert list(concurrent.futures.as_completed([queued[-1]], timeout=30)) == [queued[-1]]
+    gate.touch()
+    assert blocker.result(timeout=60) == "blocked"
+    assert [f.result(timeout=60) for f in queued[:-1]] == [0, 1, 4, 9]
+
+
 # -- exceptions travel back with the worker traceback ----------------------------------
 
 

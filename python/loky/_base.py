@@ -167,7 +167,12 @@ class Future(_StdFuture[_T]):
                     # A worker already holds the task.
                     self.set_running_or_notify_cancel()
                     return False
-        return super().cancel()
+        cancelled = super().cancel()
+        if cancelled and self._queue is not None:
+            # Its task will never run: tell `wait()` and `as_completed()` now (a
+            # standard executor does it when it would have started the task).
+            self.set_running_or_notify_cancel()
+        return cancelled
 
     def _invoke_callbacks(self) -> None:
         for callback in self._done_callbacks:
