@@ -27,7 +27,8 @@ use pyo3::prelude::*;
 use bindings::buffers::{OutgoingSegment, Payload, SharedSegment};
 use bindings::channel::{Channel, Message};
 use bindings::pool::{
-    InitFailed, Pool, PoolClosed, StartFailed, TaskResult, WorkerDied, WorkerExited, WorkerStarted,
+    InitFailed, Pool, PoolClosed, StartFailed, TaskEnded, TaskResult, WorkerDied, WorkerExited,
+    WorkerStarted, WorkerStat,
 };
 use bindings::InheritedPoolError;
 use spawn::WorkerCommand;
@@ -164,6 +165,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
         m.py().get_type::<Pool>(),
         m.py().get_type::<TaskResult>(),
         m.py().get_type::<WorkerDied>(),
+        m.py().get_type::<TaskEnded>(),
+        m.py().get_type::<WorkerStat>(),
         m.py().get_type::<WorkerStarted>(),
         m.py().get_type::<WorkerExited>(),
         m.py().get_type::<InitFailed>(),

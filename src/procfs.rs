@@ -42,6 +42,15 @@ pub fn descendants(root: i32) -> Vec<i32> {
     found
 }
 
+/// The resident memory of process `pid`, in bytes (from /proc/<pid>/statm).
+pub fn resident_bytes(pid: i32) -> Option<u64> {
+    let statm = fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf with a valid name has no side effects.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * page.max(1) as u64)
+}
+
 /// Send `signal` to the process group of `pid` (its own: workers lead one), to `pid`,
 /// and to every descendant that left the group. Descendants are listed before anything
 /// is signalled, so that a tree ending itself (`pid` is this process) still reaches them.
@@ -66,6 +75,13 @@ mod tests {
         assert_eq!(parent_of("12 (a) b (c)) S 7 12 12 0"), Some(7));
         assert_eq!(parent_of("1 (init) S 0 1 1"), Some(0));
         assert_eq!(parent_of("garbage"), None);
+    }
+
+    #[test]
+    fn reads_resident_memory() {
+        let rss = resident_bytes(std::process::id() as i32).unwrap();
+        assert!(rss > 1 << 20, "{rss}");
+        assert_eq!(resident_bytes(-1), None);
     }
 
     #[test]

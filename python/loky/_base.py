@@ -49,6 +49,10 @@ class Future(_StdFuture[_T]):
     # waits for the outcome in this thread.
     _queue = None
     _task_id = None
+    # Set by the executor too: the callable (for `worker_stats`) and the time limit of
+    # the task (for the message of its TimeoutError).
+    _fn = None
+    _timeout = None
 
     def __init__(self) -> None:
         self._state = PENDING
@@ -173,6 +177,39 @@ class Future(_StdFuture[_T]):
             # standard executor does it when it would have started the task).
             self.set_running_or_notify_cancel()
         return cancelled
+
+    def terminate(self) -> bool:
+        """End the task whatever its state: a queued task is taken back; a running one
+        has its worker, and every process that worker started, ended and replaced.
+        The future is then cancelled (`CancelledError`). Returns False only if the
+        future had already finished. Unlike `cancel()`, this stops running tasks."""
+        if self._state == FINISHED:
+            return False
+        if self.cancel() or self.cancelled():
+            return True
+        if self._queue is not None:
+            self._queue.terminate(self._task_id)
+        return self._cancel_now() or self.cancelled()
+
+    def _cancel_now(self) -> bool:
+        """Cancel this future even if its task runs (the executor ends it); tells
+        waiters and runs the callbacks. False if it was done already."""
+        with _no_condition_lock:
+            condition = self._lazy_condition
+            if condition is None:
+                if self._state in _DONE:
+                    return False
+                # No Condition: nobody waits on this future, only callbacks are owed.
+                self._state = CANCELLED_AND_NOTIFIED
+        if condition is not None:
+            with condition:
+                if self._state in _DONE:
+                    return False
+                self._state = CANCELLED
+                condition.notify_all()
+            self.set_running_or_notify_cancel()  # -> CANCELLED_AND_NOTIFIED, waiters told
+        self._invoke_callbacks()
+        return True
 
     def _invoke_callbacks(self) -> None:
         for callback in self._done_callbacks:

@@ -21,6 +21,8 @@ import os
 import sys
 from time import monotonic
 
+import _signal  # `signal` would import enum at every worker start
+
 # The C pickle module: `pickle` would import much more at every worker start.
 import _pickle as pickle
 
@@ -40,6 +42,15 @@ from ._tasks import OK, RAISED, TASK_NOT_RECEIVED, TASK_UNPICKLE_FAILED
 
 # Nesting depth of this process; read by loky.process_executor.
 DEPTH = 0
+
+# True while a task runs: Ctrl-C reaches the task (the parent passes SIGINT on to busy
+# workers), never the worker's own loop.
+_task_running = False
+
+
+def _interrupt_the_task(signum, frame):
+    if _task_running:
+        raise KeyboardInterrupt
 
 
 def _plain_dump(obj, buffer_callback):
@@ -88,10 +99,14 @@ class Runner:
             fn, args, kwargs = unpack(message.body, message.segment)
         except BaseException as exc:
             return self.dumps((TASK_UNPICKLE_FAILED, _traceback_text(exc)))
+        global _task_running
         try:
+            _task_running = True
             outcome = (OK, fn(*args, **kwargs))
         except BaseException as exc:
             outcome = (RAISED, exc, _traceback_text(exc))
+        finally:
+            _task_running = False
         del fn, args, kwargs
         try:
             return self.dumps(outcome)
@@ -183,6 +198,7 @@ def main(parent_pid):
         return
     settings, initializer_blob = pickle.loads(message.body)
     _setup(settings)
+    _signal.signal(_signal.SIGINT, _interrupt_the_task)
     runner = Runner(settings.get("pickler"))
     try:
         if settings.get("main"):

@@ -2,14 +2,14 @@
 
 use std::time::{Duration, Instant};
 
-use pyo3::exceptions::PyOSError;
+use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::PyTuple;
 
 use super::buffers::{OutgoingSegment, Payload, SharedSegment};
 use super::InheritedPoolError;
-use crate::manager::{Config, Event, Incoming, Manager, Shutdown};
+use crate::manager::{Config, EndCause, Event, Incoming, Manager, Shutdown};
 use crate::spawn::WorkerCommand;
 
 /// Longest a blocking call waits before it lets pending signals be handled.
@@ -36,6 +36,29 @@ pub struct WorkerDied {
     pid: i32,
     exitcode: i32,
     reason: String,
+}
+
+/// The manager ended the worker running task `task_id`, with every process it
+/// started: `cause` is "timeout" (the task ran past its time limit) or "terminated"
+/// (`Future.terminate()`). A replacement starts.
+#[pyclass(module = "loky._core", frozen, get_all)]
+pub struct TaskEnded {
+    task_id: u64,
+    pid: i32,
+    cause: &'static str,
+}
+
+/// One worker as `Pool.stats()` sees it: `state` is "starting", "idle", "busy" or
+/// "exiting"; `task_id` and `running_for` (seconds) describe its running task;
+/// `rss` is its resident memory in bytes (None if unknown).
+#[pyclass(module = "loky._core", frozen, get_all)]
+pub struct WorkerStat {
+    pid: i32,
+    state: &'static str,
+    tasks_done: u64,
+    task_id: Option<u64>,
+    running_for: Option<f64>,
+    rss: Option<u64>,
 }
 
 /// A worker process started (`forked`: by the template, as a replacement).
@@ -112,6 +135,22 @@ fn to_python(py: Python<'_>, event: Event) -> PyResult<Py<PyAny>> {
                 pid,
                 exitcode,
                 reason,
+            },
+        )?
+        .into_any(),
+        Event::TaskEnded {
+            task_id,
+            pid,
+            cause,
+        } => Py::new(
+            py,
+            TaskEnded {
+                task_id,
+                pid,
+                cause: match cause {
+                    EndCause::Timeout => "timeout",
+                    EndCause::Terminated => "terminated",
+                },
             },
         )?
         .into_any(),
@@ -220,18 +259,55 @@ impl Pool {
     }
 
     /// Queue a pickled task (kept without a copy), with the segment holding its large
-    /// buffers.
-    #[pyo3(signature = (task_id, body, segment=None))]
+    /// buffers; it may run `timeout` seconds at most, from its start on a worker.
+    #[pyo3(signature = (task_id, body, segment=None, timeout=None))]
     fn submit(
         &self,
         task_id: u64,
         body: PyBackedBytes,
         segment: Option<PyRef<'_, OutgoingSegment>>,
+        timeout: Option<f64>,
     ) -> PyResult<()> {
         let segment = segment.map(|s| s.segment.clone());
-        self.owned()?
-            .submit(task_id, std::sync::Arc::new(body), segment);
+        self.owned()?.submit(
+            task_id,
+            std::sync::Arc::new(body),
+            segment,
+            seconds(timeout),
+        );
         Ok(())
+    }
+
+    /// End a task whatever its state: True if it was taken back from the queue; False
+    /// if a worker may hold it: that worker is then ended once it runs it, and a
+    /// TaskEnded event follows (unless the task finished first).
+    fn terminate(&self, task_id: u64) -> PyResult<bool> {
+        Ok(self.owned()?.terminate(task_id))
+    }
+
+    /// Ctrl-C: pass SIGINT on to the workers running a task.
+    fn interrupt(&self) -> PyResult<()> {
+        self.owned()?.interrupt();
+        Ok(())
+    }
+
+    /// A snapshot of the workers (asks the manager thread; cheap).
+    fn stats(&self, py: Python<'_>) -> PyResult<Vec<WorkerStat>> {
+        let manager = self.owned()?;
+        Ok(py.detach(|| {
+            manager
+                .stats()
+                .into_iter()
+                .map(|w| WorkerStat {
+                    pid: w.pid,
+                    state: w.state,
+                    tasks_done: w.tasks_done,
+                    task_id: w.running.map(|(id, _)| id),
+                    running_for: w.running.map(|(_, d)| d.as_secs_f64()),
+                    rss: crate::procfs::resident_bytes(w.pid),
+                })
+                .collect()
+        }))
     }
 
     /// Take a task back if no worker can have received it yet.
@@ -244,15 +320,23 @@ impl Pool {
         Ok(())
     }
 
-    /// Graceful: finish queued work, then stop the workers. Kill: stop them now.
-    fn shutdown(&self, kill: bool) {
+    /// "graceful": finish queued work, then stop the workers. "terminate": SIGTERM
+    /// every worker's tree, SIGKILL after a grace period. "kill": SIGKILL them now.
+    fn shutdown(&self, how: &str) -> PyResult<()> {
+        let mode = match how {
+            "graceful" => Shutdown::Graceful,
+            "terminate" => Shutdown::Terminate,
+            "kill" => Shutdown::Kill,
+            _ => {
+                return Err(PyValueError::new_err(format!(
+                    "unknown shutdown mode {how:?}"
+                )))
+            }
+        };
         if self.manager.owned_here() {
-            self.manager.shutdown(if kill {
-                Shutdown::Kill
-            } else {
-                Shutdown::Graceful
-            });
+            self.manager.shutdown(mode);
         }
+        Ok(())
     }
 
     /// Wait up to `timeout` seconds (None: for ever) for the manager thread to end,

@@ -22,8 +22,9 @@ use crossbeam_channel::Receiver;
 
 use super::policy::{self, ExitReason, Load};
 use super::poll_io::receive_segment;
-use super::worker::{State, Task, Worker};
-use super::{Config, Event, Shared, Shutdown};
+use super::worker::{EndCause, State, Task, Worker};
+use super::{Config, Event, Shared, Shutdown, WorkerStat};
+use crate::procfs::kill_tree;
 use crate::spawn::{spawn_worker, Spawned};
 use crate::template::Template;
 use crate::wire::{Frame, Kind};
@@ -70,14 +71,29 @@ impl ManagerLoop {
             // Clear the flag before looking, so a later submit wakes us again.
             self.shared.notified.store(false, Ordering::SeqCst);
             self.pending.extend(self.submitted.try_iter());
-            let (shutdown, max_workers) = {
-                let control = self.shared.control.lock();
-                (control.shutdown, control.max_workers)
+            let (shutdown, max_workers, terminate, interrupt) = {
+                let mut control = self.shared.control.lock();
+                let terminate = std::mem::take(&mut control.terminate);
+                let interrupt = std::mem::take(&mut control.interrupt);
+                (control.shutdown, control.max_workers, terminate, interrupt)
             };
-            if shutdown == Some(Shutdown::Kill) {
-                self.kill_all();
-                break;
+            match shutdown {
+                Some(Shutdown::Kill) => {
+                    self.kill_all(libc::SIGKILL);
+                    break;
+                }
+                Some(Shutdown::Terminate) => {
+                    self.kill_all(libc::SIGTERM);
+                    break;
+                }
+                _ => {}
             }
+            if interrupt {
+                self.interrupt_busy_workers();
+            }
+            self.terminate_tasks(&terminate);
+            self.enforce_deadlines(Instant::now());
+            self.answer_stats();
             self.adjust_pool(max_workers, shutdown.is_some());
             if shutdown.is_none() {
                 self.maybe_start_template();
@@ -235,9 +251,15 @@ impl ManagerLoop {
             let worker = &mut self.workers[ready[j]];
             let mut sent = 0;
             while sent < count {
-                let Some(task) = self.pending.pop_front() else {
+                let Some(front) = self.pending.front() else {
                     break;
                 };
+                let holds_timed = worker.inflight.iter().any(|t| t.timeout.is_some());
+                let batched = !worker.inflight.is_empty();
+                if batched && (holds_timed || !policy::may_batch(front.timeout.is_some())) {
+                    break; // a timed task starts when its worker takes it
+                }
+                let task = self.pending.pop_front().expect("looked at just above");
                 if self.shared.take_for_sending(task.id) {
                     worker.send(task);
                     sent += 1;
@@ -248,6 +270,97 @@ impl ManagerLoop {
                 worker.drain(ExitReason::TaskLimit);
             }
         }
+    }
+
+    /// Ctrl-C: SIGINT to the process group of every worker running a task.
+    fn interrupt_busy_workers(&self) {
+        for worker in &self.workers {
+            let busy = matches!(worker.state, State::Ready | State::Draining)
+                && !worker.inflight.is_empty();
+            if busy {
+                // SAFETY: a signal to the group our worker leads.
+                unsafe { libc::killpg(worker.pid, libc::SIGINT) };
+            }
+        }
+    }
+
+    /// End the workers running the tasks in `ids` (terminated by the caller); a task a
+    /// worker holds unstarted ends its worker when it starts, if it ever does.
+    fn terminate_tasks(&mut self, ids: &[u64]) {
+        for &id in ids {
+            let found = self.workers.iter().enumerate().find_map(|(i, w)| {
+                w.inflight
+                    .iter()
+                    .position(|t| t.id == id)
+                    .map(|pos| (i, pos))
+            });
+            match found {
+                Some((i, 0)) if self.workers[i].ending.is_none() => {
+                    self.end_worker(i, EndCause::Terminated)
+                }
+                Some((i, _)) => self.workers[i].terminate_on_start.push(id),
+                None => {} // finished meanwhile
+            }
+        }
+    }
+
+    /// End worker `i` for its running task, with its process tree; the tasks it holds
+    /// unstarted run elsewhere (but those terminated meanwhile, which never run).
+    fn end_worker(&mut self, i: usize, cause: EndCause) {
+        let worker = &mut self.workers[i];
+        let running = worker.inflight.pop_front();
+        let terminated = std::mem::take(&mut worker.terminate_on_start);
+        worker.inflight.retain(|t| !terminated.contains(&t.id));
+        Self::requeue_unstarted(&mut self.pending, worker);
+        worker.inflight.extend(running);
+        worker.end(cause);
+    }
+
+    /// Tasks past their time limit end their worker; workers ended and still alive
+    /// after the grace period are killed.
+    fn enforce_deadlines(&mut self, now: Instant) {
+        for i in 0..self.workers.len() {
+            if self.workers[i].task_deadline().is_some_and(|d| d <= now) {
+                self.end_worker(i, EndCause::Timeout);
+            }
+            let worker = &mut self.workers[i];
+            if let Some(ending) = worker.ending.as_mut() {
+                if !ending.killed && now.duration_since(ending.since) >= policy::END_GRACE {
+                    ending.killed = true;
+                    kill_tree(worker.pid, libc::SIGKILL);
+                }
+            }
+        }
+    }
+
+    /// Publish a snapshot of the workers if a caller asked for one.
+    fn answer_stats(&mut self) {
+        let mut control = self.shared.control.lock();
+        if !control.stats_wanted {
+            return;
+        }
+        let now = Instant::now();
+        let stats = self
+            .workers
+            .iter()
+            .map(|w| {
+                let running = w.inflight.front().filter(|_| w.state != State::Starting);
+                WorkerStat {
+                    pid: w.pid,
+                    state: match w.state {
+                        State::Starting => "starting",
+                        State::Exiting => "exiting",
+                        _ if running.is_some() => "busy",
+                        _ => "idle",
+                    },
+                    tasks_done: w.tasks_done,
+                    running: running.map(|t| (t.id, now.duration_since(w.busy_since))),
+                }
+            })
+            .collect();
+        control.stats = Some(stats);
+        control.stats_wanted = false;
+        self.shared.stats_ready.notify_all();
     }
 
     /// Ask idle workers to leave: drained ones, and any idle past the timeout or at
@@ -326,12 +439,19 @@ impl ManagerLoop {
             Some(Kind::Result) => {
                 let now = Instant::now();
                 worker.inflight.pop_front();
+                worker.tasks_done += 1;
                 let spent = now.duration_since(worker.busy_since);
                 worker.busy_since = now;
                 if worker.inflight.is_empty() {
                     worker.idle_since = now;
                 }
                 let pid = worker.pid;
+                let next = worker.inflight.front().map(|t| t.id);
+                if next.is_some_and(|id| worker.terminate_on_start.contains(&id)) {
+                    // A terminated task starts now: end its worker.
+                    worker.terminate_on_start.retain(|&id| Some(id) != next);
+                    self.end_worker(i, EndCause::Terminated);
+                }
                 self.service_time = Some(policy::update_service_time(self.service_time, spent));
                 self.shared.emit(Event::Result {
                     task_id,
@@ -386,13 +506,23 @@ impl ManagerLoop {
             self.replacements_owed += 1;
         }
         if let Some(running) = worker.inflight.pop_front() {
-            self.shared.emit(Event::WorkerDied {
-                task_id: running.id,
-                pid: worker.pid,
-                exitcode,
-                reason: worker.fault.take().unwrap_or_default(),
+            self.shared.emit(match &worker.ending {
+                Some(ending) => Event::TaskEnded {
+                    task_id: running.id,
+                    pid: worker.pid,
+                    cause: ending.cause,
+                },
+                None => Event::WorkerDied {
+                    task_id: running.id,
+                    pid: worker.pid,
+                    exitcode,
+                    reason: worker.fault.take().unwrap_or_default(),
+                },
             });
         }
+        // Terminated tasks it held unstarted never run.
+        let terminated = std::mem::take(&mut worker.terminate_on_start);
+        worker.inflight.retain(|t| !terminated.contains(&t.id));
         // Tasks it had received but not started run elsewhere.
         Self::requeue_unstarted(&mut self.pending, &mut worker);
         self.shared.emit(Event::WorkerExited {

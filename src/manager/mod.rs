@@ -47,6 +47,7 @@ use claims::Claims;
 use direct::Direct;
 use event_loop::ManagerLoop;
 pub use policy::ExitReason;
+pub use worker::EndCause;
 use worker::Task;
 
 pub struct Config {
@@ -89,6 +90,13 @@ pub enum Event {
         exitcode: i32,
         reason: String,
     },
+    /// The manager ended the worker running this task, with its process tree: the
+    /// task ran past its timeout, or was terminated.
+    TaskEnded {
+        task_id: u64,
+        pid: i32,
+        cause: EndCause,
+    },
     /// A worker process started (`forked`: by the template).
     WorkerStarted { pid: i32, forked: bool },
     /// A worker that had been ready left the pool.
@@ -113,7 +121,9 @@ impl Event {
     /// The task whose outcome this is, for events a waiting thread may claim.
     fn task_id(&self) -> Option<u64> {
         match self {
-            Event::Result { task_id, .. } | Event::WorkerDied { task_id, .. } => Some(*task_id),
+            Event::Result { task_id, .. }
+            | Event::WorkerDied { task_id, .. }
+            | Event::TaskEnded { task_id, .. } => Some(*task_id),
             _ => None,
         }
     }
@@ -135,20 +145,43 @@ impl Event {
 pub enum Shutdown {
     /// Finish pending work, then let the workers exit.
     Graceful,
-    /// Kill every worker and its children now; drop pending work.
+    /// End every worker and its children now (SIGTERM, a grace period, then
+    /// SIGKILL); drop pending work.
+    Terminate,
+    /// Kill every worker and its children now (SIGKILL); drop pending work.
     Kill,
 }
 
-/// Settings callers change, and what the manager publishes back.
+/// One worker, as `Manager::stats` reports it.
+#[derive(Clone, Debug)]
+pub struct WorkerStat {
+    pub pid: i32,
+    /// "starting", "idle", "busy" or "exiting".
+    pub state: &'static str,
+    pub tasks_done: u64,
+    /// The running task and how long it has run.
+    pub running: Option<(u64, Duration)>,
+}
+
+/// Settings and requests callers hand the manager, and what it publishes back.
 struct Control {
     max_workers: usize,
     shutdown: Option<Shutdown>,
     pids: Vec<i32>,
+    /// Tasks to end: the workers running them are ended (see `Manager::terminate`).
+    terminate: Vec<u64>,
+    /// Pass SIGINT on to the workers running a task.
+    interrupt: bool,
+    /// Set by `Manager::stats`; the manager answers in `stats`.
+    stats_wanted: bool,
+    stats: Option<Vec<WorkerStat>>,
 }
 
 /// What the handle and the manager thread share.
 struct Shared {
     control: Mutex<Control>,
+    /// Signalled when the manager published the stats asked for.
+    stats_ready: Condvar,
     /// New tasks; lock-free, so a submitting thread never waits for the manager.
     submissions: Sender<Task>,
     /// Tasks taken back before any worker could receive them.
@@ -249,7 +282,12 @@ impl Manager {
                 max_workers: config.max_workers,
                 shutdown: None,
                 pids: Vec::new(),
+                terminate: Vec::new(),
+                interrupt: false,
+                stats_wanted: false,
+                stats: None,
             }),
+            stats_ready: Condvar::new(),
             submissions,
             cancelled: Mutex::new(HashSet::new()),
             cancelled_count: AtomicUsize::new(0),
@@ -280,9 +318,21 @@ impl Manager {
         self.generation == crate::fork::generation()
     }
 
-    /// Queue a task. Ids must grow from one call to the next.
-    pub fn submit(&self, id: u64, body: Body, segment: Option<Arc<OutSegment>>) {
-        let task = Task { id, body, segment };
+    /// Queue a task, which may run for `timeout` at most. Ids must grow from one call
+    /// to the next.
+    pub fn submit(
+        &self,
+        id: u64,
+        body: Body,
+        segment: Option<Arc<OutSegment>>,
+        timeout: Option<Duration>,
+    ) {
+        let task = Task {
+            id,
+            body,
+            segment,
+            timeout,
+        };
         let shared = &self.shared;
         let Some(task) = shared.direct.try_send(task, |id| shared.mark_sent(id)) else {
             return;
@@ -314,6 +364,47 @@ impl Manager {
         true
     }
 
+    /// End task `id` whatever its state: taken back if no worker can hold it yet (true);
+    /// else the worker holding it is ended with its process tree once it runs it (at
+    /// once if it does), which `TaskEnded` reports (false). A finished task is left
+    /// alone.
+    pub fn terminate(&self, id: u64) -> bool {
+        if self.cancel(id) {
+            return true;
+        }
+        self.shared.control.lock().terminate.push(id);
+        self.shared.notify();
+        false
+    }
+
+    /// Pass SIGINT on to the process group of every worker running a task (Ctrl-C):
+    /// its task gets KeyboardInterrupt; idle workers are left alone.
+    pub fn interrupt(&self) {
+        self.shared.control.lock().interrupt = true;
+        self.shared.notify();
+    }
+
+    /// A snapshot of the workers, from the manager thread (waits up to a second for
+    /// it to answer).
+    pub fn stats(&self) -> Vec<WorkerStat> {
+        let mut control = self.shared.control.lock();
+        control.stats_wanted = true;
+        control.stats = None;
+        self.shared.notify();
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while control.stats.is_none() {
+            if self
+                .shared
+                .stats_ready
+                .wait_until(&mut control, deadline)
+                .timed_out()
+            {
+                break;
+            }
+        }
+        control.stats.take().unwrap_or_default()
+    }
+
     pub fn resize(&self, max_workers: usize) {
         self.shared.control.lock().max_workers = max_workers;
         self.shared.notify();
@@ -322,7 +413,14 @@ impl Manager {
     pub fn shutdown(&self, mode: Shutdown) {
         {
             let mut control = self.shared.control.lock();
-            if control.shutdown != Some(Shutdown::Kill) {
+            // A harder mode wins over a softer one asked for earlier.
+            let rank = |m: Option<Shutdown>| match m {
+                None => 0,
+                Some(Shutdown::Graceful) => 1,
+                Some(Shutdown::Terminate) => 2,
+                Some(Shutdown::Kill) => 3,
+            };
+            if rank(Some(mode)) > rank(control.shutdown) {
                 control.shutdown = Some(mode);
             }
         }

@@ -1,11 +1,13 @@
 //! Scheduling policy: pure decisions over plain numbers, so each is unit-tested alone.
 //! The event loop gathers the numbers, asks here, and does the I/O.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Tasks faster than this are sent to a worker in batches when many are queued.
 pub const BATCH_BELOW: Duration = Duration::from_millis(1);
 pub const MAX_BATCH: usize = 64;
+/// How long a worker asked to end (SIGTERM) may take before it is killed (SIGKILL).
+pub const END_GRACE: Duration = Duration::from_secs(1);
 
 /// Why a worker leaves the pool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,6 +26,10 @@ pub enum ExitReason {
     Died,
     /// The manager killed it: it broke the channel protocol.
     Killed,
+    /// Its task ran past its timeout: it was ended with its process tree.
+    TaskTimeout,
+    /// Its task was terminated (`Future.terminate()`): ended with its process tree.
+    TaskTerminated,
 }
 
 impl ExitReason {
@@ -36,13 +42,21 @@ impl ExitReason {
             ExitReason::Shutdown => "shutdown",
             ExitReason::Died => "died",
             ExitReason::Killed => "killed",
+            ExitReason::TaskTimeout => "task timeout",
+            ExitReason::TaskTerminated => "task terminated",
         }
     }
 
     /// A replacement is owed at once, even with no work queued: the worker left
     /// unplanned. A recycled one is replaced when work comes, like any missing worker.
     pub fn owes_replacement(self) -> bool {
-        matches!(self, ExitReason::Died | ExitReason::Killed)
+        matches!(
+            self,
+            ExitReason::Died
+                | ExitReason::Killed
+                | ExitReason::TaskTimeout
+                | ExitReason::TaskTerminated
+        )
     }
 }
 
@@ -140,6 +154,19 @@ pub fn idle_exit(
     } else {
         None
     }
+}
+
+/// How long to sleep until the earliest of `deadlines` (None: no deadline, sleep until
+/// woken).
+pub fn time_to_next(now: Instant, deadlines: impl Iterator<Item = Instant>) -> Option<Duration> {
+    deadlines.min().map(|d| d.saturating_duration_since(now))
+}
+
+/// A worker's batch may hold only tasks without a time limit: a task with one must
+/// start when its worker takes it (its time counts from its start), and one stuck
+/// behind it would wait for the whole limit.
+pub fn may_batch(has_timeout: bool) -> bool {
+    !has_timeout
 }
 
 /// Whether a task submitted now would leave at once: an idle worker, or room to start
@@ -256,9 +283,29 @@ mod tests {
     }
 
     #[test]
+    fn the_next_wakeup_is_the_earliest_deadline() {
+        let now = Instant::now();
+        let later = [now + 5 * MS, now + 2 * MS, now + 9 * MS];
+        assert_eq!(time_to_next(now, later.into_iter()), Some(2 * MS));
+        assert_eq!(
+            time_to_next(now, [now - MS].into_iter()),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(time_to_next(now, std::iter::empty()), None);
+    }
+
+    #[test]
+    fn tasks_with_a_time_limit_are_never_batched() {
+        assert!(may_batch(false));
+        assert!(!may_batch(true));
+    }
+
+    #[test]
     fn only_unplanned_exits_owe_a_replacement() {
         assert!(ExitReason::Died.owes_replacement());
         assert!(ExitReason::Killed.owes_replacement());
+        assert!(ExitReason::TaskTimeout.owes_replacement());
+        assert!(ExitReason::TaskTerminated.owes_replacement());
         assert!(!ExitReason::MemoryGrowth.owes_replacement());
         assert!(!ExitReason::IdleTimeout.owes_replacement());
         assert!(!ExitReason::Shrink.owes_replacement());

@@ -6,7 +6,8 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use super::event_loop::ManagerLoop;
-use super::worker::State;
+use super::policy;
+use super::worker::{State, Worker};
 use super::Incoming;
 use crate::procfs::kill_tree;
 use crate::shm::Mapping;
@@ -51,15 +52,25 @@ impl ManagerLoop {
         }
     }
     /// Time until the next idle timeout, if any worker is idle.
+    /// Time until the next deadline: an idle timeout, a task's time limit, the end of
+    /// an ended worker's grace period.
     fn next_deadline(&self) -> Option<Duration> {
-        let timeout = self.config.idle_timeout?;
-        let now = Instant::now();
-        self.workers
+        let idle = self.config.idle_timeout.map(|timeout| {
+            self.workers
+                .iter()
+                .filter(|w| w.is_idle())
+                .map(move |w| w.idle_since + timeout)
+        });
+        let tasks = self.workers.iter().filter_map(Worker::task_deadline);
+        let grace = self
+            .workers
             .iter()
-            .filter(|w| w.is_idle())
-            .map(|w| (w.idle_since + timeout).saturating_duration_since(now))
-            .min()
+            .filter_map(|w| w.ending.as_ref().filter(|e| !e.killed))
+            .map(|e| e.since + policy::END_GRACE);
+        let all = idle.into_iter().flatten().chain(tasks).chain(grace);
+        policy::time_to_next(Instant::now(), all)
     }
+
     pub(super) fn wait_and_handle(&mut self) {
         // poll set: wake fd, then per worker its pidfd and (while open) its channel.
         let pollfd = |fd: RawFd, events: libc::c_short| libc::pollfd {
@@ -224,19 +235,28 @@ impl ManagerLoop {
             self.workers[i].fail(reason);
         }
     }
-    pub(super) fn kill_all(&mut self) {
-        for worker in &self.workers {
-            kill_tree(worker.pid, libc::SIGKILL);
+    /// End every worker (and the template) with their process trees: `signal` now,
+    /// then SIGKILL for any still alive after the grace period (at once if `signal`
+    /// is SIGKILL). Queued work is dropped.
+    pub(super) fn kill_all(&mut self, signal: libc::c_int) {
+        let template = self.template.take().map(|t| t.process);
+        let mut pids: Vec<(i32, &OwnedFd)> =
+            self.workers.iter().map(|w| (w.pid, &w.pidfd)).collect();
+        if let Some(process) = &template {
+            pids.push((process.pid, &process.pidfd));
         }
-        if let Some(template) = &self.template {
-            kill_tree(template.process.pid, libc::SIGKILL);
+        for &(pid, _) in &pids {
+            kill_tree(pid, signal);
         }
-        for worker in self.workers.drain(..) {
-            wait_for_exit(&worker.pidfd, None);
+        let deadline = Instant::now() + policy::END_GRACE;
+        for &(pid, pidfd) in &pids {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if signal == libc::SIGKILL || !wait_for_exit(pidfd, Some(left)) {
+                kill_tree(pid, libc::SIGKILL);
+                wait_for_exit(pidfd, None);
+            }
         }
-        if let Some(template) = self.template.take() {
-            wait_for_exit(&template.process.pidfd, None);
-        }
+        self.workers.clear();
         self.pending.clear();
     }
 }

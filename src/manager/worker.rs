@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::policy::ExitReason;
 use crate::shm::OutSegment;
@@ -16,6 +16,22 @@ pub struct Task {
     pub body: Body,
     /// The shared segment holding its large buffers, passed along with the frame.
     pub segment: Option<Arc<OutSegment>>,
+    /// How long it may run, counted from its start on a worker.
+    pub timeout: Option<Duration>,
+}
+
+/// Why the manager is ending a worker and its process tree, for its running task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndCause {
+    Timeout,
+    Terminated,
+}
+
+/// A worker being ended: SIGTERM sent to its tree at `since`; SIGKILL after the grace.
+pub struct Ending {
+    pub cause: EndCause,
+    pub since: Instant,
+    pub killed: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,6 +68,12 @@ pub struct Worker {
     pub fault: Option<String>,
     /// Why it is leaving, once the manager asked it to (or it announced it).
     pub exit_reason: Option<ExitReason>,
+    /// Tasks it has answered.
+    pub tasks_done: u64,
+    /// Set while the manager ends it for its running task.
+    pub ending: Option<Ending>,
+    /// Tasks it holds unstarted that were terminated: it is ended when one starts.
+    pub terminate_on_start: Vec<u64>,
 }
 
 impl Worker {
@@ -75,6 +97,9 @@ impl Worker {
             from_template,
             fault: None,
             exit_reason: None,
+            tasks_done: 0,
+            ending: None,
+            terminate_on_start: Vec::new(),
         }
     }
 
@@ -126,6 +151,31 @@ impl Worker {
     /// Counts toward the pool's size (not on its way out).
     pub fn is_live(&self) -> bool {
         matches!(self.state, State::Starting | State::Ready)
+    }
+
+    /// When its running task's time runs out, if that task has a limit.
+    pub fn task_deadline(&self) -> Option<Instant> {
+        if self.ending.is_some() || self.state == State::Starting {
+            return None;
+        }
+        let timeout = self.inflight.front()?.timeout?;
+        Some(self.busy_since + timeout)
+    }
+
+    /// Start ending it, with every process it started, for its running task: SIGTERM
+    /// now, SIGKILL after the grace period (see `ManagerLoop::enforce_deadlines`).
+    pub fn end(&mut self, cause: EndCause) {
+        self.state = State::Exiting;
+        self.exit_reason = Some(match cause {
+            EndCause::Timeout => ExitReason::TaskTimeout,
+            EndCause::Terminated => ExitReason::TaskTerminated,
+        });
+        self.ending = Some(Ending {
+            cause,
+            since: Instant::now(),
+            killed: false,
+        });
+        crate::procfs::kill_tree(self.pid, libc::SIGTERM);
     }
 
     /// Ready and holding nothing.

@@ -1,0 +1,195 @@
+"""Every error a user of the executors can get, and the text that explains it."""
+
+import errno
+import os
+import sys
+from concurrent.futures.process import BrokenProcessPool as _StdBrokenProcessPool
+from pickle import loads
+
+from ._payload import unpack
+from ._tasks import OK, RAISED, TASK_NOT_RECEIVED, TASK_UNPICKLE_FAILED
+
+
+class LokyRecursionError(RuntimeError):
+    """A process tries to start executors nested deeper than LOKY_MAX_DEPTH."""
+
+
+class BrokenProcessPool(_StdBrokenProcessPool):
+    """The executor cannot run tasks any more, or a task's payload could not travel."""
+
+
+class TerminatedWorkerError(BrokenProcessPool):
+    """The worker running a task died (signal, os._exit, out-of-memory kill...)."""
+
+
+class ShutdownExecutorError(RuntimeError):
+    """The executor was shut down while a task was pending or running."""
+
+
+class _RemoteTraceback(Exception):
+    """Carries the worker-side traceback text as the cause of a task's exception."""
+
+    def __init__(self, tb=None):
+        self.tb = f'\n"""\n{tb}"""'
+
+    def __str__(self):
+        return self.tb
+
+
+def _rebuild_exc(exc, tb):
+    exc.__cause__ = _RemoteTraceback(tb)
+    return exc
+
+
+class _ExceptionWithTraceback:
+    """Pickles `exc` so that it unpickles with its traceback text as the cause."""
+
+    def __init__(self, exc):
+        import traceback
+
+        tb = exc.__traceback__ or sys.exc_info()[2]
+        self.exc = exc
+        self.tb = "".join(traceback.format_exception(type(exc), exc, tb))
+
+    def __reduce__(self):
+        return _rebuild_exc, (self.exc, self.tb)
+
+
+def _signal_name(exitcode):
+    if exitcode < 0:
+        import signal
+
+        try:
+            return signal.Signals(-exitcode).name
+        except ValueError:
+            return "UNKNOWN"
+    return "EXIT" if exitcode != 255 else "UNKNOWN"
+
+
+def _format_exitcodes(exitcodes):
+    return "{" + ", ".join(f"{_signal_name(e)}({e})" for e in exitcodes) + "}"
+
+
+def _terminated_worker_error(pid, exitcode, reason):
+    if reason:
+        return TerminatedWorkerError(
+            f"The executor killed worker {pid} because its channel carried something "
+            f"that is not a message of this package ({reason}). Did the task write to "
+            "or read from file descriptor 3? That descriptor belongs to the worker. "
+            f"The exit codes of the workers are {_format_exitcodes([exitcode])}."
+        )
+    return TerminatedWorkerError(
+        "A worker process managed by the executor was unexpectedly terminated. "
+        "This could be caused by a segmentation fault while calling the function "
+        "or by an excessive memory usage causing the Operating System to kill the "
+        f"worker.\n\nThe exit codes of the workers are {_format_exitcodes([exitcode])}"
+        f" (worker pid {pid}).\nDetailed tracebacks of the workers should have been "
+        "printed to stderr in the executor process if faulthandler was not disabled."
+    )
+
+
+def _with_cause(error, cause):
+    error.__cause__ = cause
+    return error
+
+
+def _lost_result_error(event):
+    if event.descriptor_dropped:
+        return OSError(
+            errno.EMFILE,
+            "The result of this task carried its large buffers in shared memory, and "
+            "this process could not receive them: it had no file descriptor left (see "
+            "`ulimit -n`; results kept alive hold none, so they are held elsewhere in "
+            f"the program). Worker {event.pid} is fine and keeps running tasks.",
+        )
+    return OSError(
+        "The result of this task carried its large buffers in shared memory, and this "
+        f"process could not map them: {event.map_error}. Worker {event.pid} is fine and "
+        "keeps running tasks.",
+    )
+
+
+def _decode_result(event):
+    """Turn a TaskResult event into (ok, value_or_exception)."""
+    if event.descriptor_dropped or event.map_error is not None:
+        return False, _lost_result_error(event)
+    try:
+        outcome = unpack(event.body, event.segment)
+    except BaseException as exc:
+        import traceback
+
+        return False, _with_cause(
+            BrokenProcessPool(
+                "A result has failed to un-serialize. Please ensure that the objects "
+                "returned by the function are always picklable."
+            ),
+            _RemoteTraceback("".join(traceback.format_exception(exc))),
+        )
+    tag = outcome[0]
+    if tag == OK:
+        return True, outcome[1]
+    if tag == RAISED:
+        return False, _with_cause(outcome[1], _RemoteTraceback(outcome[2]))
+    if tag == TASK_NOT_RECEIVED:
+        return False, OSError(outcome[1])
+    assert tag == TASK_UNPICKLE_FAILED, tag
+    return False, _with_cause(
+        BrokenProcessPool(
+            "A task has failed to un-serialize. Please ensure that the arguments of "
+            "the function are all picklable."
+        ),
+        _RemoteTraceback(outcome[1]),
+    )
+
+
+def _timeout_error(timeout, pid):
+    return TimeoutError(
+        f"The task ran past its timeout of {timeout} s on worker {pid}: the worker and "
+        "every process it started were ended, and a replacement started."
+    )
+
+
+def _shut_down_error():
+    return ShutdownExecutorError("The executor was shut down.")
+
+
+def _inherited_error(owner_pid, what):
+    return RuntimeError(
+        f"{what} belongs to an executor whose workers were started by process "
+        f"{owner_pid}; this process ({os.getpid()}) was forked from it and cannot use "
+        "them. Create a new executor in this process (get_reusable_executor() makes "
+        "one by itself)."
+    )
+
+
+def _initializer_error(body):
+    from pickle import loads
+
+    exc, tb = loads(body)
+    error = BrokenProcessPool(
+        "A worker failed to run the executor's initializer, so the executor cannot "
+        f"run tasks: {exc!r}. Fix the initializer (its traceback is the cause of this "
+        "error) and create a new executor."
+    )
+    error.__cause__ = _RemoteTraceback(tb)
+    if exc is not None:
+        error.__cause__.__cause__ = exc
+    return error
+
+
+def _start_error(pid, exitcode, message, has_initializer):
+    if message:
+        return BrokenProcessPool(f"The executor could not start its workers: {message}.")
+    status = _format_exitcodes([exitcode])
+    if has_initializer:
+        return BrokenProcessPool(
+            f"Worker process {pid} died with status {status} before it was ready, "
+            "most likely in the executor's initializer (a crash or os._exit there). "
+            "Fix the initializer and create a new executor; the worker's stderr may "
+            "say more."
+        )
+    return BrokenProcessPool(
+        f"The executor could not start its workers: worker process {pid} exited "
+        f"with status {status} before it was ready. Check that {sys.executable!r} "
+        "can import loky (its stderr may say more)."
+    )

@@ -1,0 +1,260 @@
+"""The result side of a pool: its events applied to their futures, and logged.
+
+    Pool.next_events() ─► result thread ─► _PoolState.handle(events)
+    Pool.wait_outcome() ─► the thread waiting on one future ─► handle([event])
+        TaskResult   ─► the future's result or exception (unpickled here)
+        WorkerDied   ─► TerminatedWorkerError on its task
+        TaskEnded    ─► TimeoutError, or the future cancelled (terminated)
+        WorkerStarted / WorkerExited ─► the "loky" logger
+        InitFailed / StartFailed     ─► the executor is broken, its futures fail
+        PoolClosed   ─► the result thread ends
+
+Lifecycle events (workers started, recycled, crashed; resizes; shutdowns) are logged to
+the ``loky`` logger, silent unless logging is configured, and to multiprocessing's
+logger when ``multiprocessing.util.log_to_stderr()`` is on, as loky does.
+
+Also here: what happens to the pools when the interpreter exits, and when Ctrl-C
+arrives (see `interrupt`).
+"""
+
+import logging
+import os
+import signal
+import sys
+import threading
+from time import monotonic
+
+from . import _core
+from ._errors import (
+    BrokenProcessPool,
+    _decode_result,
+    _format_exitcodes,
+    _inherited_error,
+    _initializer_error,
+    _shut_down_error,
+    _start_error,
+    _terminated_worker_error,
+    _timeout_error,
+    _with_cause,
+)
+
+_logger = logging.getLogger("loky")
+_logger.addHandler(logging.NullHandler())  # silent unless the user configures logging
+
+
+def _log(level, message, *args):
+    """Log a lifecycle event to the "loky" logger, and to multiprocessing's when
+    ``multiprocessing.util.log_to_stderr()`` turned it on."""
+    _logger.log(level, message, *args)
+    mp_util = sys.modules.get("multiprocessing.util")
+    if mp_util is not None and mp_util._logger is not None:
+        mp_util._logger.log(level, message, *args)
+
+
+def _fail(future, error):
+    future._finish(False, error)  # no-op if it finished or was cancelled meanwhile
+
+
+class _PoolState:
+    """What the result thread shares with the executor: no reference to the executor
+    itself, so an executor nobody holds can be garbage collected."""
+
+    def __init__(self, pool, has_initializer):
+        self.pool = pool
+        self.owner_pid = os.getpid()
+        self.futures = {}
+        self.broken = None  # error message once the pool cannot run tasks
+        self.has_initializer = has_initializer
+        self.closed = False  # the result thread has stopped
+        self._handlers = {
+            _core.TaskResult: self._on_result,
+            _core.WorkerDied: self._on_worker_died,
+            _core.TaskEnded: self._on_task_ended,
+            _core.WorkerStarted: self._on_worker_started,
+            _core.WorkerExited: self._on_worker_exited,
+            _core.InitFailed: self._on_init_failed,
+            _core.StartFailed: self._on_start_failed,
+            _core.PoolClosed: self._on_closed,
+        }
+
+    def inherited(self):
+        """True in a process forked from the one that started this pool."""
+        return not self.pool.owned_here()
+
+    def unqueue(self, task_id):
+        try:
+            taken = self.pool.cancel(task_id)
+        except _core.InheritedPoolError:
+            return False
+        if taken:
+            self.futures.pop(task_id, None)
+        return taken
+
+    def terminate(self, task_id):
+        """End the task (see `Future.terminate`); True if it was still queued."""
+        try:
+            return self.pool.terminate(task_id)
+        except _core.InheritedPoolError:
+            raise _inherited_error(self.owner_pid, "This future") from None
+
+    def await_outcome(self, future, timeout):
+        """Wait for `future`'s outcome in this thread: the manager hands it over
+        directly, sparing a hop through the result thread. Returns what is left of
+        `timeout` for a standard wait on the future (the outcome went the usual way)."""
+        deadline = None if timeout is None else monotonic() + timeout
+        try:
+            event, interruption = self.pool.wait_outcome(future._task_id, timeout, future.done)
+        except _core.InheritedPoolError:
+            raise _inherited_error(self.owner_pid, "This future") from None
+        if event is not None:
+            self.handle([event])
+        if interruption is not None:
+            raise interruption
+        return None if deadline is None else max(0.0, deadline - monotonic())
+
+    def fail_all(self, make_error, spare=()):
+        """Fail every unfinished future but those whose task ids are in `spare`."""
+        futures, self.futures = self.futures, {}
+        for task_id, future in futures.items():
+            if task_id in spare:
+                self.futures[task_id] = future
+            else:
+                _fail(future, make_error())
+
+    def handle(self, events):
+        """Apply one batch of events from the core. False once the pool has closed."""
+        handlers = self._handlers
+        for event in events:
+            if handlers[type(event)](event) is False:
+                return False
+        return True
+
+    def _on_result(self, event):
+        future = self.futures.pop(event.task_id, None)
+        if future is not None:
+            # No-op if cancelled or failed by a kill meanwhile.
+            future._finish(*_decode_result(event))
+
+    def _on_worker_died(self, event):
+        future = self.futures.pop(event.task_id, None)
+        if future is not None:
+            _fail(future, _terminated_worker_error(event.pid, event.exitcode, event.reason))
+
+    def _on_task_ended(self, event):
+        future = self.futures.pop(event.task_id, None)
+        if future is None:
+            return
+        if event.cause == "timeout":
+            _log(logging.WARNING, "loky worker %d ended: its task ran past its timeout of %s s",
+                 event.pid, future._timeout)
+            _fail(future, _timeout_error(future._timeout, event.pid))
+        else:
+            future._cancel_now()  # terminated: cancelled already, unless it raced
+
+    def _on_worker_started(self, event):
+        how = "forked from the template" if event.forked else "started"
+        _log(logging.DEBUG, "loky worker %d %s", event.pid, how)
+
+    def _on_worker_exited(self, event):
+        status = _format_exitcodes([event.exitcode])
+        if event.reason in ("died", "killed"):
+            _log(
+                logging.WARNING,
+                "loky worker %d %s with status %s; a replacement starts",
+                event.pid,
+                "died" if event.reason == "died" else "was killed for breaking its channel",
+                status,
+            )
+        elif event.reason in ("memory growth", "task limit"):
+            limit = {
+                "memory growth": "its memory grew past LOKY_MAX_MEMORY_LEAK_SIZE",
+                "task limit": "it ran max_tasks_per_child tasks",
+            }[event.reason]
+            _log(logging.INFO, "loky worker %d recycled: %s", event.pid, limit)
+        else:
+            _log(logging.DEBUG, "loky worker %d exited (%s)", event.pid, event.reason)
+
+    def _on_init_failed(self, event):
+        self._break(_initializer_error(event.body))
+
+    def _on_start_failed(self, event):
+        self._break(_start_error(event.pid, event.exitcode, event.message, self.has_initializer))
+
+    def _on_closed(self, event):
+        return False
+
+    def _break(self, error):
+        if self.broken is None:
+            self.broken = str(error)
+            _log(logging.ERROR, "loky executor broken: %s", self.broken)
+            self.pool.shutdown("kill")
+        self.fail_all(lambda: _with_cause(BrokenProcessPool(self.broken), error.__cause__))
+
+
+def _run_results(state):
+    """Body of the result thread: apply event batches until the pool closes."""
+    try:
+        while state.handle(state.pool.next_events()):
+            pass
+    finally:
+        state.closed = True
+        # Outcomes handed to a waiting thread are that thread's to apply.
+        state.fail_all(_shut_down_error, spare=set(state.pool.claimed_outcomes()))
+        _live_pools.discard(state)
+
+
+# Pools whose result thread is running: shut down at interpreter exit.
+_live_pools = set()
+interpreter_exiting = False
+
+
+def _interrupted():
+    """Whether the interpreter is exiting because of an unhandled KeyboardInterrupt."""
+    last = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
+    return isinstance(last, KeyboardInterrupt)
+
+
+def _on_interpreter_exit():
+    """Let pending tasks finish, then stop every pool before the interpreter goes. After
+    Ctrl-C (an unhandled KeyboardInterrupt), end the workers at once instead: the user
+    asked the program to stop."""
+    global interpreter_exiting
+    interpreter_exiting = True
+    how = "terminate" if _interrupted() else "graceful"
+    for state in list(_live_pools):
+        state.pool.shutdown(how)
+    for state in list(_live_pools):
+        thread = state.thread
+        if thread is not threading.current_thread():
+            thread.join()
+
+
+threading._register_atexit(_on_interpreter_exit)
+
+
+# -- Ctrl-C ----------------------------------------------------------------------------
+#
+# A terminal's Ctrl-C signals the whole foreground process group, but workers lead
+# groups of their own (so that ending a worker ends its children). The parent's SIGINT
+# handler therefore passes the signal on to the workers that run a task, whose tasks
+# get KeyboardInterrupt as they would with loky; idle workers ignore it. It is
+# installed only over Python's default handler, so a user's own handler keeps working
+# (and then decides what happens).
+
+
+def _forward_and_raise(signum, frame):
+    for state in list(_live_pools):
+        try:
+            state.pool.interrupt()
+        except _core.InheritedPoolError:
+            pass
+    signal.default_int_handler(signum, frame)
+
+
+def forward_interrupts():
+    """Install the forwarding SIGINT handler if Python's default one is in place (and
+    this is the main thread, where handlers are set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _forward_and_raise)

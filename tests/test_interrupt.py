@@ -1,0 +1,107 @@
+"""Ctrl-C reaches running tasks as it does with loky: they get KeyboardInterrupt, their
+futures fail with it, the workers survive; a script interrupted while it waits exits
+promptly, leaving no process behind; a user's own SIGINT handler keeps working."""
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import helpers
+
+pytestmark = pytest.mark.timeout(120)
+
+SCRIPT = """
+import json, os, signal, sys, time
+from loky import get_reusable_executor
+import helpers
+
+mode, tmp = sys.argv[1], sys.argv[2]
+executor = get_reusable_executor(max_workers=2)
+workers = sorted(helpers.pids_of_all_workers(executor, 2))
+if mode == "own handler":
+    signal.signal(signal.SIGINT, lambda *a: print("own handler", flush=True))
+futures = [executor.submit(helpers.pid_then_sleep, f"{tmp}/task{i}", 30) for i in range(2)]
+for i in range(2):
+    helpers.wait_for_pid(f"{tmp}/task{i}")
+print(json.dumps(workers), flush=True)
+if mode in ("result", "own handler"):
+    futures[0].result()
+elif mode == "map":
+    list(executor.map(time.sleep, [30] * 4))
+elif mode == "continue":
+    try:
+        futures[0].result()
+    except KeyboardInterrupt:
+        print([type(f.exception(timeout=30)).__name__ for f in futures], flush=True)
+        print(sorted(helpers.pids_of_all_workers(executor, 2)) == workers, flush=True)
+print("end", flush=True)
+"""
+
+
+def run_until_tasks_run(tmp_path, mode):
+    script = tmp_path / "interrupted.py"
+    script.write_text(SCRIPT)
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(helpers.__file__))
+    proc = subprocess.Popen(
+        [sys.executable, str(script), mode, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,  # its own process group, as a terminal job has
+    )
+    ready, _, _ = select.select([proc.stdout], [], [], 90)
+    assert ready, "the script printed nothing"
+    return proc, json.loads(proc.stdout.readline())
+
+
+@pytest.mark.parametrize("mode", ["result", "map"])
+@pytest.mark.parametrize("to", ["process group", "parent only"])
+def test_ctrl_c_while_waiting_ends_the_script_and_its_workers(tmp_path, mode, to):
+    proc, workers = run_until_tasks_run(tmp_path, mode)
+    try:
+        if to == "process group":
+            os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+        else:
+            os.kill(proc.pid, signal.SIGINT)  # kill -INT, a notebook's interrupt
+        sent = time.monotonic()
+        out, err = proc.communicate(timeout=60)
+        took = time.monotonic() - sent
+        assert "KeyboardInterrupt" in err, err
+        assert "end" not in out
+        assert took < 15, f"the interrupted script took {took:.1f} s to exit"
+        assert helpers.wait_pids_gone(workers, timeout=10) == []
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
+def test_interrupted_tasks_fail_with_keyboard_interrupt_and_workers_survive(tmp_path):
+    proc, workers = run_until_tasks_run(tmp_path, "continue")
+    try:
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        assert out.splitlines() == ["['KeyboardInterrupt', 'KeyboardInterrupt']", "True", "end"]
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
+def test_a_users_own_sigint_handler_keeps_working(tmp_path):
+    proc, workers = run_until_tasks_run(tmp_path, "own handler")
+    try:
+        os.killpg(proc.pid, signal.SIGINT)
+        line = proc.stdout.readline()
+        assert line == "own handler\n"
+        # The user's handler decided: no KeyboardInterrupt, the tasks run on.
+        assert all(not helpers.pid_gone(pid) for pid in workers)
+    finally:
+        proc.kill()
+        proc.communicate()
