@@ -251,9 +251,9 @@ def test_interpreter_exit_after_worker_crash_and_pickling_fault_does_not_hang(tm
 
 @pytest.mark.timeout(90)
 def test_ctrl_c_in_the_parent_does_not_break_or_hang_the_pool(tmp_path):
-    # Workers live in their own process group: a Ctrl-C reaches the parent only. The
-    # interrupted caller can go on using the executor, and an uncaught interrupt
-    # still lets the interpreter exit.
+    # The parent passes Ctrl-C on to the tasks running at that moment (they fail with
+    # KeyboardInterrupt, see test_interrupt.py); the interrupted caller can go on
+    # using the executor, and an uncaught interrupt still lets the interpreter exit.
     result = helpers.run_script(
         tmp_path,
         """
@@ -280,7 +280,8 @@ def test_ctrl_c_in_the_parent_does_not_break_or_hang_the_pool(tmp_path):
         except KeyboardInterrupt:
             print("interrupted", flush=True)
         print("after", executor.submit(pow, 2, 3).result(timeout=30), flush=True)
-        print("all done", all(f.result(timeout=30) is None for f in futures), flush=True)
+        outcomes = {type(f.exception(timeout=30)).__name__ for f in futures}
+        print("all done", outcomes <= {"NoneType", "KeyboardInterrupt"}, flush=True)
         more = [executor.submit(gated, gate2) for _ in range(4)]
         threading.Timer(0.2, interrupt_then_open, (gate2,)).start()
         more[-1].result()
