@@ -123,6 +123,8 @@ pub struct Mapping {
     len: usize,
     /// Stamp of the process that mapped it: the only one that may release the segment.
     owner: u64,
+    /// A segment of buffers (released when dropped), not a ledger.
+    releases: bool,
 }
 
 // SAFETY: the mapping is plain memory owned by this value; nothing in it is tied to
@@ -133,23 +135,33 @@ unsafe impl Sync for Mapping {}
 impl Mapping {
     /// Map the whole segment `fd` (which the caller may close afterwards).
     pub fn new(fd: BorrowedFd<'_>) -> io::Result<Mapping> {
-        let len = nix::sys::stat::fstat(fd).map_err(io::Error::from)?.st_size as usize;
-        if len < SEGMENT_HEADER_LEN {
-            return Err(io::Error::other("segment shorter than its header"));
-        }
-        let ptr = map_shared(fd, len)?;
+        let mapping = Mapping::map(fd, true)?;
         RECEIVED.lock().get_or_insert_with(HashMap::new).insert(
-            ptr.as_ptr() as usize,
+            mapping.ptr.as_ptr() as usize,
             Live {
-                len,
+                len: mapping.len,
                 private: false,
                 snapshot: None,
             },
         );
+        Ok(mapping)
+    }
+
+    /// Map a worker's ledger (see `TaskLedger`): never released, never snapshot.
+    pub fn ledger(fd: BorrowedFd<'_>) -> io::Result<Mapping> {
+        Mapping::map(fd, false)
+    }
+
+    fn map(fd: BorrowedFd<'_>, releases: bool) -> io::Result<Mapping> {
+        let len = nix::sys::stat::fstat(fd).map_err(io::Error::from)?.st_size as usize;
+        if len < SEGMENT_HEADER_LEN {
+            return Err(io::Error::other("segment shorter than its header"));
+        }
         Ok(Mapping {
-            ptr,
+            ptr: map_shared(fd, len)?,
             len,
             owner: generation(),
+            releases,
         })
     }
 
@@ -172,12 +184,13 @@ impl Mapping {
 
 impl Drop for Mapping {
     fn drop(&mut self) {
-        let private = RECEIVED
-            .lock()
-            .as_mut()
-            .and_then(|live| live.remove(&(self.ptr.as_ptr() as usize)))
-            .is_some_and(|live| live.private);
-        if !private && self.owner == generation() {
+        let private = self.releases
+            && RECEIVED
+                .lock()
+                .as_mut()
+                .and_then(|live| live.remove(&(self.ptr.as_ptr() as usize)))
+                .is_some_and(|live| live.private);
+        if self.releases && !private && self.owner == generation() {
             // Nothing here reads the buffers any more: the sender may write them again.
             // SAFETY: the mapping is live and at least a header long.
             unsafe { state_word(self.ptr) }.store(SEGMENT_FREE, Ordering::Release);
@@ -323,6 +336,43 @@ impl Drop for OutSegment {
     fn drop(&mut self) {
         // SAFETY: unmaps exactly our mapping; the receivers have their own.
         unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.capacity) };
+    }
+}
+
+/// A worker's ledger: one shared word where the worker records the task it takes to
+/// run (its id + 1; 0 before the first), so that when it dies the manager knows
+/// whether it had started the task at the head of its queue or died before reading
+/// it (a task written to the socket of a worker dying idle must run elsewhere, not
+/// fail). The manager makes it; the worker maps it from its first message.
+pub struct TaskLedger {
+    page: OutSegment,
+}
+
+impl TaskLedger {
+    pub fn new() -> io::Result<TaskLedger> {
+        Ok(TaskLedger {
+            page: OutSegment::create(page_size())?,
+        })
+    }
+
+    /// Whether the worker took task `id` (the last task it took, as tasks are taken
+    /// in order).
+    pub fn took(&self, id: u64) -> bool {
+        self.page.state().load(Ordering::Acquire) == id + 1
+    }
+}
+
+impl AsFd for TaskLedger {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.page.as_fd()
+    }
+}
+
+impl Mapping {
+    /// Worker side, on its ledger: task `id` is taken to run now.
+    pub fn record_taken(&self, id: u64) {
+        // SAFETY: the mapping is live and at least a header long.
+        unsafe { state_word(self.ptr) }.store(id + 1, Ordering::Release);
     }
 }
 
@@ -563,6 +613,19 @@ mod tests {
         let fd = nix::sys::memfd::memfd_create(c"t", nix::sys::memfd::MFdFlags::empty()).unwrap();
         nix::unistd::ftruncate(&fd, 8).unwrap();
         assert!(Mapping::new(fd.as_fd()).is_err());
+    }
+
+    #[test]
+    fn a_ledger_tells_whether_the_worker_took_a_task() {
+        let ledger = TaskLedger::new().unwrap();
+        assert!(!ledger.took(0), "nothing taken yet");
+        let worker_side = Mapping::ledger(ledger.as_fd()).unwrap();
+        worker_side.record_taken(0);
+        assert!(ledger.took(0));
+        worker_side.record_taken(7);
+        assert!(ledger.took(7) && !ledger.took(8));
+        drop(worker_side);
+        assert!(ledger.took(7), "a worker's exit leaves its ledger as it was");
     }
 
     #[test]

@@ -92,6 +92,19 @@ def test_idle_worker_killed_from_outside_is_replaced(executor_factory):
     assert victim not in pids and len(pids) == 1
 
 
+def test_tasks_sent_to_a_worker_dying_idle_run_elsewhere(executor_factory):
+    # A task may reach the socket of a worker that has just died while idle, before
+    # the pool sees the death: it never started, so it must run on another worker
+    # instead of failing with the dead worker's TerminatedWorkerError.
+    executor = executor_factory(max_workers=1)
+    for _ in range(20):
+        victim = executor.submit(helpers.get_pid).result(timeout=30)
+        os.kill(victim, signal.SIGKILL)
+        futures = [executor.submit(helpers.get_pid) for _ in range(3)]
+        pids = {f.result(timeout=30) for f in futures}
+        assert victim not in pids
+
+
 def test_many_crashes_in_a_row(executor_factory):
     executor = executor_factory(max_workers=2)
     doomed = [executor.submit(helpers.segfault) for _ in range(6)]

@@ -108,6 +108,27 @@ class WorkerDied:
     exitcode: int
     reason: str
 
+class TaskEnded:
+    """The manager ended the worker running task `task_id`, with every process it
+    started: `cause` is "timeout" (the task ran past its time limit) or "terminated"
+    (`Future.terminate()`). A replacement starts."""
+
+    task_id: int
+    pid: int
+    cause: str
+
+class WorkerStat:
+    """One worker as `Pool.stats()` sees it: `state` is "starting", "idle", "busy" or
+    "exiting"; `task_id` and `running_for` (seconds) describe its running task; `rss`
+    is its resident memory in bytes (None if unknown)."""
+
+    pid: int
+    state: str
+    tasks_done: int
+    task_id: int | None
+    running_for: float | None
+    rss: int | None
+
 class WorkerStarted:
     """A worker process started (`forked`: by the template, as a replacement)."""
 
@@ -116,7 +137,8 @@ class WorkerStarted:
 
 class WorkerExited:
     """A worker left the pool. `reason`: "idle timeout", "task limit", "memory
-    growth", "pool shrank", "shutdown", "died" or "killed"."""
+    growth", "pool shrank", "shutdown", "died", "killed", "task timeout" or "task
+    terminated"."""
 
     pid: int
     exitcode: int
@@ -140,7 +162,16 @@ class StartFailed:
 class PoolClosed:
     """The manager has stopped and every worker has exited: the last event."""
 
-Event = TaskResult | WorkerDied | WorkerStarted | WorkerExited | InitFailed | StartFailed | PoolClosed
+Event = (
+    TaskResult
+    | WorkerDied
+    | TaskEnded
+    | WorkerStarted
+    | WorkerExited
+    | InitFailed
+    | StartFailed
+    | PoolClosed
+)
 
 class Pool:
     """A pool of worker processes driven by a manager thread (one per executor).
@@ -169,18 +200,37 @@ class Pool:
         `max_tasks_per_child` tasks. With `template_args`, replacements are forked from
         a template process started with those arguments."""
 
-    def submit(self, task_id: int, body: bytes, segment: OutgoingSegment | None = None) -> None:
-        """Queue a pickled task (kept without a copy). Ids grow from call to call."""
+    def submit(
+        self,
+        task_id: int,
+        body: bytes,
+        segment: OutgoingSegment | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        """Queue a pickled task (kept without a copy), which may run `timeout` seconds
+        at most from its start on a worker. Ids grow from call to call."""
 
     def cancel(self, task_id: int) -> bool:
         """Take a task back if no worker can have received it yet."""
 
+    def terminate(self, task_id: int) -> bool:
+        """End a task whatever its state: True if it was taken back from the queue;
+        False if a worker may hold it: that worker is ended once it runs the task, and
+        a TaskEnded event follows (unless the task finished first)."""
+
+    def interrupt(self) -> None:
+        """Ctrl-C: pass SIGINT on to the process group of every worker running a task."""
+
+    def stats(self) -> list[WorkerStat]:
+        """A snapshot of the workers, from the manager thread."""
+
     def resize(self, max_workers: int) -> None:
         """Change the number of workers; idle ones leave first when shrinking."""
 
-    def shutdown(self, kill: bool) -> None:
-        """Graceful: finish queued work, then stop the workers. Kill: stop them now,
-        with every process they started."""
+    def shutdown(self, how: str) -> None:
+        """Stop the pool: `how` is "graceful" (finish queued work, then stop the
+        workers), "terminate" (SIGTERM every worker's process tree, SIGKILL after a
+        grace period) or "kill" (SIGKILL now). Queued work is dropped unless graceful."""
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait (without the GIL) for the manager thread to end; True once it has."""
@@ -197,7 +247,7 @@ class Pool:
 
     def wait_outcome(
         self, task_id: int, timeout: float | None, done: Callable[[], bool]
-    ) -> tuple[TaskResult | WorkerDied | None, BaseException | None]:
+    ) -> tuple[TaskResult | WorkerDied | TaskEnded | None, BaseException | None]:
         """Wait for task `task_id`'s outcome in this thread: the manager hands it over
         directly. `done()` tells whether the future is finished already. Returns (the
         event or None, an exception a signal handler raised meanwhile or None); apply

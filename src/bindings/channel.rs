@@ -31,6 +31,9 @@ pub struct Message {
 #[pyclass(module = "loky._core")]
 pub struct Channel {
     inner: Blocking,
+    /// The worker's ledger, from its first message: where it records each task it
+    /// takes (see `crate::shm::TaskLedger`).
+    ledger: Option<Mapping>,
 }
 
 #[pymethods]
@@ -40,7 +43,10 @@ impl Channel {
         // SAFETY: the caller hands the descriptor over (documented above).
         let inner = unsafe { Blocking::from_raw(fd) }
             .map_err(|e| PyOSError::new_err(format!("channel on descriptor {fd}: {e}")))?;
-        Ok(Channel { inner })
+        Ok(Channel {
+            inner,
+            ledger: None,
+        })
     }
 
     fn fileno(&self) -> i32 {
@@ -70,11 +76,19 @@ impl Channel {
             descriptor_dropped: false,
             map_error: None,
         };
+        if message.kind == Kind::Task as u32 {
+            if let Some(ledger) = &self.ledger {
+                ledger.record_taken(message.task_id); // it runs as soon as it is returned
+            }
+        }
         match frame.fd {
             Attached::None => {}
             Attached::Dropped => message.descriptor_dropped = true,
             Attached::Fd(fd) if message.kind == Kind::Fork as u32 => {
                 message.fd = fd.into_raw_fd();
+            }
+            Attached::Fd(fd) if message.kind == Kind::Init as u32 => {
+                self.ledger = Mapping::ledger(fd.as_fd()).ok();
             }
             // Mapped now, as the task is taken to run: see `crate::shm` on ownership.
             Attached::Fd(fd) => match py.detach(|| Mapping::new(fd.as_fd())) {

@@ -505,7 +505,17 @@ impl ManagerLoop {
         if reason.owes_replacement() {
             self.replacements_owed += 1;
         }
-        if let Some(running) = worker.inflight.pop_front() {
+        // A task it never took did not run: it goes back to the queue with the others
+        // (a worker dying idle may be sent one before the manager sees its death).
+        let running = if worker.took_front_task() {
+            worker.inflight.pop_front()
+        } else {
+            if worker.ending.as_ref().is_some_and(|e| e.cause == EndCause::Terminated) {
+                worker.inflight.pop_front(); // terminated before it began: never runs
+            }
+            None
+        };
+        if let Some(running) = running {
             self.shared.emit(match &worker.ending {
                 Some(ending) => Event::TaskEnded {
                     task_id: running.id,

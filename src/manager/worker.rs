@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::policy::ExitReason;
-use crate::shm::OutSegment;
+use crate::shm::{OutSegment, TaskLedger};
 use crate::spawn::Spawned;
 use crate::wire::{Body, FrameReader, FrameWriter, Kind, OutFrame};
 
@@ -74,13 +74,21 @@ pub struct Worker {
     pub ending: Option<Ending>,
     /// Tasks it holds unstarted that were terminated: it is ended when one starts.
     pub terminate_on_start: Vec<u64>,
+    /// Where it records the task it takes (None if none could be made: then the task
+    /// at the head of its queue counts as started).
+    pub ledger: Option<Arc<TaskLedger>>,
 }
 
 impl Worker {
     pub fn new(spawned: Spawned, init: &Body, from_template: bool) -> Worker {
         let now = Instant::now();
+        let ledger = TaskLedger::new().ok().map(Arc::new);
+        let mut init = OutFrame::new(0, Kind::Init, init.clone());
+        if let Some(ledger) = &ledger {
+            init = init.with_fd(ledger.clone());
+        }
         let mut writer = FrameWriter::default();
-        writer.push(OutFrame::new(0, Kind::Init, init.clone()));
+        writer.push(init);
         Worker {
             pid: spawned.pid,
             pidfd: spawned.pidfd,
@@ -100,6 +108,7 @@ impl Worker {
             tasks_done: 0,
             ending: None,
             terminate_on_start: Vec::new(),
+            ledger,
         }
     }
 
@@ -176,6 +185,16 @@ impl Worker {
             killed: false,
         });
         crate::procfs::kill_tree(self.pid, libc::SIGTERM);
+    }
+
+    /// Whether it took the task at the head of its queue to run (it may have died
+    /// before reading it).
+    pub fn took_front_task(&self) -> bool {
+        match (self.inflight.front(), &self.ledger) {
+            (None, _) => false,
+            (Some(task), Some(ledger)) => ledger.took(task.id),
+            (Some(_), None) => true,
+        }
     }
 
     /// Ready and holding nothing.
