@@ -147,11 +147,6 @@ impl Mapping {
         Ok(mapping)
     }
 
-    /// Map a worker's ledger (see `TaskLedger`): never released, never snapshot.
-    pub fn ledger(fd: BorrowedFd<'_>) -> io::Result<Mapping> {
-        Mapping::map(fd, false)
-    }
-
     fn map(fd: BorrowedFd<'_>, releases: bool) -> io::Result<Mapping> {
         let len = nix::sys::stat::fstat(fd).map_err(io::Error::from)?.st_size as usize;
         if len < SEGMENT_HEADER_LEN {
@@ -340,7 +335,9 @@ impl Drop for OutSegment {
 }
 
 /// A worker's ledger: one shared word where the worker records the task it takes to
-/// run (its id + 1; 0 before the first), so that when it dies the manager knows
+/// run (its id + 1; `LEDGER_OPEN` before the first; `LEDGER_UNUSED` if the worker
+/// never opened it, and then every task counts as taken), so that when it dies the
+/// manager knows
 /// whether it had started the task at the head of its queue or died before reading
 /// it (a task written to the socket of a worker dying idle must run elsewhere, not
 /// fail). The manager makes it; the worker maps it from its first message.
@@ -356,9 +353,12 @@ impl TaskLedger {
     }
 
     /// Whether the worker took task `id` (the last task it took, as tasks are taken
-    /// in order).
+    /// in order). A worker that never opened its ledger counts as having taken it.
     pub fn took(&self, id: u64) -> bool {
-        self.page.state().load(Ordering::Acquire) == id + 1
+        match self.page.state().load(Ordering::Acquire) {
+            LEDGER_UNUSED => true,
+            last => last == id + 1,
+        }
     }
 }
 
@@ -368,7 +368,20 @@ impl AsFd for TaskLedger {
     }
 }
 
+/// Ledger values: never opened by the worker; opened, nothing taken yet.
+const LEDGER_UNUSED: u64 = 0;
+const LEDGER_OPEN: u64 = u64::MAX;
+
 impl Mapping {
+    /// Map a worker's ledger (see `TaskLedger`) and mark it in use: never released,
+    /// never snapshot.
+    pub fn ledger(fd: BorrowedFd<'_>) -> io::Result<Mapping> {
+        let mapping = Mapping::map(fd, false)?;
+        // SAFETY: the mapping is live and at least a header long.
+        unsafe { state_word(mapping.ptr) }.store(LEDGER_OPEN, Ordering::Release);
+        Ok(mapping)
+    }
+
     /// Worker side, on its ledger: task `id` is taken to run now.
     pub fn record_taken(&self, id: u64) {
         // SAFETY: the mapping is live and at least a header long.
@@ -618,8 +631,9 @@ mod tests {
     #[test]
     fn a_ledger_tells_whether_the_worker_took_a_task() {
         let ledger = TaskLedger::new().unwrap();
-        assert!(!ledger.took(0), "nothing taken yet");
+        assert!(ledger.took(0), "a ledger the worker never opened says nothing");
         let worker_side = Mapping::ledger(ledger.as_fd()).unwrap();
+        assert!(!ledger.took(0), "opened: nothing taken yet");
         worker_side.record_taken(0);
         assert!(ledger.took(0));
         worker_side.record_taken(7);
