@@ -171,9 +171,9 @@ impl Mapping {
     /// Fault every page in now (where the kernel can), so the first reads of the
     /// buffers run at memory speed. Best effort.
     pub fn populate(&self) {
-        const MADV_POPULATE_WRITE: libc::c_int = 23; // Linux 5.14
+        const MADV_POPULATE_READ: libc::c_int = 22; // Linux 5.14
                                                      // SAFETY: advice on our own live mapping; failure (old kernel) is harmless.
-        unsafe { libc::madvise(self.ptr.as_ptr().cast(), self.len, MADV_POPULATE_WRITE) };
+        unsafe { libc::madvise(self.ptr.as_ptr().cast(), self.len, MADV_POPULATE_READ) };
     }
 }
 
