@@ -11,7 +11,14 @@ fn read(root: &Path, path: &str) -> Option<String> {
     fs::read_to_string(root.join(path.trim_start_matches('/'))).ok()
 }
 
-/// CPUs the scheduler lets this process run on.
+/// CPUs the scheduler lets this process run on (Linux: its affinity mask).
+#[cfg(not(target_os = "linux"))]
+pub fn affinity_count() -> Option<usize> {
+    None
+}
+
+/// CPUs the scheduler lets this process run on (Linux: its affinity mask).
+#[cfg(target_os = "linux")]
 pub fn affinity_count() -> Option<usize> {
     // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it for pid 0 (us).
     unsafe {

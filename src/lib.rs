@@ -12,6 +12,7 @@ mod channel;
 mod cpu;
 mod fork;
 mod manager;
+mod platform;
 mod procfs;
 mod shm;
 mod spawn;
@@ -38,8 +39,8 @@ fn os_error(e: std::io::Error) -> PyErr {
 }
 
 /// Fork+exec `program` with `args`, the environment overrides `env`, and `pass_fds`
-/// inherited. Returns (pid, pidfd); the caller owns the pidfd (pollable: readable once
-/// the process has exited) and reaps the child with `reap`.
+/// inherited. Returns (pid, sentinel): the caller owns the sentinel, which becomes
+/// readable once the child exited, and reaps the child with `reap`.
 #[pyfunction]
 #[pyo3(signature = (program, args, env, pass_fds=Vec::new()))]
 fn spawn_process(
@@ -54,16 +55,9 @@ fn spawn_process(
         env,
         pass_fds,
     };
-    let (pid, pidfd) = spawn::spawn_process(&cmd)
+    let (pid, sentinel) = spawn::spawn_process(&cmd)
         .map_err(|e| PyOSError::new_err(format!("could not start '{}': {e}", cmd.program)))?;
-    Ok((pid, pidfd.into_raw_fd()))
-}
-
-/// Reap the child behind `pidfd` if it has exited: its exit code, or minus the signal
-/// that killed it; None while it runs. Does not close `pidfd`.
-#[pyfunction]
-fn reap(pidfd: i32) -> PyResult<Option<i32>> {
-    spawn::try_reap(pidfd).map_err(os_error)
+    Ok((pid, sentinel.into_raw_fd()))
 }
 
 /// Every live descendant of process `pid`, children before grandchildren.
@@ -72,26 +66,36 @@ fn descendants(pid: i32) -> Vec<i32> {
     procfs::descendants(pid)
 }
 
-/// Template side: block (without the GIL) until the control channel `control` has
-/// something to read, or a child behind one of the pidfds `children` exited. Returns
-/// the index of that child, or None for the channel.
+/// Template side: wait (without the GIL) up to `timeout` seconds (None: for ever)
+/// until one of `fds` is readable; the indices of those that are.
 #[pyfunction]
-fn template_wait(py: Python<'_>, control: i32, children: Vec<i32>) -> PyResult<Option<usize>> {
-    py.detach(|| template::wait_for_request(control, &children))
-        .map_err(|e| PyOSError::new_err(format!("template control socket: {e}")))
+#[pyo3(signature = (fds, timeout=None))]
+fn template_wait(py: Python<'_>, fds: Vec<i32>, timeout: Option<f64>) -> PyResult<Vec<usize>> {
+    let timeout = timeout.map(|t| std::time::Duration::from_secs_f64(t.max(0.0)));
+    py.detach(|| template::wait_readable(&fds, timeout))
+        .map_err(|e| PyOSError::new_err(format!("template: {e}")))
 }
 
 /// In a worker just forked by the template: own process group, and die with the
-/// template (which dies with the executor's process). False if the template is gone.
+/// template (which dies with the executor's process) where the platform allows; the
+/// worker's watchdog covers the rest. False if the template is gone.
 #[pyfunction]
 fn detach_forked_worker(template_pid: i32) -> PyResult<bool> {
-    // SAFETY: plain syscalls on our own process.
-    unsafe {
-        if libc::setpgid(0, 0) != 0 || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-            return Err(os_error(std::io::Error::last_os_error()));
-        }
-        Ok(libc::getppid() == template_pid)
+    // SAFETY: setpgid on our own process.
+    if unsafe { libc::setpgid(0, 0) } != 0 {
+        return Err(os_error(std::io::Error::last_os_error()));
     }
+    platform::set_parent_death_signal(platform::parent_death_signal_allowed(), libc::SIGKILL)
+        .map_err(os_error)?;
+    // SAFETY: getppid has no preconditions.
+    Ok(unsafe { libc::getppid() } == template_pid)
+}
+
+/// Which way each operating-system facility used so far went: (name, "fast" or
+/// "portable (why)"). See `src/platform/mod.rs`.
+#[pyfunction]
+fn facilities() -> Vec<(&'static str, String)> {
+    platform::facilities()
 }
 
 /// In a worker: end this process and everything it started as soon as `parent` (the
@@ -160,6 +164,7 @@ fn fork_child() {
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     fork::register();
+    platform::reread_settings();
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     for class in [
         m.py().get_type::<Pool>(),
@@ -187,10 +192,10 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     for function in [
         wrap_pyfunction!(cpu_count, m)?,
         wrap_pyfunction!(spawn_process, m)?,
-        wrap_pyfunction!(reap, m)?,
         wrap_pyfunction!(descendants, m)?,
         wrap_pyfunction!(template_wait, m)?,
         wrap_pyfunction!(detach_forked_worker, m)?,
+        wrap_pyfunction!(facilities, m)?,
         wrap_pyfunction!(watch_parent, m)?,
         wrap_pyfunction!(write_segment, m)?,
         wrap_pyfunction!(configure_segment_cache, m)?,

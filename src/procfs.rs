@@ -1,35 +1,99 @@
-//! Process trees, read from /proc: to end a worker together with everything it started.
-//! The only place that walks the tree (the Python side asks here too).
+//! Process trees: to end a worker together with everything it started. Read from
+//! /proc on Linux, from libproc on macOS. The only place that walks the tree (the
+//! Python side asks here too).
 
 use std::collections::HashMap;
+#[cfg(target_os = "linux")]
 use std::fs;
 
 /// The parent pid recorded in /proc/<pid>/stat ("pid (comm) state ppid ...").
+#[cfg(target_os = "linux")]
 fn parent_of(stat: &str) -> Option<i32> {
     // comm may contain spaces and parentheses: the fields resume after the last ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
     rest.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// Every live process as (pid, parent pid).
+#[cfg(target_os = "linux")]
+fn all_processes() -> Vec<(i32, i32)> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| {
+            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            Some((pid, parent_of(&stat)?))
+        })
+        .collect()
+}
+
+/// Every live process as (pid, parent pid).
+#[cfg(target_os = "macos")]
+fn all_processes() -> Vec<(i32, i32)> {
+    let mut pids = vec![0i32; 8192];
+    let bytes = (pids.len() * std::mem::size_of::<i32>()) as libc::c_int;
+    // SAFETY: the buffer holds `bytes` bytes for the kernel to fill with pids.
+    let n = unsafe { libc::proc_listallpids(pids.as_mut_ptr().cast(), bytes) };
+    pids.truncate(n.max(0) as usize);
+    pids.into_iter()
+        .filter_map(|pid| {
+            // SAFETY: proc_bsdinfo is plain data, filled in by proc_pidinfo.
+            let mut info: libc::proc_bsdinfo = unsafe { std::mem::zeroed() };
+            let size = std::mem::size_of::<libc::proc_bsdinfo>() as libc::c_int;
+            // SAFETY: `info` holds `size` bytes.
+            let got = unsafe {
+                libc::proc_pidinfo(
+                    pid,
+                    libc::PROC_PIDTBSDINFO,
+                    0,
+                    (&mut info as *mut libc::proc_bsdinfo).cast(),
+                    size,
+                )
+            };
+            (got == size).then_some((pid, info.pbi_ppid as i32))
+        })
+        .collect()
+}
+
+/// Whether process `pid` still runs (a zombie does not).
+#[cfg(target_os = "linux")]
+pub fn is_running(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let rest = &stat[stat.rfind(')')? + 1..];
+            rest.split_whitespace().next().map(|state| state != "Z")
+        })
+        .unwrap_or(false)
+}
+
+/// Whether process `pid` still runs (a zombie does not).
+#[cfg(target_os = "macos")]
+pub fn is_running(pid: i32) -> bool {
+    // SAFETY: proc_bsdinfo is plain data, filled in by proc_pidinfo.
+    let mut info: libc::proc_bsdinfo = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::proc_bsdinfo>() as libc::c_int;
+    // SAFETY: `info` holds `size` bytes.
+    let got = unsafe {
+        libc::proc_pidinfo(
+            pid,
+            libc::PROC_PIDTBSDINFO,
+            0,
+            (&mut info as *mut libc::proc_bsdinfo).cast(),
+            size,
+        )
+    };
+    got == size && info.pbi_status != libc::SZOMB
+}
+
 /// Every live descendant of `root`, children before grandchildren.
 pub fn descendants(root: i32) -> Vec<i32> {
     let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
-    if let Ok(entries) = fs::read_dir("/proc") {
-        for entry in entries.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<i32>().ok())
-            else {
-                continue;
-            };
-            if let Some(ppid) = fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|stat| parent_of(&stat))
-            {
-                children.entry(ppid).or_default().push(pid);
-            }
-        }
+    for (pid, ppid) in all_processes() {
+        children.entry(ppid).or_default().push(pid);
     }
     let mut found = Vec::new();
     let mut frontier = vec![root];
@@ -43,12 +107,32 @@ pub fn descendants(root: i32) -> Vec<i32> {
 }
 
 /// The resident memory of process `pid`, in bytes (from /proc/<pid>/statm).
+#[cfg(target_os = "linux")]
 pub fn resident_bytes(pid: i32) -> Option<u64> {
     let statm = fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
     // SAFETY: sysconf with a valid name has no side effects.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     Some(pages * page.max(1) as u64)
+}
+
+/// The resident memory of process `pid`, in bytes.
+#[cfg(target_os = "macos")]
+pub fn resident_bytes(pid: i32) -> Option<u64> {
+    // SAFETY: proc_taskinfo is plain data, filled in by proc_pidinfo.
+    let mut info: libc::proc_taskinfo = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::proc_taskinfo>() as libc::c_int;
+    // SAFETY: `info` holds `size` bytes.
+    let got = unsafe {
+        libc::proc_pidinfo(
+            pid,
+            libc::PROC_PIDTASKINFO,
+            0,
+            (&mut info as *mut libc::proc_taskinfo).cast(),
+            size,
+        )
+    };
+    (got == size).then_some(info.pti_resident_size)
 }
 
 /// Send `signal` to the process group of `pid` (its own: workers lead one), to `pid`,
@@ -71,6 +155,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[cfg(target_os = "linux")]
     fn parses_parent_with_odd_command_names() {
         assert_eq!(parent_of("12 (a) b (c)) S 7 12 12 0"), Some(7));
         assert_eq!(parent_of("1 (init) S 0 1 1"), Some(0));
@@ -82,6 +167,22 @@ mod tests {
         let rss = resident_bytes(std::process::id() as i32).unwrap();
         assert!(rss > 1 << 20, "{rss}");
         assert_eq!(resident_bytes(-1), None);
+    }
+
+    #[test]
+    fn a_zombie_does_not_run() {
+        let child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id() as i32;
+        // Unreaped once it exits: a zombie.
+        assert!(crate::platform::wait_for_exit(
+            pid,
+            &crate::platform::ExitWatch::Poll,
+            false,
+            Some(std::time::Duration::from_secs(10))
+        ));
+        assert!(!is_running(pid));
+        assert!(is_running(std::process::id() as i32));
+        drop(child);
     }
 
     #[test]

@@ -39,7 +39,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -172,7 +172,7 @@ impl Mapping {
     /// buffers run at memory speed. Best effort.
     pub fn populate(&self) {
         const MADV_POPULATE_READ: libc::c_int = 22; // Linux 5.14
-                                                     // SAFETY: advice on our own live mapping; failure (old kernel) is harmless.
+                                                    // SAFETY: advice on our own live mapping; failure (old kernel) is harmless.
         unsafe { libc::madvise(self.ptr.as_ptr().cast(), self.len, MADV_POPULATE_READ) };
     }
 }
@@ -259,25 +259,14 @@ fn snapshot(base: *const u8, len: usize) -> io::Result<NonNull<u8>> {
     }
 }
 
-/// Move the mapping `copy` over the one at `base` (both `len` bytes), atomically.
+/// Put the mapping `copy` in place of the one at `base` (both `len` bytes).
 fn install(copy: NonNull<u8>, base: *mut u8, len: usize) -> io::Result<()> {
-    // SAFETY: mremap replaces the mapping at `base` with `copy`, both ours.
-    let moved = unsafe {
-        libc::mremap(
-            copy.as_ptr().cast(),
-            len,
-            len,
-            libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
-            base.cast::<libc::c_void>(),
-        )
-    };
-    if moved == libc::MAP_FAILED {
-        let err = io::Error::last_os_error();
+    let moved = crate::platform::move_mapping(copy.as_ptr(), base, len);
+    if moved.is_err() {
         // SAFETY: the copy is ours and unused.
         unsafe { libc::munmap(copy.as_ptr().cast(), len) };
-        return Err(err);
     }
-    Ok(())
+    moved
 }
 
 // ---- sending side ----------------------------------------------------------------
@@ -295,13 +284,7 @@ unsafe impl Sync for OutSegment {}
 
 impl OutSegment {
     fn create(capacity: usize) -> io::Result<OutSegment> {
-        // SAFETY: plain memfd creation; the result is checked.
-        let raw = unsafe { libc::memfd_create(c"loky-buffers".as_ptr(), libc::MFD_CLOEXEC) };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: memfd_create returned a fresh descriptor that we now own.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let fd = crate::platform::segment_file()?;
         nix::unistd::ftruncate(&fd, capacity as libc::off_t).map_err(io::Error::from)?;
         let ptr = map_shared(fd.as_fd(), capacity)?;
         Ok(OutSegment { fd, ptr, capacity })
@@ -631,7 +614,10 @@ mod tests {
     #[test]
     fn a_ledger_tells_whether_the_worker_took_a_task() {
         let ledger = TaskLedger::new().unwrap();
-        assert!(ledger.took(0), "a ledger the worker never opened says nothing");
+        assert!(
+            ledger.took(0),
+            "a ledger the worker never opened says nothing"
+        );
         let worker_side = Mapping::ledger(ledger.as_fd()).unwrap();
         assert!(!ledger.took(0), "opened: nothing taken yet");
         worker_side.record_taken(0);
@@ -639,7 +625,10 @@ mod tests {
         worker_side.record_taken(7);
         assert!(ledger.took(7) && !ledger.took(8));
         drop(worker_side);
-        assert!(ledger.took(7), "a worker's exit leaves its ledger as it was");
+        assert!(
+            ledger.took(7),
+            "a worker's exit leaves its ledger as it was"
+        );
     }
 
     #[test]

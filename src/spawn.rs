@@ -1,10 +1,14 @@
 //! Start one worker: a fresh interpreter, fork+exec'd as a direct child, with its own
-//! socketpair on fd 3, in its own process group, and killed if the spawning thread dies.
+//! socketpair on fd 3, in its own process group, and killed if the spawning thread dies
+//! (where the platform has a parent-death signal; the worker's watchdog covers the
+//! rest, see `watchdog.rs`).
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
+
+use crate::platform::{self, socketpair_cloexec, ExitWatch};
 
 /// The descriptor number a worker finds its channel on.
 pub const WORKER_FD: RawFd = 3;
@@ -28,10 +32,10 @@ fn inherit(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
-/// A started worker process, its pidfd and the parent's end of its channel.
+/// A started worker process, how its exit is seen, and the parent's end of its channel.
 pub struct Spawned {
     pub pid: i32,
-    pub pidfd: OwnedFd,
+    pub exit: ExitWatch,
     pub channel: OwnedFd,
 }
 
@@ -41,31 +45,6 @@ fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
     } else {
         Ok(ret)
     }
-}
-
-fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0 as RawFd; 2];
-    // SAFETY: fds is a valid two-element array for socketpair to fill.
-    cvt(unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    })?;
-    // SAFETY: socketpair succeeded, so both descriptors are open and owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
-pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
-    // SAFETY: plain syscall with integer arguments.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the syscall returned a fresh descriptor that we now own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
 /// Buffer sizes of the channel: big enough that a batch of small tasks or results
@@ -89,7 +68,7 @@ fn set_buffer_sizes(fd: RawFd) {
 
 /// A worker's channel: (the manager's end, non-blocking; the worker's end).
 pub fn channel_pair() -> io::Result<(OwnedFd, OwnedFd)> {
-    let (parent_end, child_end) = socketpair()?;
+    let (parent_end, child_end) = socketpair_cloexec()?;
     // The manager multiplexes with poll: its end never blocks.
     // SAFETY: fcntl on a descriptor we own.
     cvt(unsafe { libc::fcntl(parent_end.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) })?;
@@ -104,6 +83,7 @@ pub fn spawn_worker(cmd: &WorkerCommand) -> io::Result<Spawned> {
     let (parent_end, child_end) = channel_pair()?;
     let child_fd = child_end.as_raw_fd();
     let parent_pid = std::process::id() as libc::pid_t;
+    let death_signal = platform::parent_death_signal_allowed();
 
     let mut command = command_for(cmd);
     let pass_fds = cmd.pass_fds.clone();
@@ -124,9 +104,9 @@ pub fn spawn_worker(cmd: &WorkerCommand) -> io::Result<Spawned> {
             // and a terminal's Ctrl-C goes to the parent only, which then stops the pool.
             cvt(libc::setpgid(0, 0))?;
             // If the parent dies, its workers follow, even in the middle of a task.
-            cvt(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL))?;
+            platform::set_parent_death_signal(death_signal, libc::SIGKILL)?;
             if libc::getppid() != parent_pid {
-                // The parent died before prctl took effect.
+                // The parent died before the signal was set up.
                 libc::_exit(1);
             }
             Ok(())
@@ -135,12 +115,11 @@ pub fn spawn_worker(cmd: &WorkerCommand) -> io::Result<Spawned> {
     let child = command.spawn()?;
     drop(child_end);
     let pid = child.id() as i32;
-    // The std Child handle is dropped without waiting: the pidfd reaps the process.
+    // The std Child handle is dropped without waiting: the manager reaps the process.
     drop(child);
-    let pidfd = pidfd_open(pid)?;
     Ok(Spawned {
         pid,
-        pidfd,
+        exit: ExitWatch::open(pid),
         channel: parent_end,
     })
 }
@@ -155,10 +134,15 @@ fn command_for(cmd: &WorkerCommand) -> Command {
 }
 
 /// Fork+exec a plain child (no channel, same process group): for multiprocessing-style
-/// processes, which manage their own pipes through `pass_fds`.
+/// processes, which manage their own pipes through `pass_fds`. Returns its pid and a
+/// sentinel that becomes readable (EOF) once it exited: the read end of a pipe whose
+/// write end only the child holds, as multiprocessing's own start methods do. The
+/// caller reaps the child (waitpid).
 pub fn spawn_process(cmd: &WorkerCommand) -> io::Result<(i32, OwnedFd)> {
     let mut command = command_for(cmd);
-    let pass_fds = cmd.pass_fds.clone();
+    let (sentinel, child_end) = platform::pipe()?;
+    let mut pass_fds = cmd.pass_fds.clone();
+    pass_fds.push(child_end.as_raw_fd());
     // SAFETY: the closure only clears FD_CLOEXEC (fcntl is async-signal-safe).
     unsafe {
         command.pre_exec(move || {
@@ -171,30 +155,6 @@ pub fn spawn_process(cmd: &WorkerCommand) -> io::Result<(i32, OwnedFd)> {
     let child = command.spawn()?;
     let pid = child.id() as i32;
     drop(child);
-    Ok((pid, pidfd_open(pid)?))
-}
-
-/// The exit status of a reaped worker in `multiprocessing` convention: the exit code,
-/// or minus the signal number that killed it. `None` while it is still running.
-pub fn try_reap(pidfd: RawFd) -> io::Result<Option<i32>> {
-    // SAFETY: siginfo_t is plain data; zeroed is a valid initial value.
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    // SAFETY: info points to a live siginfo_t; a bad pidfd only yields an error.
-    cvt(unsafe {
-        libc::waitid(
-            libc::P_PIDFD,
-            pidfd as libc::id_t,
-            &mut info,
-            libc::WEXITED | libc::WNOHANG,
-        )
-    })?;
-    // SAFETY: waitid filled info (or left it zeroed, which si_pid() == 0 reports).
-    let (pid, status) = unsafe { (info.si_pid(), info.si_status()) };
-    if pid == 0 {
-        return Ok(None);
-    }
-    Ok(Some(match info.si_code {
-        libc::CLD_EXITED => status,
-        _ => -status,
-    }))
+    drop(child_end);
+    Ok((pid, sentinel))
 }

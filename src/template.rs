@@ -12,11 +12,16 @@
 //!  manager ◄─ FORKED(pid) ──────────────────────────────────── template
 //!  manager ◄─ EXITED(pid, exit code) ───────────────────────── template (reaped it)
 //! ```
+//!
+//! The template learns of its children's exits through SIGCHLD (a wake-up pipe) and
+//! reaps them with waitpid, and looks at its parent every quarter second where no
+//! parent-death signal ends it: the same on every POSIX system.
 
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::spawn::{channel_pair, spawn_worker, Spawned, WorkerCommand};
 use crate::wire::{empty_body, FrameReader, FrameWriter, Kind, OutFrame};
@@ -55,33 +60,29 @@ impl Template {
     }
 }
 
-/// Template side: wait until the control channel has something to read (a fork
-/// request, or EOF) or one of the `children` pidfds is readable (that child exited).
-/// Returns the index of an exited child, or None for the channel. Blocks.
-pub fn wait_for_request(control: RawFd, children: &[RawFd]) -> io::Result<Option<usize>> {
-    let mut fds: Vec<libc::pollfd> = std::iter::once(control)
-        .chain(children.iter().copied())
-        .map(|fd| libc::pollfd {
+/// Template side: wait up to `timeout` (None: for ever) until one of `fds` is readable;
+/// the indices of those that are (none on timeout).
+pub fn wait_readable(fds: &[RawFd], timeout: Option<Duration>) -> io::Result<Vec<usize>> {
+    let mut polled: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
             fd,
             events: libc::POLLIN,
             revents: 0,
         })
         .collect();
+    let ms = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as i32);
     loop {
-        // SAFETY: fds is a valid array of fds.len() pollfd structures.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
+        // SAFETY: polled is a valid array of polled.len() pollfd structures.
+        let n = unsafe { libc::poll(polled.as_mut_ptr(), polled.len() as libc::nfds_t, ms) };
+        if n >= 0 {
+            return Ok((0..polled.len())
+                .filter(|&i| polled[i].revents != 0)
+                .collect());
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
             return Err(err);
-        }
-        if let Some(i) = fds[1..].iter().position(|p| p.revents != 0) {
-            return Ok(Some(i));
-        }
-        if fds[0].revents != 0 {
-            return Ok(None);
         }
     }
 }

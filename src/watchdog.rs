@@ -10,8 +10,8 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
+use crate::platform;
 use crate::procfs::kill_tree;
-use crate::spawn::pidfd_open;
 
 /// How often the parent is looked at where no pidfd says at once that it exited.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
@@ -36,7 +36,7 @@ pub fn watch_parent(parent: i32) -> io::Result<()> {
     if !parent_is(parent) {
         end_this_tree();
     }
-    let pidfd = pidfd_open(parent).ok();
+    let pidfd = platform::watch_parent(parent);
     std::thread::Builder::new()
         .name("loky-watchdog".into())
         .spawn(move || loop {
@@ -56,9 +56,6 @@ pub fn watch_parent(parent: i32) -> io::Result<()> {
                 end_this_tree();
             }
         })?;
-    // SAFETY: prctl on this process only. From now on the watchdog ends the tree.
-    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    // From now on the watchdog ends the tree.
+    platform::set_parent_death_signal(platform::parent_death_signal_allowed(), 0)
 }

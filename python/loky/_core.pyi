@@ -296,23 +296,25 @@ class Channel:
 def spawn_process(
     program: str, args: list[str], env: list[tuple[str, str]], pass_fds: list[int] = ...
 ) -> tuple[int, int]:
-    """Fork+exec a plain child with `pass_fds` inherited; (pid, pidfd). The caller owns
-    the pidfd (readable once the child exited) and reaps the child with `reap`."""
-
-def reap(pidfd: int, /) -> int | None:
-    """The exit code of the exited child behind `pidfd` (minus the signal number if a
-    signal killed it), reaping it; None while it runs."""
+    """Fork+exec a plain child with `pass_fds` inherited; (pid, sentinel). The caller
+    owns the sentinel, the read end of a pipe only the child holds (readable once it
+    exited), and reaps the child (waitpid)."""
 
 def descendants(pid: int, /) -> list[int]:
     """Every live descendant of `pid`, children before grandchildren."""
 
-def template_wait(control: int, children: list[int], /) -> int | None:
-    """Template side: block until the control channel is readable (None) or the child
-    behind ``children[i]`` (a pidfd) exited (i)."""
+def template_wait(fds: list[int], timeout: float | None = None, /) -> list[int]:
+    """Template side: wait up to `timeout` seconds (None: for ever) until one of `fds`
+    is readable; the indices of those that are."""
 
 def detach_forked_worker(template_pid: int, /) -> bool:
     """In a worker just forked by the template: its own process group, and death with
     the template. False if the template is gone already."""
+
+def facilities() -> list[tuple[str, str]]:
+    """Which way each operating-system facility used so far went: (name, "fast" or
+    "portable (why)"): eventfd, pidfd, memfd, pdeathsig, mremap. LOKY_PORTABLE=1 forces
+    the portable POSIX way for all of them (see src/platform/mod.rs)."""
 
 def watch_parent(parent: int, /) -> None:
     """In a worker: end this process and everything it started as soon as `parent`

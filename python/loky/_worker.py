@@ -254,24 +254,31 @@ def _exit_now():
     os._exit(0)
 
 
-def serve_template():
+def serve_template(parent_pid):
     """Run as the pool's template: fork a worker each time the manager asks, reap the
-    workers and report their exit codes. Never runs user code, so forking is safe."""
+    workers and report their exit codes. Never runs user code, so forking is safe.
+
+    Children's exits wake it through SIGCHLD (a wake-up pipe); it ends with its parent
+    (checked every quarter second where no parent-death signal does it)."""
     from ._core import KIND_FORK, detach_forked_worker, template_wait
 
     control = Channel(WORKER_FD)
+    wake_read, wake_write = os.pipe()
+    for fd in (wake_read, wake_write):
+        os.set_blocking(fd, False)
+    _signal.set_wakeup_fd(wake_write)
+    _signal.signal(_signal.SIGCHLD, _ignore_signal)
+    template_fds = (wake_read, wake_write)
     _send_or_exit(control, KIND_READY, 0, b"")
-    children = {}  # pidfd -> pid
     while True:
-        pidfds = list(children)
-        exited = None if control.has_queued() else template_wait(control.fileno(), pidfds)
-        if exited is not None:
-            pidfd = pidfds[exited]
-            pid = children.pop(pidfd)
-            os.close(pidfd)
-            _, status = os.waitpid(pid, 0)
-            code = os.waitstatus_to_exitcode(status)
-            _send_or_exit(control, KIND_EXITED, pid, code.to_bytes(8, "little", signed=True))
+        ready = [0] if control.has_queued() else template_wait([control.fileno(), wake_read], 0.25)
+        if 1 in ready:
+            while _drain(wake_read):
+                pass
+        _report_exits(control)
+        if os.getppid() != parent_pid:
+            os._exit(0)  # the executor's process is gone
+        if 0 not in ready:
             continue
         try:
             request = control.recv()
@@ -281,10 +288,33 @@ def serve_template():
             os._exit(0)  # the pool is gone (or confused): nothing of ours to clean up
         pid = os.fork()
         if pid == 0:
-            _become_worker(request.fd, pidfds, detach_forked_worker)
+            _become_worker(request.fd, template_fds, detach_forked_worker)
         os.close(request.fd)
-        children[os.pidfd_open(pid)] = pid
         _send_or_exit(control, KIND_FORKED, pid, b"")
+
+
+def _ignore_signal(signum, frame):
+    pass
+
+
+def _drain(fd):
+    try:
+        return bool(os.read(fd, 512))
+    except BlockingIOError:
+        return False
+
+
+def _report_exits(control):
+    """Reap every child that exited and tell the manager its exit code."""
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        code = os.waitstatus_to_exitcode(status)
+        _send_or_exit(control, KIND_EXITED, pid, code.to_bytes(8, "little", signed=True))
 
 
 def _send_or_exit(control, kind, task_id, body):
@@ -299,6 +329,8 @@ def _become_worker(channel_fd, template_fds, detach_forked_worker):
     template's channel object, still alive in the caller's frame, is never used (nor
     closed) here: its descriptor number now holds the worker's channel."""
     template_pid = os.getppid()
+    _signal.set_wakeup_fd(-1)
+    _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
     os.dup2(channel_fd, WORKER_FD)  # replaces the template's control socket
     os.close(channel_fd)
     for fd in template_fds:

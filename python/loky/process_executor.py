@@ -87,7 +87,7 @@ _CURRENT_DEPTH = _depth_of_this_process()
 MAX_DEPTH = int(os.environ.get("LOKY_MAX_DEPTH", 10))
 
 _WORKER_BOOTSTRAP = "from loky._worker import main; main({pid})"
-_TEMPLATE_BOOTSTRAP = "from loky._worker import serve_template; serve_template()"
+_TEMPLATE_BOOTSTRAP = "from loky._worker import serve_template; serve_template({pid})"
 
 WorkerStats = namedtuple(
     "WorkerStats", ["pid", "state", "tasks_done", "task", "running_for", "rss"]
@@ -205,6 +205,7 @@ class ProcessPoolExecutor(Executor):
             self._start_method, process_name="LokyProcess"
         )
         worker_code = _WORKER_BOOTSTRAP.format(pid=os.getpid())
+        template_code = _TEMPLATE_BOOTSTRAP.format(pid=os.getpid())
         pool = _core.Pool(
             program=sys.executable,
             args=["-c", _inherit.python_code(worker_code)],
@@ -213,8 +214,13 @@ class ProcessPoolExecutor(Executor):
             max_workers=self._max_workers,
             idle_timeout=self._timeout,
             max_tasks_per_child=self._max_tasks_per_child,
-            template_args=["-c", _inherit.python_code(_TEMPLATE_BOOTSTRAP)],
+            template_args=["-c", _inherit.python_code(template_code)],
             pass_fds=pass_fds,
+        )
+        _log(
+            logging.DEBUG,
+            "loky core facilities: %s",
+            ", ".join(f"{name} {how}" for name, how in _core.facilities()),
         )
         state = _PoolState(pool, has_initializer=self._initializer is not None)
         state.thread = threading.Thread(

@@ -510,7 +510,11 @@ impl ManagerLoop {
         let running = if worker.took_front_task() {
             worker.inflight.pop_front()
         } else {
-            if worker.ending.as_ref().is_some_and(|e| e.cause == EndCause::Terminated) {
+            if worker
+                .ending
+                .as_ref()
+                .is_some_and(|e| e.cause == EndCause::Terminated)
+            {
                 worker.inflight.pop_front(); // terminated before it began: never runs
             }
             None

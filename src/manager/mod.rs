@@ -29,7 +29,6 @@ mod poll_io;
 mod worker;
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -40,6 +39,7 @@ use std::collections::HashSet;
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::{Condvar, Mutex};
 
+use crate::platform::Waker;
 use crate::shm::{Mapping, OutSegment};
 use crate::spawn::WorkerCommand;
 use crate::wire::Body;
@@ -199,7 +199,7 @@ struct Shared {
     hungry: AtomicBool,
     /// Set (and signalled) when the manager thread has finished.
     finished: (Mutex<bool>, Condvar),
-    wake: OwnedFd,
+    wake: Waker,
     direct: Direct,
     claims: Claims<Event>,
     /// Where outcomes go when nobody claims them.
@@ -208,15 +208,7 @@ struct Shared {
 
 impl Shared {
     fn wake(&self) {
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a live u64 to our eventfd.
-        unsafe {
-            libc::write(
-                self.wake.as_raw_fd(),
-                &one as *const u64 as *const libc::c_void,
-                8,
-            )
-        };
+        self.wake.wake();
     }
 
     /// Wake the manager unless a wake-up is already on its way.
@@ -270,11 +262,8 @@ pub struct Manager {
 impl Manager {
     pub fn start(config: Config) -> io::Result<Manager> {
         crate::fork::register();
-        // SAFETY: plain eventfd creation; the result is checked before use.
-        let wake = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if wake < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        crate::platform::reread_settings();
+        let wake = Waker::new()?;
         let (submissions, submitted) = crossbeam_channel::unbounded();
         let (sender, events) = crossbeam_channel::unbounded();
         let shared = Arc::new(Shared {
@@ -295,8 +284,7 @@ impl Manager {
             notified: AtomicBool::new(false),
             hungry: AtomicBool::new(true),
             finished: (Mutex::new(false), Condvar::new()),
-            // SAFETY: eventfd returned a fresh descriptor that we now own.
-            wake: unsafe { OwnedFd::from_raw_fd(wake) },
+            wake,
             direct: Direct::default(),
             claims: Claims::default(),
             events: sender,

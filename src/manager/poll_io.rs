@@ -2,16 +2,17 @@
 //! pidfd, the template's), reading frames from the workers and the template, writing
 //! what is queued for them, and the ends of processes.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
 use super::event_loop::ManagerLoop;
 use super::policy;
 use super::worker::{State, Worker};
 use super::Incoming;
+use crate::platform::{try_reap, wait_for_exit, ExitWatch, EXIT_POLL};
 use crate::procfs::kill_tree;
 use crate::shm::Mapping;
-use crate::spawn::{pidfd_open, try_reap, Spawned};
+use crate::spawn::Spawned;
 use crate::wire::{Attached, Kind};
 
 /// How long the template may take to exit once told to.
@@ -26,15 +27,16 @@ impl ManagerLoop {
         // close: a process forked from ours may hold a copy of the socket.
         // SAFETY: plain shutdown(2) on a socket we own.
         unsafe { libc::shutdown(template.process.channel.as_raw_fd(), libc::SHUT_RDWR) };
-        if !wait_for_exit(&template.process.pidfd, Some(TEMPLATE_EXIT_GRACE)) {
-            kill_tree(template.process.pid, libc::SIGKILL);
-            wait_for_exit(&template.process.pidfd, None);
+        let process = &template.process;
+        if !wait_for_exit(process.pid, &process.exit, true, Some(TEMPLATE_EXIT_GRACE)) {
+            kill_tree(process.pid, libc::SIGKILL);
+            wait_for_exit(process.pid, &process.exit, true, None);
         }
     }
     pub(super) fn flush_all(&mut self) {
         if let Some(template) = self.template.as_mut() {
             if template.writer.flush(template.fd()).is_err() {
-                self.template_failed = true; // its exit is handled when its pidfd fires
+                self.template_failed = true; // its exit is handled when it is seen
             }
         }
         for worker in self.workers.iter_mut() {
@@ -42,7 +44,7 @@ impl ManagerLoop {
                 continue;
             }
             if worker.writer.flush(worker.fd()).is_err() {
-                // The worker is going away; its pidfd reports the exit.
+                // The worker is going away; its exit is handled when it is seen.
                 worker.channel_closed = true;
                 continue;
             }
@@ -72,87 +74,101 @@ impl ManagerLoop {
     }
 
     pub(super) fn wait_and_handle(&mut self) {
-        // poll set: wake fd, then per worker its pidfd and (while open) its channel.
+        // poll set: wake fd, then per worker its exit watch and (while open) its
+        // channel, then the template's.
         let pollfd = |fd: RawFd, events: libc::c_short| libc::pollfd {
             fd,
             events,
             revents: 0,
         };
-        let mut fds = vec![pollfd(self.shared.wake.as_raw_fd(), libc::POLLIN)];
-        for worker in &self.workers {
-            // The template reports the exit of the workers it forked.
-            let pidfd = if worker.from_template {
-                -1
-            } else {
-                worker.pidfd.as_raw_fd()
-            };
-            fds.push(pollfd(pidfd, libc::POLLIN));
-            let events = if worker.writer.is_empty() {
+        let wants = |empty: bool| {
+            if empty {
                 libc::POLLIN
             } else {
                 libc::POLLIN | libc::POLLOUT
+            }
+        };
+        let mut fds = vec![pollfd(self.shared.wake.fd(), libc::POLLIN)];
+        for worker in &self.workers {
+            // The template reports the exit of the workers it forked.
+            let exit = if worker.from_template {
+                -1
+            } else {
+                worker.exit.poll_fd()
             };
+            fds.push(pollfd(exit, libc::POLLIN));
             let channel = if worker.channel_closed {
                 -1
             } else {
                 worker.fd()
             };
-            fds.push(pollfd(channel, events));
+            fds.push(pollfd(channel, wants(worker.writer.is_empty())));
         }
         let workers_end = fds.len();
         if let Some(template) = &self.template {
-            fds.push(pollfd(template.process.pidfd.as_raw_fd(), libc::POLLIN));
-            let events = if template.writer.is_empty() {
-                libc::POLLIN
-            } else {
-                libc::POLLIN | libc::POLLOUT
-            };
-            fds.push(pollfd(template.fd(), events));
+            fds.push(pollfd(template.process.exit.poll_fd(), libc::POLLIN));
+            fds.push(pollfd(template.fd(), wants(template.writer.is_empty())));
         }
-        let timeout_ms = match self.next_deadline() {
-            Some(d) => d.as_millis().min(i32::MAX as u128) as i32 + 1,
-            None => -1,
-        };
+        // Exits no descriptor reports are looked for every EXIT_POLL.
+        let polled_exits = self
+            .workers
+            .iter()
+            .filter(|w| !w.from_template)
+            .map(|w| &w.exit)
+            .chain(self.template.as_ref().map(|t| &t.process.exit))
+            .any(ExitWatch::needs_polling);
+        let mut wait = self.next_deadline();
+        if polled_exits {
+            wait = Some(wait.map_or(EXIT_POLL, |d| d.min(EXIT_POLL)));
+        }
+        let timeout_ms = wait.map_or(-1, |d| d.as_millis().min(i32::MAX as u128) as i32 + 1);
         // SAFETY: fds is a valid array of fds.len() pollfd structures.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
         self.withdraw_offer();
-        if n <= 0 {
-            return; // timeout or EINTR: the loop re-evaluates everything
+        if n < 0 {
+            return; // EINTR: the loop re-evaluates everything
         }
         if fds[0].revents != 0 {
-            let mut buf = [0u8; 8];
-            // SAFETY: reads at most 8 bytes into a live buffer from our eventfd.
-            unsafe { libc::read(fds[0].fd, buf.as_mut_ptr().cast(), 8) };
+            self.shared.wake.drain();
         }
         // Read channels first, so results written just before an exit are not lost.
-        let mut exited = Vec::new();
+        let mut maybe_exited = Vec::new();
         for (i, worker_fds) in fds[1..workers_end].chunks(2).enumerate() {
-            let (pid_fd, chan) = (worker_fds[0], worker_fds[1]);
+            let (exit, chan) = (worker_fds[0], worker_fds[1]);
+            let worker = &self.workers[i];
+            let polled = !worker.from_template && worker.exit.needs_polling();
             if chan.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0
-                || pid_fd.revents != 0
+                || exit.revents != 0
             {
                 self.read_worker(i);
             }
-            if pid_fd.revents != 0 {
-                exited.push(i);
+            if exit.revents != 0 || polled {
+                maybe_exited.push(i);
             }
         }
         // Remove from the back so earlier indices stay valid.
-        for &i in exited.iter().rev() {
-            if let Ok(Some(exitcode)) = try_reap(self.workers[i].pidfd.as_raw_fd()) {
+        for &i in maybe_exited.iter().rev() {
+            let worker = &self.workers[i];
+            if let Ok(Some(exitcode)) = try_reap(worker.pid, &worker.exit) {
+                self.read_worker(i); // results written just before the exit
                 let worker = self.workers.remove(i);
                 self.on_exit(worker, exitcode);
             }
         }
-        if let [pid_fd, chan] = fds[workers_end..] {
+        if let [exit, chan] = fds[workers_end..] {
             if chan.revents != 0 {
                 self.read_template();
             }
-            if pid_fd.revents != 0 {
+            let exited = self.template.as_ref().is_some_and(|t| {
+                (exit.revents != 0 || t.process.exit.needs_polling())
+                    && matches!(try_reap(t.process.pid, &t.process.exit), Ok(Some(_)))
+            });
+            if exited {
                 self.on_template_exit();
             }
         }
     }
+
     fn read_template(&mut self) {
         let Some(template) = self.template.as_mut() else {
             return;
@@ -186,26 +202,17 @@ impl ManagerLoop {
         let Some(channel) = self.template.as_mut().and_then(|t| t.requested.pop_front()) else {
             return;
         };
-        match pidfd_open(pid) {
-            Ok(pidfd) => self.add_worker(
-                Spawned {
-                    pid,
-                    pidfd,
-                    channel,
-                },
-                true,
-            ),
-            // Gone already: the template reports its exit, and the pool tops up.
-            Err(_) => self.replacements_owed += 1,
-        }
+        // Its exit is reported by the template (its parent), which reaps it; the watch
+        // serves to wait for it when the pool is killed.
+        let exit = ExitWatch::open(pid);
+        self.add_worker(Spawned { pid, exit, channel }, true);
     }
-    /// The template died (it should not): its workers die with it (parent-death
-    /// signal). Count them as killed and go on with exec'd workers.
+    /// The template died (it should not; it was reaped): its workers die with it (their
+    /// watchdog). Count them as killed and go on with exec'd workers.
     fn on_template_exit(&mut self) {
-        let Some(template) = self.template.take() else {
+        if self.template.take().is_none() {
             return;
-        };
-        wait_for_exit(&template.process.pidfd, None);
+        }
         self.template_failed = true;
         let mut i = 0;
         while i < self.workers.len() {
@@ -240,20 +247,24 @@ impl ManagerLoop {
     /// is SIGKILL). Queued work is dropped.
     pub(super) fn kill_all(&mut self, signal: libc::c_int) {
         let template = self.template.take().map(|t| t.process);
-        let mut pids: Vec<(i32, &OwnedFd)> =
-            self.workers.iter().map(|w| (w.pid, &w.pidfd)).collect();
+        // (pid, exit watch, our child?)
+        let mut procs: Vec<(i32, &ExitWatch, bool)> = self
+            .workers
+            .iter()
+            .map(|w| (w.pid, &w.exit, !w.from_template))
+            .collect();
         if let Some(process) = &template {
-            pids.push((process.pid, &process.pidfd));
+            procs.push((process.pid, &process.exit, true));
         }
-        for &(pid, _) in &pids {
+        for &(pid, _, _) in &procs {
             kill_tree(pid, signal);
         }
         let deadline = Instant::now() + policy::END_GRACE;
-        for &(pid, pidfd) in &pids {
+        for &(pid, exit, child) in &procs {
             let left = deadline.saturating_duration_since(Instant::now());
-            if signal == libc::SIGKILL || !wait_for_exit(pidfd, Some(left)) {
+            if signal == libc::SIGKILL || !wait_for_exit(pid, exit, child, Some(left)) {
                 kill_tree(pid, libc::SIGKILL);
-                wait_for_exit(pidfd, None);
+                wait_for_exit(pid, exit, child, None);
             }
         }
         self.workers.clear();
@@ -272,25 +283,4 @@ pub(super) fn receive_segment(fd: Attached) -> Incoming {
             Err(err) => Incoming::Unmappable(err),
         },
     }
-}
-
-/// Wait until the process behind `pidfd` has exited (at most `timeout`), then reap it
-/// if it is our child (the template reaps the workers it forked). False on timeout.
-fn wait_for_exit(pidfd: &OwnedFd, timeout: Option<Duration>) -> bool {
-    let mut fd = libc::pollfd {
-        fd: pidfd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let timeout_ms = timeout.map_or(-1, |t| t.as_millis() as i32);
-    loop {
-        // SAFETY: polls one live pollfd; readable once the process has exited.
-        match unsafe { libc::poll(&mut fd, 1, timeout_ms) } {
-            0 => return false,
-            n if n > 0 => break,
-            _ => continue, // EINTR
-        }
-    }
-    let _ = try_reap(pidfd.as_raw_fd());
-    true
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::policy::ExitReason;
+use crate::platform::ExitWatch;
 use crate::shm::{OutSegment, TaskLedger};
 use crate::spawn::Spawned;
 use crate::wire::{Body, FrameReader, FrameWriter, Kind, OutFrame};
@@ -48,7 +49,7 @@ pub enum State {
 
 pub struct Worker {
     pub pid: i32,
-    pub pidfd: OwnedFd,
+    pub exit: ExitWatch,
     pub channel: OwnedFd,
     pub reader: FrameReader,
     pub writer: FrameWriter,
@@ -91,7 +92,7 @@ impl Worker {
         writer.push(init);
         Worker {
             pid: spawned.pid,
-            pidfd: spawned.pidfd,
+            exit: spawned.exit,
             channel: spawned.channel,
             reader: FrameReader::default(),
             writer,

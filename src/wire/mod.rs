@@ -154,16 +154,16 @@ pub fn send_iov(sock: RawFd, iov: &[libc::iovec], fd: Option<RawFd>) -> isize {
     unsafe {
         let mut msg: libc::msghdr = std::mem::zeroed();
         msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
-        msg.msg_iovlen = iov.len();
+        msg.msg_iovlen = iov.len() as _;
         let Some(fd) = fd else {
             return libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL);
         };
         msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = space;
+        msg.msg_controllen = space as _;
         let cmsg = libc::CMSG_FIRSTHDR(&msg);
         (*cmsg).cmsg_level = libc::SOL_SOCKET;
         (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as usize;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as _;
         std::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut RawFd, fd);
         libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL)
     }
@@ -189,10 +189,14 @@ pub fn recv_with_fd(sock: RawFd, buf: &mut [u8]) -> io::Result<Received> {
     unsafe {
         let mut msg: libc::msghdr = std::mem::zeroed();
         msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
+        msg.msg_iovlen = 1 as _;
         msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = space;
-        let n = libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC);
+        msg.msg_controllen = space as _;
+        #[cfg(target_os = "linux")]
+        let flags = libc::MSG_CMSG_CLOEXEC;
+        #[cfg(not(target_os = "linux"))]
+        let flags = 0;
+        let n = libc::recvmsg(sock, &mut msg, flags);
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -204,6 +208,10 @@ pub fn recv_with_fd(sock: RawFd, buf: &mut [u8]) -> io::Result<Received> {
         {
             let raw = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const RawFd);
             fd = Some(OwnedFd::from_raw_fd(raw));
+            if !cfg!(target_os = "linux") {
+                // No flag to receive it close-on-exec: set it now.
+                let _ = crate::platform::set_cloexec(raw);
+            }
         }
         Ok(Received {
             len: n as usize,

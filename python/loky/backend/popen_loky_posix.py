@@ -3,7 +3,7 @@
     parent                                             child (python -c "...; main(fd)")
     pickle (settings, process object) ── pipe ──────►  apply settings, unpickle,
     descriptors the pickle refers to ── inherited ──►  run process_obj._bootstrap()
-    pidfd: sentinel, exit status
+    sentinel: a pipe the child holds open until it exits; waitpid: exit status
 
 The process object is pickled with the loky pickler (cloudpickle: the target may be a
 lambda or a closure) plus multiprocessing's reducers, so that queues, pipes and locks
@@ -48,7 +48,8 @@ def _close_fds(*fds):
 
 
 class Popen:
-    """The `_popen` of a `LokyProcess`; the sentinel is the child's pidfd."""
+    """The `_popen` of a `LokyProcess`; the sentinel is the read end of a pipe whose
+    write end only the child holds (readable once it exited), as with multiprocessing."""
 
     method = "loky"
     DupFd = _DupFd
@@ -106,24 +107,26 @@ class Popen:
 
     def poll(self, flag=os.WNOHANG):
         if self.returncode is None:
-            if flag == 0:
-                wait([self.sentinel])
-            status = _core.reap(self.sentinel)
-            if status is not None:
-                self.returncode = status
+            try:
+                pid, status = os.waitpid(self.pid, flag)
+            except ChildProcessError:
+                return None  # reaped elsewhere
+            if pid == self.pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
         return self.returncode
 
     def wait(self, timeout=None):
         if self.returncode is None:
             if not wait([self.sentinel], timeout):
                 return None
-            return self.poll()
+            # The sentinel closes a moment before the process is reapable: block then.
+            return self.poll(os.WNOHANG if timeout == 0.0 else 0)
         return self.returncode
 
     def _send_signal(self, sig):
         if self.returncode is None:
             try:
-                signal.pidfd_send_signal(self.sentinel, sig)
+                os.kill(self.pid, sig)  # not reaped yet: the pid is still this child's
             except ProcessLookupError:
                 pass
 

@@ -88,7 +88,6 @@ class ResourceTracker:
         self._fd = _inherited_fd()
         # Set only in the process that started the tracker.
         self._pid = None
-        self._pidfd = None
         self._dead_status = None
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=self._after_fork_in_child)
@@ -97,12 +96,7 @@ class ResourceTracker:
         # A forked child keeps using the tracker (it has the pipe) but is not the
         # tracker's parent, and may have been forked while another thread held the lock.
         self._lock = threading.RLock()
-        if self._pidfd is not None:
-            try:
-                os.close(self._pidfd)
-            except OSError:
-                pass
-        self._pid = self._pidfd = None
+        self._pid = None
 
     def getfd(self):
         """The write end of the pipe to the tracker, starting the tracker if needed."""
@@ -113,32 +107,29 @@ class ResourceTracker:
         """Start the tracker unless this process is already connected to a live one."""
         with self._lock:
             if self._fd is not None:
-                if self._pidfd is None or not self._tracker_exited():
+                if self._pid is None or not self._tracker_exited():
                     return
                 self._forget_dead_tracker()
             self._launch()
 
     def _tracker_exited(self):
-        from .. import _core
-
         try:
-            status = _core.reap(self._pidfd)
-        except OSError:
+            pid, status = os.waitpid(self._pid, os.WNOHANG)
+        except ChildProcessError:
             return False
-        if status is None:
+        if pid == 0:
             return False
-        self._dead_status = status
+        self._dead_status = os.waitstatus_to_exitcode(status)
         return True
 
     def _forget_dead_tracker(self):
         status, self._dead_status = self._dead_status, None
-        for fd in (self._fd, self._pidfd):
-            if fd is not None:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-        self._fd = self._pid = self._pidfd = None
+        if self._fd is not None:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+        self._fd = self._pid = None
         import warnings
 
         what = "" if status is None else f" (exit status {status})"
@@ -184,10 +175,6 @@ class ResourceTracker:
             os.close(read_end)
         self._fd = write_end
         self._pid = pid
-        try:
-            self._pidfd = os.pidfd_open(pid)
-        except (AttributeError, OSError):
-            self._pidfd = None
 
     def _send(self, cmd, name, rtype):
         if rtype not in _CLEANUP_FUNCS:

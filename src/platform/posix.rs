@@ -1,0 +1,148 @@
+//! The portable POSIX ways, used wherever a Linux fast path is missing or refused.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Set close-on-exec on `fd` (where the kernel has no flag to do it at creation).
+pub fn set_cloexec(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor number; an invalid one only returns an error.
+    let flags = cvt(unsafe { libc::fcntl(fd, libc::F_GETFD) })?;
+    // SAFETY: as above.
+    cvt(unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) })?;
+    Ok(())
+}
+
+fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor number; an invalid one only returns an error.
+    let flags = cvt(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
+    // SAFETY: as above.
+    cvt(unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) })?;
+    Ok(())
+}
+
+fn owned_pair(fds: [RawFd; 2]) -> (OwnedFd, OwnedFd) {
+    // SAFETY: both descriptors were just created and are owned by nobody else.
+    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+}
+
+/// A stream socketpair, both ends close-on-exec.
+pub fn socketpair_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    #[cfg(target_os = "linux")]
+    let kind = libc::SOCK_STREAM | libc::SOCK_CLOEXEC;
+    #[cfg(not(target_os = "linux"))]
+    let kind = libc::SOCK_STREAM;
+    // SAFETY: fds is a valid two-element array for socketpair to fill.
+    cvt(unsafe { libc::socketpair(libc::AF_UNIX, kind, 0, fds.as_mut_ptr()) })?;
+    let (a, b) = owned_pair(fds);
+    if !cfg!(target_os = "linux") {
+        set_cloexec(a.as_raw_fd())?;
+        set_cloexec(b.as_raw_fd())?;
+    }
+    Ok((a, b))
+}
+
+/// A pipe, both ends non-blocking and close-on-exec: (read, write).
+pub fn pipe_nonblocking() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: fds is a valid two-element array for pipe to fill.
+    cvt(unsafe { libc::pipe(fds.as_mut_ptr()) })?;
+    let (read, write) = owned_pair(fds);
+    for fd in [&read, &write] {
+        set_cloexec(fd.as_raw_fd())?;
+        set_nonblocking(fd.as_raw_fd())?;
+    }
+    Ok((read, write))
+}
+
+/// Whether `fd` becomes readable within `timeout` (EINTR counts as not yet).
+pub fn poll_readable(fd: RawFd, timeout: Duration) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    // SAFETY: polls one live pollfd.
+    unsafe { libc::poll(&mut pfd, 1, ms) > 0 }
+}
+
+/// waitpid(pid, WNOHANG) on our child: its exit code (minus the signal number when a
+/// signal killed it), None while it runs.
+pub fn try_waitpid(pid: i32) -> io::Result<Option<i32>> {
+    let mut status = 0;
+    loop {
+        // SAFETY: status points to a live c_int.
+        let ret = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if ret == 0 {
+            return Ok(None);
+        }
+        if ret > 0 {
+            break;
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+    Ok(Some(if libc::WIFSIGNALED(status) {
+        -libc::WTERMSIG(status)
+    } else {
+        libc::WEXITSTATUS(status)
+    }))
+}
+
+/// A new empty file with no name, in memory where the system has a tmpfs (/dev/shm),
+/// else in the temp directory: made with mkstemp (mode 0600, a fresh random name) and
+/// unlinked at once. Close-on-exec.
+pub fn unlinked_file() -> io::Result<OwnedFd> {
+    let dir = if std::path::Path::new("/dev/shm").is_dir() {
+        std::path::PathBuf::from("/dev/shm")
+    } else {
+        std::env::temp_dir()
+    };
+    let template = dir.join("loky-segment-XXXXXX");
+    let mut path = std::ffi::CString::new(template.as_os_str().as_encoded_bytes())
+        .map_err(io::Error::other)?
+        .into_bytes_with_nul();
+    // SAFETY: `path` is a writable NUL-terminated template that mkstemp fills in.
+    let fd = cvt(unsafe { libc::mkstemp(path.as_mut_ptr().cast()) })?;
+    // SAFETY: mkstemp returned a fresh descriptor that we now own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: unlinks the file mkstemp just made (the path it filled in).
+    cvt(unsafe { libc::unlink(path.as_ptr().cast()) })?;
+    set_cloexec(fd.as_raw_fd())?;
+    Ok(fd)
+}
+
+/// Replace the mapping at `base` with a private one holding the contents of the
+/// mapping `copy` (both `len` bytes), then drop `copy`.
+pub fn copy_over(copy: *mut u8, base: *mut u8, len: usize) -> io::Result<()> {
+    // SAFETY: maps fresh private memory exactly over the caller's mapping at `base`,
+    // fills it from `copy`, then unmaps `copy`; both are the caller's.
+    unsafe {
+        let fixed = libc::mmap(
+            base.cast(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANON | libc::MAP_FIXED,
+            -1,
+            0,
+        );
+        if fixed == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        std::ptr::copy_nonoverlapping(copy, base, len);
+        libc::munmap(copy.cast(), len);
+    }
+    Ok(())
+}
