@@ -76,17 +76,14 @@ fn template_wait(py: Python<'_>, fds: Vec<i32>, timeout: Option<f64>) -> PyResul
         .map_err(|e| PyOSError::new_err(format!("template: {e}")))
 }
 
-/// In a worker just forked by the template: own process group, and die with the
-/// template (which dies with the executor's process) where the platform allows; the
-/// worker's watchdog covers the rest. False if the template is gone.
+/// In a worker just forked by the template: a process group of its own. (It ends with
+/// the template through its watchdog, `watch_parent`.) False if the template is gone.
 #[pyfunction]
 fn detach_forked_worker(template_pid: i32) -> PyResult<bool> {
     // SAFETY: setpgid on our own process.
     if unsafe { libc::setpgid(0, 0) } != 0 {
         return Err(os_error(std::io::Error::last_os_error()));
     }
-    platform::set_parent_death_signal(platform::parent_death_signal_allowed(), libc::SIGKILL)
-        .map_err(os_error)?;
     // SAFETY: getppid has no preconditions.
     Ok(unsafe { libc::getppid() } == template_pid)
 }

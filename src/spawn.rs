@@ -1,12 +1,19 @@
-//! Start one worker: a fresh interpreter, fork+exec'd as a direct child, with its own
-//! socketpair on fd 3, in its own process group, and killed if the spawning thread dies
-//! (where the platform has a parent-death signal; the worker's watchdog covers the
-//! rest, see `watchdog.rs`).
+//! Start processes: a worker (a fresh interpreter with its own socketpair on fd 3, in
+//! its own process group), the template, or a plain child for multiprocessing.
+//!
+//! Everything starts with posix_spawn(3), never fork(2): the caller is a thread of a
+//! process full of other threads and libraries, and fork() would run every library's
+//! fork handlers in it (OpenBLAS's, for one, joins its thread pool there, and deadlocks
+//! against a BLAS call running in another thread). posix_spawn runs none of them and
+//! copies no page table. What a forked child would have done before exec (the channel
+//! on fd 3, inherited descriptors, the process group, default signal handling) is asked
+//! of posix_spawn instead. A worker ends with its parent through its own watchdog
+//! (`watchdog.rs`), which also catches a parent that died while the worker started.
 
+use std::ffi::{CString, OsStr};
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 
 use crate::platform::{self, socketpair_cloexec, ExitWatch};
 
@@ -23,15 +30,6 @@ pub struct WorkerCommand {
     pub pass_fds: Vec<RawFd>,
 }
 
-/// Clear FD_CLOEXEC so `fd` survives exec. Async-signal-safe.
-fn inherit(fd: RawFd) -> io::Result<()> {
-    // SAFETY: fcntl on a descriptor number; an invalid one only returns an error.
-    let flags = cvt(unsafe { libc::fcntl(fd, libc::F_GETFD) })?;
-    // SAFETY: as above.
-    cvt(unsafe { libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) })?;
-    Ok(())
-}
-
 /// A started worker process, how its exit is seen, and the parent's end of its channel.
 pub struct Spawned {
     pub pid: i32,
@@ -39,12 +37,16 @@ pub struct Spawned {
     pub channel: OwnedFd,
 }
 
-fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
+fn check(ret: libc::c_int) -> io::Result<()> {
+    // posix_spawn functions return the error number instead of setting errno.
+    if ret != 0 {
+        return Err(io::Error::from_raw_os_error(ret));
     }
+    Ok(())
+}
+
+fn cstring(bytes: &[u8]) -> io::Result<CString> {
+    CString::new(bytes).map_err(|_| io::Error::other("a NUL byte in a command or environment"))
 }
 
 /// Buffer sizes of the channel: big enough that a batch of small tasks or results
@@ -71,52 +73,124 @@ pub fn channel_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     let (parent_end, child_end) = socketpair_cloexec()?;
     // The manager multiplexes with poll: its end never blocks.
     // SAFETY: fcntl on a descriptor we own.
-    cvt(unsafe { libc::fcntl(parent_end.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) })?;
+    if unsafe { libc::fcntl(parent_end.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
     set_buffer_sizes(parent_end.as_raw_fd());
     set_buffer_sizes(child_end.as_raw_fd());
     Ok((parent_end, child_end))
 }
 
-/// Fork+exec one worker. Between fork and exec the child only calls async-signal-safe
-/// functions (dup2, fcntl, setpgid, prctl).
+/// A close-on-exec duplicate of `fd` numbered above the standard descriptors and the
+/// worker's channel, so that dup2-ing it onto any of those numbers clears its
+/// close-on-exec flag (dup2 onto the same number would not).
+fn high_duplicate(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: fcntl on a descriptor the caller keeps open; the result is checked.
+    let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10) };
+    if dup < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(dup) })
+}
+
+/// posix_spawn `cmd`, with each (source, target) of `fds` available at `target` in the
+/// child, in a process group of its own if `own_group`. Returns the pid.
+fn spawn(cmd: &WorkerCommand, fds: &[(RawFd, RawFd)], own_group: bool) -> io::Result<i32> {
+    let program = cstring(cmd.program.as_bytes())?;
+    let mut argv: Vec<CString> = vec![program.clone()];
+    for arg in &cmd.args {
+        argv.push(cstring(arg.as_bytes())?);
+    }
+    let mut env: Vec<CString> = Vec::new();
+    for (key, value) in std::env::vars_os() {
+        if !cmd.env.iter().any(|(k, _)| OsStr::new(k) == key) {
+            env.push(cstring(&[key.as_bytes(), b"=", value.as_bytes()].concat())?);
+        }
+    }
+    for (key, value) in &cmd.env {
+        env.push(cstring(format!("{key}={value}").as_bytes())?);
+    }
+    let mut argv_ptrs: Vec<*mut libc::c_char> = argv.iter().map(|a| a.as_ptr() as *mut _).collect();
+    argv_ptrs.push(std::ptr::null_mut());
+    let mut env_ptrs: Vec<*mut libc::c_char> = env.iter().map(|e| e.as_ptr() as *mut _).collect();
+    env_ptrs.push(std::ptr::null_mut());
+    // Sources duplicated out of the way first: a source may sit at another's target.
+    let sources: Vec<OwnedFd> = fds
+        .iter()
+        .map(|&(source, _)| high_duplicate(source))
+        .collect::<io::Result<_>>()?;
+
+    // SAFETY: the file actions and attributes are initialized before use and destroyed
+    // after; every pointer given to posix_spawn points into vectors alive until it
+    // returns; the descriptors named stay open meanwhile.
+    unsafe {
+        let mut actions: libc::posix_spawn_file_actions_t = std::mem::zeroed();
+        check(libc::posix_spawn_file_actions_init(&mut actions))?;
+        let mut attr: libc::posix_spawnattr_t = std::mem::zeroed();
+        if let Err(err) = check(libc::posix_spawnattr_init(&mut attr)) {
+            libc::posix_spawn_file_actions_destroy(&mut actions);
+            return Err(err);
+        }
+        let result = (|| {
+            check(libc::posix_spawn_file_actions_addopen(
+                &mut actions,
+                0,
+                c"/dev/null".as_ptr(),
+                libc::O_RDONLY,
+                0,
+            ))?;
+            for (source, &(_, target)) in sources.iter().zip(fds) {
+                // dup2 clears close-on-exec on the target.
+                check(libc::posix_spawn_file_actions_adddup2(
+                    &mut actions,
+                    source.as_raw_fd(),
+                    target,
+                ))?;
+            }
+            // Default handling of the signals a parent may ignore or block (Python
+            // ignores SIGPIPE), and an empty signal mask.
+            let mut defaults: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut defaults);
+            for signal in [libc::SIGPIPE, libc::SIGINT, libc::SIGTERM, libc::SIGCHLD] {
+                libc::sigaddset(&mut defaults, signal);
+            }
+            check(libc::posix_spawnattr_setsigdefault(&mut attr, &defaults))?;
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            check(libc::posix_spawnattr_setsigmask(&mut attr, &empty))?;
+            let mut flags = libc::POSIX_SPAWN_SETSIGDEF | libc::POSIX_SPAWN_SETSIGMASK;
+            if own_group {
+                // Killing the group takes the worker's children with it; a terminal's
+                // Ctrl-C goes to the parent, which passes it on to busy workers.
+                check(libc::posix_spawnattr_setpgroup(&mut attr, 0))?;
+                flags |= libc::POSIX_SPAWN_SETPGROUP;
+            }
+            check(libc::posix_spawnattr_setflags(&mut attr, flags as _))?;
+            let mut pid: libc::pid_t = 0;
+            check(libc::posix_spawn(
+                &mut pid,
+                program.as_ptr(),
+                &actions,
+                &attr,
+                argv_ptrs.as_ptr(),
+                env_ptrs.as_ptr(),
+            ))?;
+            Ok(pid)
+        })();
+        libc::posix_spawn_file_actions_destroy(&mut actions);
+        libc::posix_spawnattr_destroy(&mut attr);
+        result
+    }
+}
+
+/// Start one worker (or the template): its channel's other end on fd 3, the
+/// descriptors of `pass_fds` inherited, a process group of its own.
 pub fn spawn_worker(cmd: &WorkerCommand) -> io::Result<Spawned> {
     let (parent_end, child_end) = channel_pair()?;
-    let child_fd = child_end.as_raw_fd();
-    let parent_pid = std::process::id() as libc::pid_t;
-    let death_signal = platform::parent_death_signal_allowed();
-
-    let mut command = command_for(cmd);
-    let pass_fds = cmd.pass_fds.clone();
-    // SAFETY: the closure runs in the forked child before exec and only makes
-    // async-signal-safe libc calls on descriptors and ids it owns.
-    unsafe {
-        command.pre_exec(move || {
-            if child_fd == WORKER_FD {
-                inherit(WORKER_FD)?;
-            } else {
-                // dup2 clears FD_CLOEXEC on the new descriptor.
-                cvt(libc::dup2(child_fd, WORKER_FD))?;
-            }
-            for &fd in &pass_fds {
-                inherit(fd)?;
-            }
-            // Own process group: killing the group takes the worker's children with it,
-            // and a terminal's Ctrl-C goes to the parent only, which then stops the pool.
-            cvt(libc::setpgid(0, 0))?;
-            // If the parent dies, its workers follow, even in the middle of a task.
-            platform::set_parent_death_signal(death_signal, libc::SIGKILL)?;
-            if libc::getppid() != parent_pid {
-                // The parent died before the signal was set up.
-                libc::_exit(1);
-            }
-            Ok(())
-        });
-    }
-    let child = command.spawn()?;
-    drop(child_end);
-    let pid = child.id() as i32;
-    // The std Child handle is dropped without waiting: the manager reaps the process.
-    drop(child);
+    let mut fds = vec![(child_end.as_raw_fd(), WORKER_FD)];
+    fds.extend(cmd.pass_fds.iter().map(|&fd| (fd, fd)));
+    let pid = spawn(cmd, &fds, true)?;
     Ok(Spawned {
         pid,
         exit: ExitWatch::open(pid),
@@ -124,37 +198,50 @@ pub fn spawn_worker(cmd: &WorkerCommand) -> io::Result<Spawned> {
     })
 }
 
-fn command_for(cmd: &WorkerCommand) -> Command {
-    let mut command = Command::new(&cmd.program);
-    command.args(&cmd.args).stdin(Stdio::null());
-    for (key, value) in &cmd.env {
-        command.env(key, value);
-    }
-    command
-}
-
-/// Fork+exec a plain child (no channel, same process group): for multiprocessing-style
+/// Start a plain child (no channel, same process group): for multiprocessing-style
 /// processes, which manage their own pipes through `pass_fds`. Returns its pid and a
 /// sentinel that becomes readable (EOF) once it exited: the read end of a pipe whose
 /// write end only the child holds, as multiprocessing's own start methods do. The
 /// caller reaps the child (waitpid).
 pub fn spawn_process(cmd: &WorkerCommand) -> io::Result<(i32, OwnedFd)> {
-    let mut command = command_for(cmd);
     let (sentinel, child_end) = platform::pipe()?;
-    let mut pass_fds = cmd.pass_fds.clone();
-    pass_fds.push(child_end.as_raw_fd());
-    // SAFETY: the closure only clears FD_CLOEXEC (fcntl is async-signal-safe).
-    unsafe {
-        command.pre_exec(move || {
-            for &fd in &pass_fds {
-                inherit(fd)?;
-            }
-            Ok(())
-        });
-    }
-    let child = command.spawn()?;
-    let pid = child.id() as i32;
-    drop(child);
+    let mut fds: Vec<(RawFd, RawFd)> = cmd.pass_fds.iter().map(|&fd| (fd, fd)).collect();
+    // The child's end keeps its number in the child: it is not one of pass_fds.
+    fds.push((child_end.as_raw_fd(), child_end.as_raw_fd()));
+    let pid = spawn(cmd, &fds, false)?;
     drop(child_end);
     Ok((pid, sentinel))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_gets_its_channel_on_fd_3_and_its_own_group() {
+        let cmd = WorkerCommand {
+            program: "/bin/sh".into(),
+            args: vec![
+                "-c".into(),
+                "echo \"$(ps -o pgid= -p $$ | tr -d ' ') $$ $LOKY_SPAWN_TEST\" >&3".into(),
+            ],
+            env: vec![("LOKY_SPAWN_TEST".into(), "set".into())],
+            pass_fds: Vec::new(),
+        };
+        let spawned = spawn_worker(&cmd).unwrap();
+        assert!(platform::wait_for_exit(
+            spawned.pid,
+            &spawned.exit,
+            true,
+            Some(std::time::Duration::from_secs(10))
+        ));
+        let mut buf = [0u8; 128];
+        // SAFETY: reads into a live buffer from our end of the channel.
+        let n = unsafe { libc::read(spawned.channel.as_raw_fd(), buf.as_mut_ptr().cast(), 128) };
+        let text = String::from_utf8_lossy(&buf[..n.max(0) as usize]).to_string();
+        let fields: Vec<&str> = text.split_whitespace().collect();
+        assert_eq!(fields.len(), 3, "{text:?}");
+        assert_eq!(fields[0], fields[1], "its own process group");
+        assert_eq!(fields[2], "set");
+    }
 }

@@ -1,10 +1,12 @@
 //! In a worker: a thread that ends the worker and every process it started as soon as
 //! its parent is gone, so nothing a task started outlives the executor.
 //!
-//! A parent-death signal alone cannot do it: it kills the worker at once, and the
-//! worker's children are then orphans that nobody ends. So the worker starts with one
-//! (set between fork and exec, covering its start-up), and drops it once this thread
-//! watches: the thread walks the worker's descendants, kills them, then the worker.
+//! A parent-death signal cannot do it: it kills the worker at once, and the worker's
+//! children are then orphans that nobody ends. This thread walks the worker's
+//! descendants, kills them, then the worker. It watches the parent through a pidfd
+//! (at once) where the platform has one, else by looking at getppid() every
+//! `POLL_INTERVAL`; a parent that died while the worker started is caught by the first
+//! look, at the start.
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -56,6 +58,5 @@ pub fn watch_parent(parent: i32) -> io::Result<()> {
                 end_this_tree();
             }
         })?;
-    // From now on the watchdog ends the tree.
-    platform::set_parent_death_signal(platform::parent_death_signal_allowed(), 0)
+    Ok(())
 }

@@ -13,7 +13,7 @@ import helpers
 
 pytestmark = pytest.mark.timeout(120)
 
-FAST_PATHS = ["eventfd", "pidfd", "memfd", "pdeathsig", "mremap"]
+FAST_PATHS = ["eventfd", "pidfd", "memfd", "mremap"]
 
 WORKLOAD = """
 import json, os, signal, sys
@@ -83,7 +83,7 @@ def test_the_pool_works_on_the_forced_portable_path(tmp_path):
     report = run_workload(tmp_path, {"LOKY_PORTABLE": "1"})
     check_works(report)
     used = report["facilities"]
-    assert set(used) >= {"eventfd", "pidfd", "memfd", "pdeathsig"}
+    assert set(used) >= {"eventfd", "pidfd", "memfd"}
     assert all(how.startswith("portable") for how in used.values()), used
 
 

@@ -313,7 +313,7 @@ def detach_forked_worker(template_pid: int, /) -> bool:
 
 def facilities() -> list[tuple[str, str]]:
     """Which way each operating-system facility used so far went: (name, "fast" or
-    "portable (why)"): eventfd, pidfd, memfd, pdeathsig, mremap. LOKY_PORTABLE=1 forces
+    "portable (why)"): eventfd, pidfd, memfd, mremap. LOKY_PORTABLE=1 forces
     the portable POSIX way for all of them (see src/platform/mod.rs)."""
 
 def watch_parent(parent: int, /) -> None:

@@ -130,7 +130,7 @@ class ProcessPoolExecutor(Executor):
             next submit. None keeps workers until shutdown.
         context: start method name or multiprocessing context: "loky" (default),
             "loky_init_main", "spawn" or "forkserver". Workers are always fresh
-            interpreters started by fork+exec; with "loky_init_main" and "spawn" each
+            interpreters started by posix_spawn; with "loky_init_main" and "spawn" each
             one first imports the parent's ``__main__`` as ``__mp_main__``. "fork" is
             refused (ValueError).
         initializer, initargs: ``initializer(*initargs)`` runs once in each worker

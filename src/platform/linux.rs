@@ -72,12 +72,3 @@ pub fn mremap_over(copy: *mut u8, base: *mut u8, len: usize) -> io::Result<()> {
     }
     Ok(())
 }
-
-/// Async-signal-safe (between fork and exec).
-pub fn set_parent_death_signal(signal: libc::c_int) -> io::Result<()> {
-    // SAFETY: prctl on this process only.
-    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, signal) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}

@@ -6,7 +6,7 @@
 //! | wake a sleeping thread | eventfd | a non-blocking pipe |
 //! | see a child exit | pidfd (poll, waitid) | waitpid(WNOHANG), looked at every `EXIT_POLL` |
 //! | shared segments | memfd | an unlinked file in /dev/shm (or the temp dir) |
-//! | end with the parent | PR_SET_PDEATHSIG, pidfd on the parent | EOF on the channel, getppid() polling |
+//! | end with the parent (watchdog) | pidfd on the parent | getppid() polling |
 //! | CPU count | affinity and cgroup quotas | sysconf |
 //! | move a mapping | mremap | a fixed private mapping and a copy |
 //!
@@ -44,16 +44,14 @@ pub enum Facility {
     Eventfd,
     Pidfd,
     Memfd,
-    ParentDeathSignal,
     Mremap,
 }
 
 impl Facility {
-    pub const ALL: [Facility; 5] = [
+    pub const ALL: [Facility; 4] = [
         Facility::Eventfd,
         Facility::Pidfd,
         Facility::Memfd,
-        Facility::ParentDeathSignal,
         Facility::Mremap,
     ];
 
@@ -62,7 +60,6 @@ impl Facility {
             Facility::Eventfd => "eventfd",
             Facility::Pidfd => "pidfd",
             Facility::Memfd => "memfd",
-            Facility::ParentDeathSignal => "pdeathsig",
             Facility::Mremap => "mremap",
         }
     }
@@ -70,7 +67,7 @@ impl Facility {
 
 static FORCE_PORTABLE: AtomicBool = AtomicBool::new(false);
 /// Fast paths refused for tests, by `Facility` index.
-static REFUSED: [AtomicBool; 5] = [const { AtomicBool::new(false) }; 5];
+static REFUSED: [AtomicBool; 4] = [const { AtomicBool::new(false) }; 4];
 /// The last way each facility went: (facility, "fast" or "portable: why").
 static REPORT: Mutex<Vec<(Facility, String)>> = Mutex::new(Vec::new());
 
@@ -298,24 +295,6 @@ pub fn move_mapping(copy: *mut u8, base: *mut u8, len: usize) -> io::Result<()> 
 }
 
 // ---- parent death -----------------------------------------------------------------
-
-/// Whether children should get a parent-death signal (decided before fork: the call
-/// itself happens between fork and exec).
-pub fn parent_death_signal_allowed() -> bool {
-    let allowed = fast_allowed(Facility::ParentDeathSignal);
-    note(Facility::ParentDeathSignal, allowed.as_ref().map(|_| ()));
-    allowed.is_ok()
-}
-
-/// Ask for SIGKILL when the parent (thread) dies, if `allowed`; async-signal-safe.
-pub fn set_parent_death_signal(allowed: bool, signal: libc::c_int) -> io::Result<()> {
-    #[cfg(target_os = "linux")]
-    if allowed {
-        return linux::set_parent_death_signal(signal);
-    }
-    let _ = (allowed, signal);
-    Ok(())
-}
 
 /// Watch `parent` for exit: a pidfd where allowed, else None (poll getppid()).
 pub fn watch_parent(parent: i32) -> Option<OwnedFd> {

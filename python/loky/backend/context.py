@@ -103,7 +103,7 @@ def executor_start_method(context):
     if method == "fork":
         raise ValueError(
             "loky executors cannot use the 'fork' start method: their workers are "
-            "always fresh interpreters (fork+exec), because forking a process that "
+            "always fresh interpreters (posix_spawn), because forking a process that "
             "runs threads can deadlock. Use context='loky' (the default), "
             "'loky_init_main' or 'spawn'."
         )

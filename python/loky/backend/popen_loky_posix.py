@@ -1,4 +1,5 @@
-"""Start a `LokyProcess`: a fresh interpreter, fork+exec'd by this package's spawner.
+"""Start a `LokyProcess`: a fresh interpreter, started by this package's spawner
+(posix_spawn).
 
     parent                                             child (python -c "...; main(fd)")
     pickle (settings, process object) ── pipe ──────►  apply settings, unpickle,

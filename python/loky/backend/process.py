@@ -1,5 +1,5 @@
 """`LokyProcess`: a `multiprocessing` process started as a fresh interpreter by this
-package's spawner (fork+exec, never a bare fork)."""
+package's spawner (posix_spawn, never a bare fork)."""
 
 from multiprocessing.process import BaseProcess
 
