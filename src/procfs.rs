@@ -30,6 +30,17 @@ fn all_processes() -> Vec<(i32, i32)> {
         .collect()
 }
 
+/// proc_pidinfo(pid, `flavor`) into a `T` (plain data), if the kernel filled it whole.
+#[cfg(target_os = "macos")]
+fn pid_info<T>(pid: i32, flavor: libc::c_int) -> Option<T> {
+    // SAFETY: T is one of libc's plain-data proc_*info structs; zeroed is valid.
+    let mut info: T = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<T>() as libc::c_int;
+    // SAFETY: `info` holds `size` bytes for the kernel to fill.
+    let got = unsafe { libc::proc_pidinfo(pid, flavor, 0, (&mut info as *mut T).cast(), size) };
+    (got == size).then_some(info)
+}
+
 /// Every live process as (pid, parent pid).
 #[cfg(target_os = "macos")]
 fn all_processes() -> Vec<(i32, i32)> {
@@ -40,20 +51,8 @@ fn all_processes() -> Vec<(i32, i32)> {
     pids.truncate(n.max(0) as usize);
     pids.into_iter()
         .filter_map(|pid| {
-            // SAFETY: proc_bsdinfo is plain data, filled in by proc_pidinfo.
-            let mut info: libc::proc_bsdinfo = unsafe { std::mem::zeroed() };
-            let size = std::mem::size_of::<libc::proc_bsdinfo>() as libc::c_int;
-            // SAFETY: `info` holds `size` bytes.
-            let got = unsafe {
-                libc::proc_pidinfo(
-                    pid,
-                    libc::PROC_PIDTBSDINFO,
-                    0,
-                    (&mut info as *mut libc::proc_bsdinfo).cast(),
-                    size,
-                )
-            };
-            (got == size).then_some((pid, info.pbi_ppid as i32))
+            let info: libc::proc_bsdinfo = pid_info(pid, libc::PROC_PIDTBSDINFO)?;
+            Some((pid, info.pbi_ppid as i32))
         })
         .collect()
 }
@@ -73,20 +72,8 @@ pub fn is_running(pid: i32) -> bool {
 /// Whether process `pid` still runs (a zombie does not).
 #[cfg(target_os = "macos")]
 pub fn is_running(pid: i32) -> bool {
-    // SAFETY: proc_bsdinfo is plain data, filled in by proc_pidinfo.
-    let mut info: libc::proc_bsdinfo = unsafe { std::mem::zeroed() };
-    let size = std::mem::size_of::<libc::proc_bsdinfo>() as libc::c_int;
-    // SAFETY: `info` holds `size` bytes.
-    let got = unsafe {
-        libc::proc_pidinfo(
-            pid,
-            libc::PROC_PIDTBSDINFO,
-            0,
-            (&mut info as *mut libc::proc_bsdinfo).cast(),
-            size,
-        )
-    };
-    got == size && info.pbi_status != libc::SZOMB
+    pid_info::<libc::proc_bsdinfo>(pid, libc::PROC_PIDTBSDINFO)
+        .is_some_and(|info| info.pbi_status != libc::SZOMB)
 }
 
 /// Every live descendant of `root`, children before grandchildren.
@@ -119,20 +106,7 @@ pub fn resident_bytes(pid: i32) -> Option<u64> {
 /// The resident memory of process `pid`, in bytes.
 #[cfg(target_os = "macos")]
 pub fn resident_bytes(pid: i32) -> Option<u64> {
-    // SAFETY: proc_taskinfo is plain data, filled in by proc_pidinfo.
-    let mut info: libc::proc_taskinfo = unsafe { std::mem::zeroed() };
-    let size = std::mem::size_of::<libc::proc_taskinfo>() as libc::c_int;
-    // SAFETY: `info` holds `size` bytes.
-    let got = unsafe {
-        libc::proc_pidinfo(
-            pid,
-            libc::PROC_PIDTASKINFO,
-            0,
-            (&mut info as *mut libc::proc_taskinfo).cast(),
-            size,
-        )
-    };
-    (got == size).then_some(info.pti_resident_size)
+    pid_info::<libc::proc_taskinfo>(pid, libc::PROC_PIDTASKINFO).map(|info| info.pti_resident_size)
 }
 
 /// Send `signal` to the process group of `pid` (its own: workers lead one), to `pid`,

@@ -91,3 +91,37 @@ def test_facilities_are_reported():
     names = {name for name, _ in _core.facilities()}
     assert names <= set(FAST_PATHS)
     assert all(how == "fast" or how.startswith("portable (") for _, how in _core.facilities())
+
+
+BLAS_WHILE_STARTING = """
+import threading, numpy as np
+from loky import ProcessPoolExecutor
+
+stop = False
+
+def blas():
+    a = np.random.randn(300, 300)
+    while not stop:
+        a @ a
+
+threads = [threading.Thread(target=blas) for _ in range(2)]
+for t in threads:
+    t.start()
+for i in range(30):
+    with ProcessPoolExecutor(max_workers=2) as executor:
+        executor.submit(abs, -1).result(timeout=60)
+stop = True
+for t in threads:
+    t.join()
+print("done")
+"""
+
+
+def test_starting_workers_while_threads_run_blas_does_not_deadlock(tmp_path):
+    # Workers start with posix_spawn: a fork() from the manager thread would run
+    # OpenBLAS's fork handler, which waits for the BLAS threads of a call running in
+    # another thread, and the pool would hang for ever.
+    pytest.importorskip("numpy")
+    result = helpers.run_script(tmp_path, BLAS_WHILE_STARTING, timeout=100)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "done\n"
