@@ -38,6 +38,7 @@ import weakref
 from collections import namedtuple
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor
+from functools import partial
 from multiprocessing.context import BaseContext
 from pickle import PicklingError
 from typing import Any, ParamSpec, TypeVar
@@ -49,8 +50,8 @@ from ._errors import (
     LokyRecursionError,
     ShutdownExecutorError,
     TerminatedWorkerError,
-    _ExceptionWithTraceback,
-    _RemoteTraceback,
+    _ExceptionWithTraceback,  # noqa: F401 (importable from here, as in loky)
+    _RemoteTraceback,  # noqa: F401
     _inherited_error,
     _with_cause,
 )
@@ -58,6 +59,7 @@ from ._map import executor_map
 from ._options import ExecutorOptions, check_seconds
 from ._payload import pack, release_cached_segments
 from ._pool_state import _live_pools, _log, _PoolState, _run_results
+from ._tasks import run_chunk
 from .backend import reduction
 from .backend.context import executor_start_method
 
@@ -72,9 +74,6 @@ __all__ = [
     "LokyRecursionError",
     "WorkerStats",
 ]
-
-# Kept importable from here, where loky has them.
-_EXPORTED_FOR_COMPATIBILITY = (_ExceptionWithTraceback, _RemoteTraceback)
 
 
 def _depth_of_this_process():
@@ -108,9 +107,9 @@ def _check_max_depth():
 
 
 def _task_name(fn):
-    inner = getattr(fn, "args", None)  # map's chunks: partial(run_chunk, fn)
-    if getattr(fn, "func", None) is not None and inner:
-        fn = inner[0]
+    """What a user calls a task's function (map's chunks: the function mapped)."""
+    while isinstance(fn, partial):
+        fn = fn.args[0] if fn.func is run_chunk and fn.args else fn.func
     return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
 
 
