@@ -29,6 +29,18 @@ def test_a_timed_out_task_fails_alone_among_a_thousand(executor_factory):
     assert len(helpers.pids_of_all_workers(executor, 2)) == 2
 
 
+def test_a_timeout_fires_on_a_pool_that_was_asleep(executor_factory):
+    # Nothing else happens in the pool: only the task's deadline can wake the manager.
+    executor = executor_factory(max_workers=1)
+    for _ in range(5):
+        assert executor.submit(helpers.square, 3).result(timeout=60) == 9
+        executor.worker_stats()  # the manager answers, then sleeps with its worker idle
+        slow = executor.schedule(helpers.sleep_and_return, (60, "never"), timeout=0.2)
+        # (result()'s own timeout raises TimeoutError too, without that message)
+        with pytest.raises(TimeoutError, match="timeout of 0.2 s"):
+            slow.result(timeout=30)
+
+
 def test_the_timeout_counts_from_the_start_of_the_task(executor_factory, tmp_path):
     executor = executor_factory(max_workers=1)
     gate = tmp_path / "gate"
@@ -46,7 +58,7 @@ def test_a_timed_out_tasks_processes_end_with_it(executor_factory, tmp_path):
     pid_file = tmp_path / "pids"
     future = executor.schedule(helpers.start_grandchild_and_sleep, (str(pid_file),), timeout=2)
     worker, grandchild = map(int, helpers.wait_for_lines(pid_file, 1)[0].split())
-    with pytest.raises(TimeoutError):
+    with pytest.raises(TimeoutError, match="timeout of"):
         future.result(timeout=60)
     assert helpers.wait_pids_gone([worker, grandchild], timeout=10) == []
 

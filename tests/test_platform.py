@@ -33,9 +33,9 @@ with ProcessPoolExecutor(max_workers=2) as executor:
     after = executor.submit(helpers.square, 12).result(timeout=60)
     timed = executor.schedule(helpers.sleep_and_return, (30, "late"), timeout=0.5)
     try:
-        timed.result(timeout=60)
-    except TimeoutError:
-        timed = "TimeoutError"
+        timed = timed.result(timeout=60)
+    except TimeoutError as exc:   # the task's deadline, not result()'s own
+        timed = "TimeoutError" if "timeout of 0.5 s" in str(exc) else repr(exc)
     # A result received before a fork stays what it was in the child.
     pid = os.fork()
     if pid == 0:

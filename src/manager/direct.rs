@@ -24,7 +24,8 @@ use super::worker::Task;
 use crate::wire::{FrameWriter, Kind, OutFrame};
 
 /// Larger tasks, and tasks with a segment, go through the manager, which writes
-/// without blocking.
+/// without blocking. So do tasks with a time limit: the manager must be awake to arm
+/// their deadline, and a direct send would leave it asleep.
 pub const DIRECT_MAX: usize = 64 * 1024;
 
 #[derive(Default)]
@@ -57,7 +58,10 @@ impl Direct {
     /// otherwise. `mark_sent` runs before the write (the task cannot be cancelled once
     /// a worker may hold it).
     pub fn try_send(&self, task: Task, mark_sent: impl FnOnce(u64)) -> Option<Task> {
-        if task.segment.is_some() || (*task.body).as_ref().len() > DIRECT_MAX {
+        if task.segment.is_some()
+            || task.timeout.is_some()
+            || (*task.body).as_ref().len() > DIRECT_MAX
+        {
             return Some(task);
         }
         let mut offer = self.offer.lock();
