@@ -105,3 +105,23 @@ def test_a_users_own_sigint_handler_keeps_working(tmp_path):
     finally:
         proc.kill()
         proc.communicate()
+
+
+def test_an_interruption_raised_while_checking_the_future_is_not_lost(tmp_path):
+    # A signal handler runs at any bytecode, also inside the `done()` the wait calls
+    # between slices; its KeyboardInterrupt must reach the waiting caller.
+    from loky import ProcessPoolExecutor
+
+    def interrupted_done():
+        raise KeyboardInterrupt
+
+    gate = tmp_path / "gate"
+    with ProcessPoolExecutor(max_workers=1) as executor:
+        future = executor.submit(helpers.wait_for_path, gate, "done", 60)
+        event, interruption = executor._state.pool.wait_outcome(
+            future._task_id, 30, interrupted_done
+        )
+        assert event is None
+        assert isinstance(interruption, KeyboardInterrupt)
+        gate.touch()
+        assert future.result(timeout=60) == "done"

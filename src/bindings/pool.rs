@@ -398,8 +398,12 @@ impl Pool {
         let deadline = seconds(timeout).map(|t| Instant::now() + t);
         let interruption = loop {
             // Looked at after claiming: an outcome applied just before is seen here.
-            if done.call0().and_then(|d| d.is_truthy()).unwrap_or(true) {
-                break None;
+            // A signal handler may run inside `done()`: its exception is the
+            // interruption, never swallowed.
+            match done.call0().and_then(|d| d.is_truthy()) {
+                Ok(true) => break None,
+                Ok(false) => {}
+                Err(err) => break Some(err),
             }
             let slice = deadline.map_or(SIGNAL_SLICE, |d| {
                 d.saturating_duration_since(Instant::now())
