@@ -253,3 +253,52 @@ def test_claimed_outcomes_survive_a_graceful_shutdown():
             assert [f.result(timeout=30) for f in futures] == [i * i for i in range(50)]
         finally:
             stopper.join(30)
+
+
+class _OpenGateWhenWaiting:
+    """Stands for a pool: `wait_outcome` opens `gate` once the wait has claimed the
+    outcome (its first look at the future), so the task finishes only after that."""
+
+    def __init__(self, pool, gate):
+        self._pool, self._gate = pool, gate
+
+    def __getattr__(self, name):
+        return getattr(self._pool, name)
+
+    def wait_outcome(self, task_id, timeout, done):
+        def open_gate_then_look():
+            self._gate.touch()
+            return done()
+
+        return self._pool.wait_outcome(task_id, timeout, open_gate_then_look)
+
+
+def test_an_outcome_being_applied_by_its_waiter_survives_the_pool_closing(tmp_path):
+    # The waiting thread has taken its outcome but not yet applied it when the pool
+    # closes: the closing result thread must leave that future to it.
+    executor = loky.ProcessPoolExecutor(max_workers=1)
+    gate = tmp_path / "gate"
+    future = executor.submit(helpers.wait_for_path, gate, "applied", 60)
+    state = executor._state
+    state.pool = _OpenGateWhenWaiting(state.pool, gate)
+    stopper = threading.Thread(target=executor.shutdown)
+    handle = state.handle
+    applied_by_waiter = []
+
+    def handle_once_closed(events):
+        if threading.current_thread() is threading.main_thread():
+            applied_by_waiter.append(True)
+            stopper.start()
+            state.thread.join(60)  # the result thread has closed the pool
+            assert not state.thread.is_alive()
+        return handle(events)
+
+    state.handle = handle_once_closed
+    try:
+        assert future.result(timeout=60) == "applied"
+        assert applied_by_waiter == [True]
+    finally:
+        gate.touch()
+        if not applied_by_waiter:
+            stopper.start()
+        stopper.join(60)

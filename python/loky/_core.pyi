@@ -251,11 +251,15 @@ class Pool:
         """Wait for task `task_id`'s outcome in this thread: the manager hands it over
         directly. `done()` tells whether the future is finished already. Returns (the
         event or None, an exception a signal handler raised meanwhile or None); apply
-        the event, then raise the exception. No event: the outcome went through
+        the event, report it with `outcome_applied`, then raise the exception. No event: the outcome went through
         `next_events`; wait on the future."""
 
+    def outcome_applied(self, task_id: int) -> None:
+        """The event `wait_outcome` gave for `task_id` is applied to its future."""
+
     def claimed_outcomes(self) -> list[int]:
-        """Tasks whose outcome waits for the thread that claimed it."""
+        """Tasks whose outcome is the thread's that claimed it (to take, or being
+        applied): a closing pool leaves their futures to that thread."""
 
 # -- a worker's (or the template's) end of its channel -----------------------------------
 

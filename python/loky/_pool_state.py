@@ -107,7 +107,10 @@ class _PoolState:
         except _core.InheritedPoolError:
             raise _inherited_error(self.owner_pid, "This future") from None
         if event is not None:
-            self.handle([event])
+            try:
+                self.handle([event])
+            finally:
+                self.pool.outcome_applied(future._task_id)
         if interruption is not None:
             raise interruption
         return None if deadline is None else max(0.0, deadline - monotonic())

@@ -378,8 +378,8 @@ impl Pool {
     /// Wait up to `timeout` seconds (None: no limit) for task `task_id`'s outcome in
     /// this thread: the manager hands it over directly. `done()` tells whether the
     /// future is finished already. Returns (event or None, interruption or None): the
-    /// event (a TaskResult or WorkerDied) is the caller's to apply, before it raises
-    /// the interruption (an exception raised by a signal handler, e.g.
+    /// event (a TaskResult or WorkerDied) is the caller's to apply (then to report with
+    /// `outcome_applied`), before it raises the interruption (an exception raised by a signal handler, e.g.
     /// KeyboardInterrupt). None: the outcome went the usual way, through
     /// `next_events`; wait on the future.
     #[pyo3(signature = (task_id, timeout, done))]
@@ -420,14 +420,22 @@ impl Pool {
         };
         let event = py.detach(|| manager.release_claim(task_id));
         let event = match event {
-            Some(event) => to_python(py, event)?,
+            Some(event) => to_python(py, event).inspect_err(|_| manager.claim_applied(task_id))?,
             None => none(),
         };
         let interruption = interruption.map_or_else(none, |e| e.into_value(py).into_any());
         PyTuple::new(py, [event, interruption])
     }
 
-    /// Tasks whose outcome waits for the thread that claimed it.
+    /// The event `wait_outcome` gave for `task_id` is applied to its future.
+    fn outcome_applied(&self, task_id: u64) {
+        if self.manager.owned_here() {
+            self.manager.claim_applied(task_id);
+        }
+    }
+
+    /// Tasks whose outcome is the thread's that claimed it (to take, or being applied):
+    /// a closing pool leaves their futures to that thread.
     fn claimed_outcomes(&self) -> Vec<u64> {
         if self.manager.owned_here() {
             self.manager.claimed_outcomes()

@@ -3,6 +3,7 @@
 //!
 //! ```text
 //!  claimer              claim(id) ── Waiting ── wait(id) ──► release(id) -> the outcome
+//!                          │                                   ──► applied(id)
 //!                          │ (false: the outcome is with the result thread already)
 //!  manager thread       offer(id, outcome): Waiting? -> Arrived, else -> result thread
 //!  result thread        next batch: take_batch() hands claimed ones over, records the
@@ -11,7 +12,8 @@
 //! ```
 //!
 //! Every outcome has one owner at a time: the manager, the result thread (from
-//! `take_batch` until `batch_applied`), or a claimer (from `Arrived` until `release`).
+//! `take_batch` until `batch_applied`), or a claimer (from `Arrived` until `applied`:
+//! `arrived` names these, so the result thread, closing, leaves their futures alone).
 //! A claimer that finds its outcome in the result thread's hands (or the pool closed)
 //! gets `false` from `claim` and waits the standard way, on the future itself; one that
 //! claims after the outcome was applied learns it from the future, which it looks at
@@ -39,6 +41,8 @@ struct Inner<E> {
     slots: HashMap<u64, Slot<E>>,
     /// Tasks whose outcome the result thread received and is applying.
     in_hand: Vec<u64>,
+    /// Tasks whose outcome a claimer took and is applying.
+    applying: Vec<u64>,
     /// No outcome will arrive any more.
     closed: bool,
 }
@@ -58,6 +62,7 @@ impl<E> Default for Claims<E> {
             inner: Mutex::new(Inner {
                 slots: HashMap::new(),
                 in_hand: Vec::new(),
+                applying: Vec::new(),
                 closed: false,
             }),
             changed: Condvar::new(),
@@ -78,7 +83,11 @@ impl<E> Claims<E> {
     /// look at the future, then `wait`, and always `release`.
     pub fn claim(&self, id: u64) -> bool {
         let mut inner = self.inner.lock();
-        if inner.closed || inner.in_hand.contains(&id) || inner.slots.contains_key(&id) {
+        if inner.closed
+            || inner.in_hand.contains(&id)
+            || inner.applying.contains(&id)
+            || inner.slots.contains_key(&id)
+        {
             // Already claimed by another thread: that one takes the outcome.
             return false;
         }
@@ -110,15 +119,24 @@ impl<E> Claims<E> {
         }
     }
 
-    /// End the claim on `id`; the outcome, if it arrived, is the caller's to apply.
+    /// End the claim on `id`; the outcome, if it arrived, is the caller's to apply,
+    /// and then to report `applied`.
     pub fn release(&self, id: u64) -> Option<E> {
         let mut inner = self.inner.lock();
         let slot = inner.slots.remove(&id);
         self.count.store(inner.slots.len(), Ordering::SeqCst);
         match slot {
-            Some(Slot::Arrived(outcome)) => Some(outcome),
+            Some(Slot::Arrived(outcome)) => {
+                inner.applying.push(id);
+                Some(outcome)
+            }
             _ => None,
         }
+    }
+
+    /// The outcome `release` gave for `id` is applied.
+    pub fn applied(&self, id: u64) {
+        self.inner.lock().applying.retain(|&i| i != id);
     }
 
     /// Manager side: hand `outcome` to the thread waiting for task `id`; gives it back
@@ -187,7 +205,7 @@ impl<E> Claims<E> {
         self.changed();
     }
 
-    /// Tasks whose outcome waits for its claimer to take it.
+    /// Tasks whose outcome is a claimer's: waiting for it to take it, or being applied.
     pub fn arrived(&self) -> Vec<u64> {
         let inner = self.inner.lock();
         inner
@@ -195,6 +213,7 @@ impl<E> Claims<E> {
             .iter()
             .filter(|(_, slot)| matches!(slot, Slot::Arrived(_)))
             .map(|(&id, _)| id)
+            .chain(inner.applying.iter().copied())
             .collect()
     }
 }
@@ -221,6 +240,19 @@ mod tests {
         assert_eq!(claims.offer(7, "seven"), None);
         assert_eq!(waiter.join().unwrap(), Some("seven"));
         assert_eq!(claims.offer(7, "again"), Some("again"), "released");
+    }
+
+    #[test]
+    fn an_outcome_stays_the_claimers_until_applied() {
+        let claims = Claims::default();
+        assert!(claims.claim(5));
+        assert_eq!(claims.offer(5, "five"), None);
+        assert_eq!(claims.arrived(), vec![5]);
+        assert_eq!(claims.release(5), Some("five"));
+        assert_eq!(claims.arrived(), vec![5], "released, not yet applied");
+        assert!(!claims.claim(5), "being applied: wait on the future");
+        claims.applied(5);
+        assert!(claims.arrived().is_empty());
     }
 
     #[test]

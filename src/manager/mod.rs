@@ -450,7 +450,8 @@ impl Manager {
         self.shared.claims.wait(id, timeout)
     }
 
-    /// End a claim; the outcome, if it arrived, is the caller's to apply.
+    /// End a claim; the outcome, if it arrived, is the caller's to apply, and then to
+    /// report with `claim_applied`.
     pub fn release_claim(&self, id: u64) -> Option<Event> {
         let event = self.shared.claims.release(id);
         if let Some(event) = &event {
@@ -459,7 +460,12 @@ impl Manager {
         event
     }
 
-    /// Tasks whose outcome waits for its claimer.
+    /// The outcome `release_claim` gave for task `id` is applied.
+    pub fn claim_applied(&self, id: u64) {
+        self.shared.claims.applied(id);
+    }
+
+    /// Tasks whose outcome is its claimer's (to take, or being applied).
     pub fn claimed_outcomes(&self) -> Vec<u64> {
         self.shared.claims.arrived()
     }
