@@ -50,9 +50,16 @@ pub fn try_reap_pidfd(pidfd: RawFd) -> io::Result<Option<i32>> {
 }
 
 pub fn memfd() -> io::Result<OwnedFd> {
+    // Through syscall(): glibc's wrapper is 2.27's, newer than the glibc the wheel
+    // targets, which would then fail to load (and an old kernel answers ENOSYS here).
     // SAFETY: plain memfd creation; the result is checked.
-    let fd = unsafe { libc::memfd_create(c"loky-buffers".as_ptr(), libc::MFD_CLOEXEC) };
-    owned(fd as libc::c_long)
+    owned(unsafe {
+        libc::syscall(
+            libc::SYS_memfd_create,
+            c"loky-buffers".as_ptr(),
+            libc::MFD_CLOEXEC,
+        )
+    })
 }
 
 /// Move the mapping `copy` over the one at `base` (both `len` bytes), atomically.
