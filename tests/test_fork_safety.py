@@ -199,3 +199,53 @@ def test_multiprocessing_fork_children_still_use_joblib(tmp_path):
 
 def test_module_is_importable_in_a_fork_child():
     assert _in_child(lambda: loky.__version__) == ("ok", loky.__version__)
+
+
+FORK_WHILE_BUSY = """
+import os, sys, threading, time
+from loky import ProcessPoolExecutor, _core
+import helpers
+
+executor = ProcessPoolExecutor(max_workers=2)
+stop = threading.Event()
+
+def feed():
+    while not stop.is_set():
+        for future in [executor.submit(helpers.square, i) for i in range(200)]:
+            future.result(timeout=60)
+
+feeder = threading.Thread(target=feed)
+feeder.start()
+hung = None
+for i in range(1000):
+    pid = os.fork()
+    if pid == 0:
+        _core.facilities()  # any call into the core
+        os._exit(0)
+    deadline = time.monotonic() + 10
+    while not os.waitpid(pid, os.WNOHANG)[0]:
+        if time.monotonic() > deadline:
+            hung = i
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            break
+        time.sleep(0.001)
+    if hung is not None:
+        break
+stop.set()
+feeder.join()
+executor.shutdown()
+print("hung at fork", hung)
+"""
+
+
+def test_a_child_forked_while_the_pool_works_can_call_into_the_core(tmp_path):
+    # The manager thread lets go of every task it sent; had it released their Python
+    # objects itself, a fork at that moment left the child deadlocked on its first
+    # call into the core (PyO3's deferred-release lock, held by a thread the child
+    # does not have). Old code: a hang within a few hundred forks.
+    result = helpers.run_script(
+        tmp_path, FORK_WHILE_BUSY, timeout=110, env={"PYTHONPATH": os.path.dirname(helpers.__file__)}
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "hung at fork None"

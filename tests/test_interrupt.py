@@ -29,13 +29,15 @@ if mode == "own handler":
 futures = [executor.submit(helpers.pid_then_sleep, f"{tmp}/task{i}", 30) for i in range(2)]
 for i in range(2):
     helpers.wait_for_pid(f"{tmp}/task{i}")
-print(json.dumps(workers), flush=True)
 if mode in ("result", "own handler"):
+    print(json.dumps(workers), flush=True)
     futures[0].result()
 elif mode == "map":
+    print(json.dumps(workers), flush=True)
     list(executor.map(time.sleep, [30] * 4))
 elif mode == "continue":
     try:
+        print(json.dumps(workers), flush=True)  # the interrupt may come at once
         futures[0].result()
     except KeyboardInterrupt:
         print([type(f.exception(timeout=30)).__name__ for f in futures], flush=True)

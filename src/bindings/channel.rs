@@ -115,7 +115,10 @@ impl Channel {
     ) -> PyResult<()> {
         let kind = Kind::from_u32(kind)
             .ok_or_else(|| PyValueError::new_err(format!("unknown message kind {kind}")))?;
-        let mut frame = OutFrame::new(task_id, kind, std::sync::Arc::new(body));
+        // The last reference to the bytes object is dropped here, with the GIL: see
+        // `PyBody` for why no Python object may be released without it.
+        let body: std::sync::Arc<PyBackedBytes> = std::sync::Arc::new(body);
+        let mut frame = OutFrame::new(task_id, kind, body.clone());
         if let Some(segment) = segment {
             frame = frame.with_fd(segment.segment.clone());
         }

@@ -4,10 +4,15 @@ pub mod buffers;
 pub mod channel;
 pub mod pool;
 
+use std::mem::ManuallyDrop;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use pyo3::buffer::PyBuffer;
 use pyo3::create_exception;
 use pyo3::exceptions::{PyBufferError, PyOSError, PyRuntimeError};
 use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedBytes;
 
 use crate::shm::CACHE;
 use buffers::OutgoingSegment;
@@ -18,6 +23,66 @@ create_exception!(
     PyRuntimeError,
     "The pool belongs to the process this one was forked from."
 );
+
+/// The bytes of a Python bytes object, kept without a copy as the body of a task the
+/// manager thread sends.
+///
+/// Released on a thread without the GIL (the manager thread drops every task it sent),
+/// the bytes object would go to PyO3's global queue of deferred decrefs, under a lock;
+/// a `fork()` while the manager thread holds that lock leaves the child deadlocked in
+/// its first call into this module (a multiprocessing or joblib child of a process
+/// that uses a pool makes such calls). So a dropped body goes to its pool's
+/// `ReleasedBytes`, which the pool's result thread empties with the GIL.
+pub struct PyBody {
+    bytes: ManuallyDrop<PyBackedBytes>,
+    released: Arc<ReleasedBytes>,
+}
+
+impl PyBody {
+    pub fn new(bytes: PyBackedBytes, released: &Arc<ReleasedBytes>) -> Self {
+        PyBody {
+            bytes: ManuallyDrop::new(bytes),
+            released: released.clone(),
+        }
+    }
+}
+
+impl AsRef<[u8]> for PyBody {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl Drop for PyBody {
+    fn drop(&mut self) {
+        // SAFETY: taken once, here; `bytes` is not used afterwards.
+        let bytes = unsafe { ManuallyDrop::take(&mut self.bytes) };
+        self.released.bytes.lock().push(bytes);
+    }
+}
+
+/// Task bodies let go of, until a thread holding the GIL calls `drain`.
+#[derive(Default)]
+pub struct ReleasedBytes {
+    bytes: Mutex<Vec<PyBackedBytes>>,
+}
+
+impl ReleasedBytes {
+    /// Release the bytes objects handed here; `_py`: the caller holds the GIL.
+    pub fn drain(&self, _py: Python<'_>) {
+        let bytes = std::mem::take(&mut *self.bytes.lock());
+        drop(bytes);
+    }
+}
+
+impl Drop for ReleasedBytes {
+    fn drop(&mut self) {
+        // Left over only if the manager thread outlived its pool's handle, which drains
+        // this with the GIL as it goes: whoever drops this last may not hold the GIL,
+        // so these few bytes objects are leaked rather than risk the deadlock above.
+        std::mem::forget(std::mem::take(self.bytes.get_mut()));
+    }
+}
 
 /// A borrowed byte range of a Python buffer, usable without the GIL while the buffer
 /// object (held by the caller) lives.

@@ -1,5 +1,6 @@
 //! `Pool`, the handle of one executor's manager, and the events it reports.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pyo3::exceptions::{PyOSError, PyValueError};
@@ -8,7 +9,7 @@ use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::PyTuple;
 
 use super::buffers::{OutgoingSegment, Payload, SharedSegment};
-use super::InheritedPoolError;
+use super::{InheritedPoolError, PyBody, ReleasedBytes};
 use crate::manager::{Config, EndCause, Event, Incoming, Manager, Shutdown};
 use crate::spawn::WorkerCommand;
 
@@ -206,6 +207,21 @@ fn seconds(value: Option<f64>) -> Option<Duration> {
 #[pyclass(module = "loky._core", frozen)]
 pub struct Pool {
     manager: Manager,
+    /// Task bodies the manager thread let go of (see `PyBody`); emptied by
+    /// `next_events`.
+    released: Arc<ReleasedBytes>,
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        // With the GIL (the Python object is being freed). A finished manager thread is
+        // waited for, so that what it dropped last is released here too. In a forked
+        // child both belong to the parent: left alone.
+        if self.manager.owned_here() {
+            self.manager.join_if_finished();
+            Python::attach(|py| self.released.drain(py));
+        }
+    }
 }
 
 impl Pool {
@@ -235,6 +251,7 @@ impl Pool {
         template_args: Option<Vec<String>>,
     ) -> PyResult<Self> {
         // The arguments were checked by the Python side (`loky._options`).
+        let released = Arc::new(ReleasedBytes::default());
         let command = WorkerCommand {
             program,
             args,
@@ -248,14 +265,14 @@ impl Pool {
         let config = Config {
             command,
             template,
-            init: std::sync::Arc::new(init),
+            init: Arc::new(PyBody::new(init, &released)),
             max_workers: max_workers.max(1),
             idle_timeout: seconds(idle_timeout),
             max_tasks_per_child,
         };
         let manager = Manager::start(config)
             .map_err(|e| PyOSError::new_err(format!("could not start the pool manager: {e}")))?;
-        Ok(Pool { manager })
+        Ok(Pool { manager, released })
     }
 
     /// Queue a pickled task (kept without a copy), with the segment holding its large
@@ -271,7 +288,7 @@ impl Pool {
         let segment = segment.map(|s| s.segment.clone());
         self.owned()?.submit(
             task_id,
-            std::sync::Arc::new(body),
+            Arc::new(PyBody::new(body, &self.released)),
             segment,
             seconds(timeout),
         );
@@ -372,6 +389,7 @@ impl Pool {
     ) -> PyResult<Vec<Py<PyAny>>> {
         let manager = self.owned()?;
         let events = py.detach(|| manager.next_events(seconds(timeout), max_events));
+        self.released.drain(py);
         events.into_iter().map(|e| to_python(py, e)).collect()
     }
 

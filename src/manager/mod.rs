@@ -470,6 +470,15 @@ impl Manager {
         self.shared.claims.arrived()
     }
 
+    /// If the manager thread has finished its work, wait for it to end (at once):
+    /// everything it held is dropped then. Never waits for a thread still at work, nor
+    /// for one of the process this one was forked from.
+    pub fn join_if_finished(&self) {
+        if self.owned_here() && *self.shared.finished.0.lock() {
+            self.join(Some(Duration::ZERO));
+        }
+    }
+
     /// Wait up to `timeout` (None: for ever) for the manager thread to end, after a
     /// shutdown request. True once it has.
     pub fn join(&self, timeout: Option<Duration>) -> bool {
