@@ -251,8 +251,8 @@ class Pool:
         """Wait for task `task_id`'s outcome in this thread: the manager hands it over
         directly. `done()` tells whether the future is finished already. Returns (the
         event or None, an exception a signal handler raised meanwhile or None); apply
-        the event, report it with `outcome_applied`, then raise the exception. No event: the outcome went through
-        `next_events`; wait on the future."""
+        the event, report it with `outcome_applied`, then raise the exception. No
+        event: the outcome went through `next_events`; wait on the future."""
 
     def outcome_applied(self, task_id: int) -> None:
         """The event `wait_outcome` gave for `task_id` is applied to its future."""

@@ -397,9 +397,9 @@ impl Pool {
     /// this thread: the manager hands it over directly. `done()` tells whether the
     /// future is finished already. Returns (event or None, interruption or None): the
     /// event (a TaskResult or WorkerDied) is the caller's to apply (then to report with
-    /// `outcome_applied`), before it raises the interruption (an exception raised by a signal handler, e.g.
-    /// KeyboardInterrupt). None: the outcome went the usual way, through
-    /// `next_events`; wait on the future.
+    /// `outcome_applied`), before it raises the interruption (an exception raised by a
+    /// signal handler, e.g. KeyboardInterrupt). None: the outcome went the usual way,
+    /// through `next_events`; wait on the future.
     #[pyo3(signature = (task_id, timeout, done))]
     fn wait_outcome<'py>(
         &self,
