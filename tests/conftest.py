@@ -50,10 +50,12 @@ def _our_processes():
     process carrying our marker (children re-parented after their parent died)."""
     me = psutil.Process()
     found = {}
+    trackers = _tracker_pids()
     for child in me.children(recursive=True):
-        found[child.pid] = child
+        if child.pid not in trackers:
+            found[child.pid] = child
     for proc in psutil.process_iter():
-        if proc.pid == me.pid or proc.pid in found:
+        if proc.pid == me.pid or proc.pid in found or proc.pid in trackers:
             continue
         try:
             if proc.environ().get(MARKER_NAME) == MARKER:
@@ -61,6 +63,19 @@ def _our_processes():
         except (psutil.Error, OSError):
             continue
     return found
+
+
+def _tracker_pids():
+    """The resource trackers this process started (multiprocessing's, when a test made
+    a lock or queue from one of its contexts; loky's): they live as long as the
+    process, by design, and are not any test's leftovers."""
+    pids = set()
+    for name in ("multiprocessing.resource_tracker", "loky.backend.resource_tracker"):
+        module = sys.modules.get(name)
+        pid = getattr(getattr(module, "_resource_tracker", None), "_pid", None)
+        if pid is not None:
+            pids.add(pid)
+    return pids
 
 
 def _describe(proc):

@@ -207,3 +207,27 @@ def cycle_collected(_=None):
 
 def pid_and_parent(_=None):
     return os.getpid(), os.getppid()
+
+
+# -- synchronisation objects handed to the workers through initargs --------------------
+
+_shared = {}
+
+
+def keep_shared(**objects):
+    _shared.update(objects)
+
+
+def put_pid_then_wait_event(_=None):
+    """Announce this worker on the shared queue, then wait for the shared event."""
+    _shared["queue"].put(os.getpid())
+    return _shared["event"].wait(timeout=30)
+
+
+def under_shared_lock(_=None):
+    with _shared["lock"]:
+        return os.getpid()
+
+
+def raise_in_initializer():
+    raise RuntimeError("this initializer fails")

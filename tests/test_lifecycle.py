@@ -284,27 +284,33 @@ def test_short_lived_executors_print_nothing_on_stderr(tmp_path):
     assert result.stderr == ""
 
 
-def test_idle_respawn_forks_from_the_template(executor_factory):
-    # Replacements after an idle timeout come from a pre-started template process:
-    # they are not children of this process (the first workers are).
+def test_idle_respawns_are_children_of_this_process(executor_factory):
+    # Without max_tasks_per_child every worker, replacements included, is a child of
+    # this process, as with loky and the standard library.
     executor = executor_factory(max_workers=1, timeout=0.5)
     first_pid, first_parent = executor.submit(tasks.pid_and_parent).result(timeout=30)
     assert first_parent == os.getpid()
-    # The template starts once the first worker is up; until it is ready (a moment, but
-    # longer than the idle timeout on a busy machine) a replacement is started as the
-    # first worker was. So let workers time out and come back until one is forked.
-    previous = first_pid
+    assert helpers.wait_pids_gone([first_pid], timeout=15) == []
+    pid, parent = executor.submit(tasks.pid_and_parent).result(timeout=30)
+    assert pid != first_pid and parent == os.getpid()
+    assert list(executor._processes) == [pid]
+
+
+def test_recycled_workers_fork_from_the_template(executor_factory):
+    # A pool that replaces workers routinely (max_tasks_per_child) forks replacements
+    # from a pre-started template process. The template starts once the first worker
+    # is up; until it is ready (a moment, but longer than a task on a busy machine) a
+    # replacement is exec'd as the first worker was. So run tasks until one lands on
+    # a forked worker.
+    executor = executor_factory(max_workers=1, max_tasks_per_child=1)
     deadline = time.monotonic() + 30
     while True:
-        assert helpers.wait_pids_gone([previous], timeout=15) == []
         pid, parent = executor.submit(tasks.pid_and_parent).result(timeout=30)
-        assert pid != previous
         if parent != os.getpid() or time.monotonic() > deadline:
             break
-        previous = pid
     assert parent != os.getpid()
     # The template is itself a child of this process, which never runs user code:
-    # the respawned worker is its direct child.
+    # the forked worker is its direct child.
     import psutil
 
     template = psutil.Process(parent)

@@ -93,6 +93,58 @@ def child_settings(start_method="loky", process_name=None):
     return settings, ([] if fd is None else [fd])
 
 
+class _SpawningScope:
+    """Stands for the processes being started while their start data is pickled, as
+    multiprocessing's Popen objects do: locks, semaphores, events, conditions, queues
+    and connections made from a multiprocessing context refuse to be pickled at any
+    other time. Each descriptor they name is duplicated here, above the worker's
+    channel (fd 3), and the children inherit the duplicate under its number; whoever
+    started the pickling owns the duplicates and closes them once no more processes
+    will be started from that data."""
+
+    def __init__(self):
+        self.duplicates = {}  # the caller's descriptor -> our duplicate
+
+    def duplicate_for_child(self, fd):
+        import fcntl
+
+        if fd not in self.duplicates:
+            self.duplicates[fd] = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 4)
+        return self.duplicates[fd]
+
+    class DupFd:
+        def __init__(self, fd):
+            self.fd = fd
+
+        def detach(self):
+            return self.fd
+
+
+def dumps_at_start(dumps):
+    """``dumps()`` run as if processes were being started; returns its result and the
+    descriptors the new processes must inherit (duplicates the caller must close)."""
+    from multiprocessing import context
+
+    scope = _SpawningScope()
+    outer = context.get_spawning_popen()
+    context.set_spawning_popen(scope)
+    try:
+        return dumps(), list(scope.duplicates.values())
+    except BaseException:
+        for fd in scope.duplicates.values():
+            os.close(fd)
+        raise
+    finally:
+        context.set_spawning_popen(outer)
+
+
+def multiprocessing_reducers():
+    """The reducers multiprocessing registered for its own pickler (connections,
+    sockets, ...), which its objects need to travel at process start."""
+    reduction = sys.modules.get("multiprocessing.reduction")
+    return {} if reduction is None else dict(reduction.ForkingPickler._extra_reducers)
+
+
 # -- child side -----------------------------------------------------------------------
 
 

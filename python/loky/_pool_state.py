@@ -22,6 +22,7 @@ import os
 import signal
 import sys
 import threading
+import weakref
 from time import monotonic
 
 from . import _core
@@ -59,10 +60,17 @@ class _PoolState:
     """What the result thread shares with the executor: no reference to the executor
     itself, so an executor nobody holds can be garbage collected."""
 
-    def __init__(self, pool, has_initializer):
+    def __init__(self, pool, has_initializer, start_fds=()):
         self.pool = pool
         self.owner_pid = os.getpid()
         self.futures = {}
+        # Descriptors the workers inherit at start (from the initializer's arguments):
+        # ours to close once the pool has closed and starts no worker.
+        self.start_fds = list(start_fds)
+        # `WorkerProcess` objects handed out, by pid, until their worker's exit is
+        # known; then that exit code, for a while (see `processes`).
+        self.workers = {}
+        self.exitcodes = {}
         self.broken = None  # error message once the pool cannot run tasks
         self.has_initializer = has_initializer
         self.closed = False  # the result thread has stopped
@@ -158,7 +166,27 @@ class _PoolState:
         how = "forked from the template" if event.forked else "started"
         _log(logging.DEBUG, "loky worker %d %s", event.pid, how)
 
+    def processes(self):
+        """pid -> WorkerProcess for the workers alive now. The core publishes a worker
+        as gone a moment after its exit event may have been applied here: a pid whose
+        exit is known is left out, so that no object waits for an exit already seen."""
+        workers = self.workers
+        alive = {}
+        for pid in self.pool.pids():
+            if pid not in self.exitcodes:
+                alive[pid] = workers.setdefault(pid, WorkerProcess(pid, self))
+        return alive
+
+    def _record_exit(self, pid, exitcode):
+        if len(self.exitcodes) >= 4096:
+            self.exitcodes.pop(next(iter(self.exitcodes)))
+        self.exitcodes[pid] = exitcode
+        process = self.workers.pop(pid, None)
+        if process is not None:
+            process._exited.set()
+
     def _on_worker_exited(self, event):
+        self._record_exit(event.pid, event.exitcode)
         status = _format_exitcodes([event.exitcode])
         if event.reason in ("died", "killed"):
             _log(
@@ -194,6 +222,59 @@ class _PoolState:
         self.fail_all(lambda: _with_cause(BrokenProcessPool(self.broken), error.__cause__))
 
 
+class WorkerProcess:
+    """A worker of an executor, with the part of `multiprocessing.Process`'s interface
+    that code written for loky's and the standard library's `_processes` uses."""
+
+    def __init__(self, pid, state):
+        self.pid = pid
+        self.name = f"LokyProcess-{pid}"
+        self._state = state
+        self._exited = threading.Event()
+        self._sentinel = None
+
+    def __repr__(self):
+        status = "alive" if self.exitcode is None else f"exitcode={self.exitcode}"
+        return f"<WorkerProcess pid={self.pid} {status}>"
+
+    @property
+    def exitcode(self):
+        """None while the worker runs; then its exit code (-N: killed by signal N)."""
+        return self._state.exitcodes.get(self.pid)
+
+    def is_alive(self):
+        return not self._exited.is_set() and self.pid not in self._state.exitcodes
+
+    def join(self, timeout=None):
+        """Wait until the worker has exited and its exit code is known."""
+        if self.pid not in self._state.exitcodes:
+            self._exited.wait(timeout)
+
+    def terminate(self):
+        self._signal(signal.SIGTERM)
+
+    def kill(self):
+        self._signal(signal.SIGKILL)
+
+    def _signal(self, signum):
+        # The core reaps its workers: while it lists this pid, the pid is this worker.
+        if self.is_alive() and self.pid in self._state.pool.pids():
+            try:
+                os.kill(self.pid, signum)
+            except ProcessLookupError:
+                pass
+
+    @property
+    def sentinel(self):
+        """A descriptor that becomes readable when the worker ends (a pidfd; Linux)."""
+        if self._sentinel is None:
+            if not hasattr(os, "pidfd_open"):
+                raise NotImplementedError("a worker's sentinel needs pidfds (Linux)")
+            self._sentinel = os.pidfd_open(self.pid)
+            weakref.finalize(self, os.close, self._sentinel)
+        return self._sentinel
+
+
 def _run_results(state):
     """Body of the result thread: apply event batches until the pool closes."""
     try:
@@ -201,6 +282,12 @@ def _run_results(state):
             pass
     finally:
         state.closed = True
+        for fd in state.start_fds:
+            os.close(fd)
+        state.start_fds = []
+        # Every worker has exited; an exit not reported (none is expected) is unknown.
+        for process in list(state.workers.values()):
+            process._exited.set()
         # Outcomes handed to a waiting thread are that thread's to apply.
         state.fail_all(_shut_down_error, spare=set(state.pool.claimed_outcomes()))
         _live_pools.discard(state)

@@ -58,7 +58,7 @@ from ._errors import (
 from ._map import executor_map
 from ._options import ExecutorOptions, check_seconds
 from ._payload import pack, release_cached_segments
-from ._pool_state import _live_pools, _log, _PoolState, _run_results
+from ._pool_state import WorkerProcess, _live_pools, _log, _PoolState, _run_results
 from ._tasks import run_chunk
 from .backend import reduction
 from .backend.context import executor_start_method
@@ -181,56 +181,81 @@ class ProcessPoolExecutor(Executor):
         self._serializer = reduction.Serializer(job_reducers)
         self._task_ids = itertools.count()
         self._state = None
-        self._shutdown_thread = False
+        self._flags = _ExecutorFlags()
 
     # -- starting ---------------------------------------------------------------
 
-    def _init_message(self, child_settings=None):
+    def _init_message(self, child_settings):
+        """The start data every worker receives, and the descriptors it inherits.
+
+        The initializer and its arguments are pickled as at a process start, so that
+        locks, events, queues and the like made from a multiprocessing context can be
+        handed to the workers through `initargs`, as with multiprocessing's pools."""
         settings = {
             "depth": _CURRENT_DEPTH + 1,
             "sys_path": list(sys.path),
             "pickler": reduction.get_loky_pickler_name(),
         }
         # Resource tracker pipe, joblib switch, authkey, __main__ (see _inherit.py).
-        settings.update(child_settings or {})
-        initializer = reduction.dumps_bytes(
-            (self._initializer, self._initargs, self._result_reducers),
-            reducers=self._job_reducers,
+        settings.update(child_settings)
+        reducers = {**_inherit.multiprocessing_reducers(), **(self._job_reducers or {})}
+        initializer, fds = _inherit.dumps_at_start(
+            lambda: reduction.dumps_bytes(
+                (self._initializer, self._initargs, self._result_reducers),
+                reducers=reducers,
+            )
         )
-        return reduction.dumps_bytes((settings, initializer))
+        return reduction.dumps_bytes((settings, initializer)), fds
 
     def _start_pool(self):
         child_settings, pass_fds = _inherit.child_settings(
             self._start_method, process_name="LokyProcess"
         )
+        init, start_fds = self._init_message(child_settings)
+        try:
+            state = self._start_state(child_settings, pass_fds, init, start_fds)
+        except BaseException:
+            for fd in start_fds:
+                os.close(fd)
+            raise
+        self._flags._state = self._state = state
+        return state
+
+    def _start_state(self, child_settings, pass_fds, init, start_fds):
         worker_code = _WORKER_BOOTSTRAP.format(pid=os.getpid())
         template_code = _TEMPLATE_BOOTSTRAP.format(pid=os.getpid())
         pool = _core.Pool(
             program=sys.executable,
             args=["-c", _inherit.python_code(worker_code)],
             env=list(self._env.items()),
-            init=self._init_message(child_settings),
+            init=init,
             max_workers=self._max_workers,
             idle_timeout=self._timeout,
             max_tasks_per_child=self._max_tasks_per_child,
-            template_args=["-c", _inherit.python_code(template_code)],
-            pass_fds=pass_fds,
+            # Workers are this process's children, as with loky and the standard
+            # library, unless the pool replaces them routinely: then a template
+            # process forks the replacements (its children) in a millisecond.
+            template_args=(
+                None
+                if self._max_tasks_per_child is None
+                else ["-c", _inherit.python_code(template_code)]
+            ),
+            pass_fds=pass_fds + start_fds,
         )
         _log(
             logging.DEBUG,
             "loky core facilities: %s",
             ", ".join(f"{name} {how}" for name, how in _core.facilities()),
         )
-        state = _PoolState(pool, has_initializer=self._initializer is not None)
+        state = _PoolState(pool, self._initializer is not None, start_fds)
         state.thread = threading.Thread(
             target=_run_results, args=(state,), name="loky-results", daemon=True
         )
         _live_pools.add(state)
         state.thread.start()
         # An executor dropped without shutdown() finishes its work, then stops.
-        weakref.finalize(self, pool.shutdown, "graceful").atexit = False
+        weakref.finalize(self, _shut_down_unreferenced, pool, self._flags).atexit = False
         _pool_state.forward_interrupts()
-        self._state = state
         return state
 
     # -- public API ---------------------------------------------------------------
@@ -264,7 +289,7 @@ class ProcessPoolExecutor(Executor):
 
     def _submit(self, fn, args, kwargs, timeout):
         with self._submit_lock:
-            if self._shutdown_thread:
+            if self._flags.shutdown:
                 raise ShutdownExecutorError("cannot schedule new futures after shutdown")
             if _pool_state.interpreter_exiting:
                 raise ShutdownExecutorError(
@@ -319,8 +344,8 @@ class ProcessPoolExecutor(Executor):
         ShutdownExecutorError). In a process forked from the one that started the
         workers, returns at once: they are not this process's to stop."""
         with self._submit_lock:
-            already = self._shutdown_thread
-            self._shutdown_thread = True
+            already = self._flags.shutdown
+            self._flags.shutdown = True
             state = self._state
         if state is None or state.inherited():
             return
@@ -336,6 +361,7 @@ class ProcessPoolExecutor(Executor):
             for future in list(state.futures.values()):
                 future.cancel()
         if kill_workers:
+            self._flags.kill_workers = True
             state.pool.shutdown("kill")
             state.fail_all(
                 lambda: ShutdownExecutorError(
@@ -362,7 +388,8 @@ class ProcessPoolExecutor(Executor):
 
     def _force_shutdown(self, how):
         with self._submit_lock:
-            self._shutdown_thread = True
+            self._flags.shutdown = True
+            self._flags.kill_workers = True
             state = self._state
         if state is None or state.inherited():
             return
@@ -405,3 +432,43 @@ class ProcessPoolExecutor(Executor):
 
     def _worker_pids(self) -> list[int]:
         return [] if self._state is None else self._state.pool.pids()
+
+    @property
+    def _processes(self) -> dict[int, WorkerProcess]:
+        """The live workers, pid -> `WorkerProcess`, as the standard library's and
+        loky's executors expose them (tools read it to find the workers). A snapshot:
+        each read gives the workers alive at that moment; a worker keeps its object."""
+        state = self._state
+        if state is None or state.inherited():
+            return {}
+        return state.processes()
+
+    @property
+    def _executor_manager_thread(self) -> threading.Thread | None:
+        """The thread that applies the pool's events to the futures; it ends once the
+        pool has closed (None before the first submit)."""
+        return None if self._state is None else self._state.thread
+
+
+class _ExecutorFlags:
+    """An executor's condition, as loky exposes it: `shutdown` once no new task is
+    accepted, `broken` (the reason, or None) once the pool cannot run tasks, and
+    `kill_workers` once the workers were or are being killed. Outlives the executor,
+    so code holding it sees an unreferenced executor shut down.
+
+    A worker's death does not make the pool broken here, unlike loky: it fails the
+    task the worker was running, and a replacement starts."""
+
+    def __init__(self):
+        self.shutdown = False
+        self.kill_workers = False
+        self._state = None
+
+    @property
+    def broken(self):
+        return None if self._state is None else self._state.broken
+
+
+def _shut_down_unreferenced(pool, flags):
+    flags.shutdown = True
+    pool.shutdown("graceful")

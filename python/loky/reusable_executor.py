@@ -146,7 +146,7 @@ class _ReusablePoolExecutor(ProcessPoolExecutor):
                     return executor, True
                 # From now on its submits go to the new executor.
                 with executor._submit_lock:
-                    executor._shutdown_thread = True
+                    executor._flags.shutdown = True
                 replaced = executor
             _executor = new = cls(
                 _executor_lock,
@@ -171,7 +171,7 @@ class _ReusablePoolExecutor(ProcessPoolExecutor):
         """Also true for an executor inherited through fork(): its workers are the
         parent's, and this process needs its own."""
         state = self._state
-        return self._shutdown_thread or (
+        return self._flags.shutdown or (
             state is not None and (state.broken is not None or state.inherited())
         )
 
@@ -180,7 +180,7 @@ class _ReusablePoolExecutor(ProcessPoolExecutor):
     ) -> Future[_T]:
         with self._submit_resize_lock:
             current = _executor
-            if self._shutdown_thread and current is not None and current is not self:
+            if self._flags.shutdown and current is not None and current is not self:
                 # This executor was replaced by a newer one: run the task there.
                 return ProcessPoolExecutor.submit(current, fn, *args, **kwargs)
             return super().submit(fn, *args, **kwargs)
