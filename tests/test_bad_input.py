@@ -25,7 +25,7 @@ def nothing_started():
 def test_max_workers_not_positive(nothing_started, max_workers):
     with pytest.raises(ValueError) as info:
         ProcessPoolExecutor(max_workers=max_workers)
-    assert str(info.value) == f"max_workers must be greater than 0, got {max_workers}"
+    assert str(info.value) == "max_workers must be greater than 0"
 
 
 @pytest.mark.parametrize("max_workers", [0, -3])

@@ -108,3 +108,33 @@ def test_silent_by_default_and_shown_by_log_to_stderr(tmp_path, how):
         assert "loky" not in result.stderr, result.stderr
     else:
         assert "died with status {EXIT(5)}" in result.stderr, result.stderr
+
+
+def test_recycling_for_memory_growth_is_one_warning_per_process(tmp_path):
+    # Two recycles, one UserWarning on stderr (Python's default warning filter).
+    result = helpers.run_script(
+        tmp_path,
+        """
+        import os
+        from loky import ProcessPoolExecutor
+
+        def keep(nbytes):
+            os.__dict__.setdefault("_kept", []).append(bytearray(nbytes))
+            return os.getpid()
+
+        if __name__ == "__main__":
+            with ProcessPoolExecutor(
+                max_workers=1,
+                env={"LOKY_MAX_MEMORY_LEAK_SIZE": str(10 << 20)},
+            ) as executor:
+                pids = []
+                while len(set(pids)) < 3:  # the worker checks itself once a second
+                    pids.append(executor.submit(keep, 20 << 20).result(timeout=60))
+            print("recycled", len(set(pids)) - 1)
+        """,
+        timeout=100,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "recycled 2" in result.stdout
+    assert result.stderr.count("UserWarning") == 1, result.stderr
+    assert "memory grew" in result.stderr and "memory leak" in result.stderr

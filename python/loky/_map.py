@@ -80,8 +80,11 @@ def executor_map(
         call, args = partial(run_chunk, fn), ((chunk,) for chunk in _chunks(chunksize, args))
     else:
         call = fn
-    window = None if buffersize is None else buffersize
-    futures = deque(submit(call, *a) for a in itertools.islice(args, window))
+    futures = deque(submit(call, *a) for a in itertools.islice(args, buffersize))
+    if buffersize is None:
+        # All submitted: the iterator keeps no reference to the executor, which may
+        # be collected (and shut down) while the results are read, as with loky.
+        submit = args = None
     return _results(submit, call, args, futures, deadline, chunksize, report, close, total)
 
 
@@ -91,9 +94,10 @@ def _results(submit, call, args, futures, deadline, chunksize, report, close, to
         while futures:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             result = futures.popleft().result(left)
-            # One more in flight for each one taken (a no-op once all were submitted).
-            for more in itertools.islice(args, 1):
-                futures.append(submit(call, *more))
+            # One more in flight for each one taken.
+            if args is not None:
+                for more in itertools.islice(args, 1):
+                    futures.append(submit(call, *more))
             done += len(result) if chunksize > 1 else 1
             if report is not None:
                 report(done, total)  # before yielding: a caller may stop at any item

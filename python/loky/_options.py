@@ -23,8 +23,9 @@ def check_int(name, value, minimum=1, allow_none=True):
         raise TypeError(f"{name} must be {expected}, got {_describe(value)}")
     value = int(value)
     if value < minimum:
+        # The standard library's and loky's wording, which callers may match.
         bound = "greater than 0" if minimum == 1 else f"at least {minimum}"
-        raise ValueError(f"{name} must be {bound}, got {value}")
+        raise ValueError(f"{name} must be {bound}")
     return value
 
 

@@ -22,6 +22,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 import weakref
 from time import monotonic
 
@@ -202,6 +203,16 @@ class _PoolState:
                 "task limit": "it ran max_tasks_per_child tasks",
             }[event.reason]
             _log(logging.INFO, "loky worker %d recycled: %s", event.pid, limit)
+            if event.reason == "memory growth":
+                # A warning, shown once per process by Python's default filter.
+                warnings.warn(
+                    "A loky worker was replaced because its memory grew by more than "
+                    "LOKY_MAX_MEMORY_LEAK_SIZE bytes (300 MB by default) while it ran "
+                    "tasks: a possible memory leak in the tasks. Its tasks' results "
+                    "are not affected.",
+                    UserWarning,
+                    stacklevel=1,
+                )
         else:
             _log(logging.DEBUG, "loky worker %d exited (%s)", event.pid, event.reason)
 

@@ -147,7 +147,10 @@ class MemoryGuard:
     def leaking(self):
         """Called after each task; True if this worker should be replaced."""
         now = monotonic()
-        if self.reference is not None and now - self.last_check < self.CHECK_INTERVAL:
+        # A task may change the interval through loky.process_executor, as with loky.
+        executor_module = sys.modules.get("loky.process_executor")
+        interval = getattr(executor_module, "_MEMORY_LEAK_CHECK_DELAY", self.CHECK_INTERVAL)
+        if self.reference is not None and now - self.last_check < interval:
             return False
         import gc
 

@@ -60,6 +60,7 @@ from ._options import ExecutorOptions, check_seconds
 from ._payload import pack, release_cached_segments
 from ._pool_state import WorkerProcess, _live_pools, _log, _PoolState, _run_results
 from ._tasks import run_chunk
+from ._worker import MemoryGuard
 from .backend import reduction
 from .backend.context import executor_start_method
 
@@ -84,6 +85,10 @@ def _depth_of_this_process():
 # Nesting depth: 0 in the main process, parent's + 1 in a worker.
 _CURRENT_DEPTH = _depth_of_this_process()
 MAX_DEPTH = int(os.environ.get("LOKY_MAX_DEPTH", 10))
+
+# Seconds between two memory checks of a worker (read by the workers, where a task may
+# change it); the growth allowed is LOKY_MAX_MEMORY_LEAK_SIZE bytes.
+_MEMORY_LEAK_CHECK_DELAY = MemoryGuard.CHECK_INTERVAL
 
 _WORKER_BOOTSTRAP = "from loky._worker import main; main({pid})"
 _TEMPLATE_BOOTSTRAP = "from loky._worker import serve_template; serve_template({pid})"
@@ -301,7 +306,7 @@ class ProcessPoolExecutor(Executor):
             future = Future()
             try:
                 body, segment = pack(self._serializer.dumps_in_order(), (fn, args, kwargs))
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:  # (a __reduce__ may call sys.exit)
                 error = PicklingError("Could not pickle the task to send it to the workers.")
                 future.set_exception(_with_cause(error, exc))
                 return future

@@ -138,3 +138,4 @@ for _name, _context in _CONTEXTS.items():
     # Another copy of loky (joblib's) may have registered the names first: keep it.
     _mp_context._concrete_contexts.setdefault(_name, _context)
 del _name, _context
+_MAX_WINDOWS_WORKERS = 61
