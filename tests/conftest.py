@@ -112,7 +112,7 @@ def shutdown_leftover_executors():
             executor.shutdown(wait=True, kill_workers=True)
         except Exception:  # a broken executor may complain; we only clean up
             pass
-    current = reusable_executor._executor
+    current = reusable_executor._current_executor()
     if current is not None:
         current.shutdown(wait=True, kill_workers=True)
 

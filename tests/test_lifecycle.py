@@ -19,8 +19,8 @@ def no_singleton_left():
     yield
     from loky import reusable_executor
 
-    if reusable_executor._executor is not None:
-        reusable_executor._executor.shutdown(wait=True, kill_workers=True)
+    if reusable_executor._current_executor() is not None:
+        reusable_executor._current_executor().shutdown(wait=True, kill_workers=True)
 
 
 # -- idle timeout ---------------------------------------------------------------------

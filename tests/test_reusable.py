@@ -28,7 +28,7 @@ def fresh_singleton():
 def _shutdown_singleton():
     from loky import reusable_executor
 
-    current = reusable_executor._executor
+    current = reusable_executor._current_executor()
     if current is not None:
         current.shutdown(wait=True, kill_workers=True)
 
@@ -432,7 +432,7 @@ def test_submit_resize_lock_holds_off_resizes_from_other_threads():
     resized = threading.Event()
 
     def resize():
-        get_reusable_executor(max_workers=2)
+        executor._resize(2)  # (another thread's get_reusable_executor has its own)
         resized.set()
 
     with executor._submit_resize_lock:
@@ -544,3 +544,27 @@ def test_reusable_max_tasks_per_child():
     other = get_reusable_executor(max_workers=2)
     assert other is not executor
     other.shutdown(wait=True)
+
+
+def test_each_thread_has_its_own_reusable_executor():
+    import threading
+
+    mine = get_reusable_executor(max_workers=1)
+    seen = {}
+
+    def in_thread(index):
+        first = get_reusable_executor(max_workers=1)
+        assert get_reusable_executor(max_workers=1) is first
+        seen[index] = (first, first.submit(helpers.square, index).result(timeout=30))
+        # A change of arguments here replaces this thread's executor only.
+        get_reusable_executor(max_workers=1, env={"LOKY_THREAD": str(index)})
+
+    threads = [threading.Thread(target=in_thread, args=(i,)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert [seen[i][1] for i in range(3)] == [0, 1, 4]
+    assert len({id(seen[i][0]) for i in range(3)} | {id(mine)}) == 4
+    assert get_reusable_executor(max_workers=1) is mine
+    assert mine.submit(helpers.square, 5).result(timeout=30) == 25

@@ -22,8 +22,8 @@ def no_singleton_left():
     yield
     from loky import reusable_executor
 
-    if reusable_executor._executor is not None:
-        reusable_executor._executor.shutdown(wait=True, kill_workers=True)
+    if reusable_executor._current_executor() is not None:
+        reusable_executor._current_executor().shutdown(wait=True, kill_workers=True)
 
 
 def _hammer(body, n_threads=N_THREADS):
@@ -65,8 +65,8 @@ def test_concurrent_get_and_submit_with_resizes():
     outputs = _hammer(body)
     for index, results in enumerate(outputs):
         assert results == [(i, ((index, i), i * i)) for i in range(N_ITERATIONS)]
-    # Resizing never replaced the executor.
-    assert len(seen_executors) == 1
+    # One executor per thread (loky 3.7), which resizing never replaced.
+    assert len(seen_executors) == N_THREADS
     get_reusable_executor(max_workers=1).shutdown(wait=True)
 
 

@@ -173,7 +173,9 @@ class _PoolState:
         exit is known is left out, so that no object waits for an exit already seen."""
         workers = self.workers
         alive = {}
-        for pid in self.pool.pids():
+        # A snapshot from the manager (one round trip): it includes the workers it
+        # starts for the tasks submitted before this call.
+        for pid in (worker.pid for worker in self.pool.stats()):
             if pid not in self.exitcodes:
                 alive[pid] = workers.setdefault(pid, WorkerProcess(pid, self))
         return alive

@@ -1,9 +1,11 @@
-"""The process-wide reusable executor.
+"""The reusable executor: one per thread, as in loky 3.7.
 
-`get_reusable_executor` returns one executor for the whole process and keeps returning
-it while the arguments stay the same, so workers (and what they imported) are reused
+`get_reusable_executor` returns the calling thread's executor and keeps returning it
+while the arguments stay the same, so workers (and what they imported) are reused
 across calls. A different `max_workers` resizes it in place; other changes, or a broken
-or shut-down executor, replace it.
+or shut-down executor, replace it. Each thread has its own, so one thread's change of
+arguments never shuts down an executor another thread is using; an executor whose
+thread ended is shut down once nothing refers to it (after its work is done).
 """
 
 from __future__ import annotations
@@ -23,11 +25,16 @@ _P = ParamSpec("_P")
 
 __all__ = ["get_reusable_executor"]
 
-# Guards the singleton; also each reusable executor's `_submit_resize_lock`, so that a
-# submit never lands on an executor that is being replaced.
+# Guards the executors' replacement; also each reusable executor's
+# `_submit_resize_lock`, so that a submit never lands on an executor being replaced.
 _executor_lock = threading.RLock()
-_executor = None
+_local = threading.local()  # .executor: this thread's reusable executor
 _executor_ids = iter(range(1 << 62))
+
+
+def _current_executor():
+    """The calling thread's reusable executor, or None."""
+    return getattr(_local, "executor", None)
 
 
 def get_reusable_executor(
@@ -43,7 +50,7 @@ def get_reusable_executor(
     env: dict[str, str] | None = None,
     max_tasks_per_child: int | None = None,
 ) -> _ReusablePoolExecutor:
-    """Return the process-wide executor, creating or adapting it as needed.
+    """Return this thread's reusable executor, creating or adapting it as needed.
 
     - `reuse="auto"`: reuse the current executor if all other arguments are equal;
       `reuse=True`: reuse it whatever they are; `reuse=False`: replace it.
@@ -99,6 +106,7 @@ class _ReusablePoolExecutor(ProcessPoolExecutor):
         )
         self.executor_id = executor_id
         self._submit_resize_lock = submit_resize_lock
+        self._successor = None  # the executor that replaced this one
 
     @classmethod
     def get_reusable_executor(
@@ -116,12 +124,11 @@ class _ReusablePoolExecutor(ProcessPoolExecutor):
         max_tasks_per_child=None,
     ):
         """Return ``(executor, is_reused)``; see `get_reusable_executor`."""
-        global _executor
         if reuse not in ("auto", True, False):
             raise ValueError(f"reuse must be 'auto', True or False, got {reuse!r}")
         replaced = None
         with _executor_lock:
-            executor = _executor
+            executor = _current_executor()
             keep_size = None
             if reuse is True and executor is not None:
                 keep_size = lambda: executor._max_workers  # noqa: E731
@@ -148,7 +155,7 @@ class _ReusablePoolExecutor(ProcessPoolExecutor):
                 with executor._submit_lock:
                     executor._flags.shutdown = True
                 replaced = executor
-            _executor = new = cls(
+            _local.executor = new = cls(
                 _executor_lock,
                 max_workers=options.max_workers,
                 context=options.context,
@@ -161,6 +168,8 @@ class _ReusablePoolExecutor(ProcessPoolExecutor):
                 env=options.env,
                 max_tasks_per_child=options.max_tasks_per_child,
             )
+            if replaced is not None:
+                replaced._successor = new
         if replaced is not None:
             # Outside the lock: the old executor's done-callbacks may still submit (and
             # reach the new executor) while it finishes its work.
@@ -179,14 +188,16 @@ class _ReusablePoolExecutor(ProcessPoolExecutor):
         self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs
     ) -> Future[_T]:
         with self._submit_resize_lock:
-            current = _executor
-            if self._flags.shutdown and current is not None and current is not self:
+            successor = self._successor
+            if self._flags.shutdown and successor is not None:
                 # This executor was replaced by a newer one: run the task there.
-                return ProcessPoolExecutor.submit(current, fn, *args, **kwargs)
+                return successor.submit(fn, *args, **kwargs)
             return super().submit(fn, *args, **kwargs)
 
     def _resize(self, max_workers):
         """Change the number of workers; surviving workers and queued work stay."""
+        if max_workers is None or max_workers < 1:
+            raise ValueError("max_workers must be greater than 0")
         with self._submit_resize_lock:
             if max_workers == self._max_workers:
                 return

@@ -93,7 +93,6 @@ impl ManagerLoop {
             }
             self.terminate_tasks(&terminate);
             self.enforce_deadlines(Instant::now());
-            self.answer_stats();
             self.adjust_pool(max_workers, shutdown.is_some());
             if shutdown.is_none() {
                 self.maybe_start_template();
@@ -102,6 +101,9 @@ impl ManagerLoop {
             self.retire_idle(shutdown.is_some());
             self.flush_all();
             self.publish_pids();
+            // After this turn's starts: a snapshot asked for after a submit shows the
+            // workers started for it.
+            self.answer_stats();
             if shutdown.is_some() && self.workers.is_empty() && self.nothing_pending() {
                 break;
             }
