@@ -94,3 +94,13 @@ def test_repeated_sys_exit_keeps_the_same_workers(executor_factory):
     futures = [executor.submit(helpers.call_sys_exit, i) for i in range(20)]
     assert [f.exception(timeout=30).code for f in futures] == list(range(20))
     assert set(executor._worker_pids()) == pids
+
+
+def test_a_worker_ending_while_it_lets_go_of_the_arguments_keeps_the_result(executor_factory):
+    import lifecycle_tasks
+
+    executor = executor_factory(max_workers=1)
+    victim = executor.submit(lifecycle_tasks.type_name, lifecycle_tasks.ExitWhenCollected())
+    # The result left before the worker dropped the argument (and exited).
+    assert victim.result(timeout=30) == "ExitWhenCollected"
+    assert executor.submit(lifecycle_tasks.square, 4).result(timeout=30) == 16

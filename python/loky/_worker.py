@@ -73,6 +73,7 @@ class Runner:
         # default) handles the rest and applies result reducers.
         self._plain_first = (_plain_dump, self._loky_dump)
         self._loky_only = (self._loky_dump,)
+        self.finished_call = None  # (fn, args, kwargs) of the task whose outcome is sent
 
     def dumps(self, outcome):
         """(body, segment or None) for the parent."""
@@ -107,6 +108,10 @@ class Runner:
             outcome = (RAISED, exc, _traceback_text(exc))
         finally:
             _task_running = False
+        # Released once the outcome is sent (`release_call`): collecting the arguments
+        # may run code that ends the process (a __del__), which must not cost the
+        # result.
+        self.finished_call = (fn, args, kwargs)
         del fn, args, kwargs
         try:
             return self.dumps(outcome)
@@ -231,6 +236,7 @@ def main(parent_pid):
             # worker, only it is lost.
             channel.send(KIND_RESULT, task_id, body, segment)
             del body, segment
+            runner.finished_call = None
             if memory.leaking():
                 # Tasks already sent here go to other workers.
                 channel.send(KIND_RETIRING, 0, b"")
