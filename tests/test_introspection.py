@@ -127,3 +127,18 @@ def test_flags_report_a_broken_pool(executor_factory):
     with pytest.raises(loky.BrokenProcessPool):
         executor.submit(tasks.square, 2).result(timeout=30)
     assert "initializer" in executor._flags.broken
+
+
+def test_workers_profile_themselves_while_viztracer_runs_here(executor_factory, tmp_path):
+    viztracer = pytest.importorskip("viztracer")
+    with executor_factory(max_workers=1) as executor:
+        assert executor.submit(tasks.viztracer_active).result(timeout=30) is False
+    tracer = viztracer.VizTracer(output_file=str(tmp_path / "trace.json"), verbose=0)
+    tracer.start()
+    try:
+        with executor_factory(max_workers=1) as executor:
+            assert executor.submit(tasks.viztracer_active).result(timeout=30) is True
+    finally:
+        tracer.stop()
+    with executor_factory(max_workers=1) as executor:
+        assert executor.submit(tasks.viztracer_active).result(timeout=30) is False

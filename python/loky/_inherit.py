@@ -9,7 +9,7 @@ environment and ``sys.path``:
   by the parent accept the children (as with multiprocessing's own start methods), and
   for executor workers a multiprocessing process name, ``LokyProcess-<pid>``;
 - multiprocessing's logging to stderr (``multiprocessing.util.log_to_stderr``), if the
-  parent turned it on;
+  parent turned it on; the viztracer profiler, if it runs in the parent;
 - for the "loky_init_main" and "spawn" start methods, the parent's ``__main__`` module,
   imported as ``__mp_main__``.
 
@@ -75,6 +75,16 @@ def _mp_log_level():
     return None
 
 
+def _viztracer_settings():
+    """The settings of the viztracer profiler running here, if one is: new processes
+    then profile themselves too, as with loky."""
+    viztracer = sys.modules.get("viztracer")
+    tracer = None if viztracer is None else viztracer.get_tracer()
+    if tracer is None or not tracer.enable:
+        return None
+    return tracer.init_kwargs
+
+
 def child_settings(start_method="loky", process_name=None):
     """The settings a new interpreter applies at start, and the descriptors it must
     inherit for them. `process_name`: the prefix of the multiprocessing process name
@@ -89,6 +99,7 @@ def child_settings(start_method="loky", process_name=None):
         "process_name": process_name,
         "mp_log_level": _mp_log_level(),
         "main": _main_module_info() if start_method in IMPORTS_MAIN else None,
+        "viztracer": _viztracer_settings(),
     }
     return settings, ([] if fd is None else [fd])
 
@@ -160,6 +171,12 @@ def apply(settings):
         from ._joblib import install
 
         install()
+    if settings.get("viztracer") is not None:
+        from viztracer import VizTracer
+
+        tracer = VizTracer(**settings["viztracer"])
+        tracer.register_exit()  # its report is saved when the process exits
+        tracer.start()
     if settings.get("mp_log_level") is not None:
         from multiprocessing import util
 

@@ -75,6 +75,7 @@ class _PoolState:
         self.broken = None  # error message once the pool cannot run tasks
         self.has_initializer = has_initializer
         self.closed = False  # the result thread has stopped
+        self.warned_of_growth = False
         self._handlers = {
             _core.TaskResult: self._on_result,
             _core.WorkerDied: self._on_worker_died,
@@ -205,8 +206,9 @@ class _PoolState:
                 "task limit": "it ran max_tasks_per_child tasks",
             }[event.reason]
             _log(logging.INFO, "loky worker %d recycled: %s", event.pid, limit)
-            if event.reason == "memory growth":
-                # A warning, shown once per process by Python's default filter.
+            if event.reason == "memory growth" and not self.warned_of_growth:
+                # One warning per executor (the log has every recycle).
+                self.warned_of_growth = True
                 warnings.warn(
                     "A loky worker was replaced because its memory grew by more than "
                     "LOKY_MAX_MEMORY_LEAK_SIZE bytes (300 MB by default) while it ran "
