@@ -68,6 +68,9 @@ class Runner:
 
     def __init__(self, pickler_name):
         self.pickler_name = pickler_name
+        if pickler_name not in (None, "cloudpickle"):
+            # Tasks that ask loky which pickler is in use must hear the parent's.
+            self._loky_reduction()
         self.result_reducers = None
         # Plain pickle is enough for most results; the loky pickler (cloudpickle by
         # default) handles the rest and applies result reducers.

@@ -25,6 +25,11 @@ def cpu_count(only_physical_cores: bool = False) -> int:
     return _core.cpu_count(bool(only_physical_cores), limit)
 
 
+# The most workers an executor may have on Windows, where this package does not run
+# (loky's limit there, from WaitForMultipleObjects); kept for code that reads it.
+_MAX_WINDOWS_WORKERS = 61
+
+
 # -- start methods and multiprocessing contexts ---------------------------------------
 #
 # Importing this module registers two multiprocessing contexts, "loky" and
@@ -116,12 +121,24 @@ def executor_start_method(context):
 
 
 class LokyContext(_mp_context.BaseContext):
-    """Processes started as fresh interpreters by loky's spawner. Queues, locks and
-    the other primitives are multiprocessing's own."""
+    """Processes started as fresh interpreters by loky's spawner. Queues pickle their
+    items with loky's pickler; locks and the other primitives are multiprocessing's."""
 
     _name = "loky"
     Process = LokyProcess
     cpu_count = staticmethod(cpu_count)
+
+    def Queue(self, maxsize=0, reducers=None):
+        """A queue whose items are pickled with loky's pickler (see `queues`)."""
+        from .queues import Queue
+
+        return Queue(maxsize, reducers=reducers, ctx=self.get_context())
+
+    def SimpleQueue(self, reducers=None):
+        """A simple queue whose items are pickled with loky's pickler."""
+        from .queues import SimpleQueue
+
+        return SimpleQueue(reducers=reducers, ctx=self.get_context())
 
 
 class LokyInitMainContext(LokyContext):
@@ -138,4 +155,3 @@ for _name, _context in _CONTEXTS.items():
     # Another copy of loky (joblib's) may have registered the names first: keep it.
     _mp_context._concrete_contexts.setdefault(_name, _context)
 del _name, _context
-_MAX_WINDOWS_WORKERS = 61

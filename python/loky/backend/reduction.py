@@ -88,7 +88,7 @@ def _pickler_base(name):
         return importlib.import_module(name).Pickler
     except (ImportError, AttributeError) as exc:
         raise type(exc)(
-            f"Cannot use {name!r} as the loky pickler (set by LOKY_PICKLER or "
+            f"Could not set loky_pickler to {name!r} (by LOKY_PICKLER or "
             f"set_loky_pickler): it must name an importable module with a "
             f"Pickler class. {exc}"
         ) from exc
