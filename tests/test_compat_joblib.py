@@ -421,7 +421,7 @@ def test_a_killed_tracker_is_replaced_with_a_warning(tmp_path):
         """
     )
     assert out.split() == ["True", "False"]
-    assert "tracker process died unexpectedly" in err
+    assert "resource_tracker: process died unexpectedly" in err
 
 
 # -- multiprocessing contexts ----------------------------------------------------------

@@ -38,36 +38,24 @@ def _noop(name):
     """Cleanup of the "noop" type: nothing (for probes and tests)."""
 
 
-def _unlink_file(name):
-    try:
-        os.unlink(name)
-    except FileNotFoundError:
-        pass  # already gone: what was asked for
-
-
 def _remove_folder(name):
     import shutil
 
-    try:
-        shutil.rmtree(name)
-    except FileNotFoundError:
-        pass
+    shutil.rmtree(name)
 
 
 def _unlink_semaphore(name):
     import _multiprocessing
 
-    try:
-        _multiprocessing.sem_unlink(name)
-    except FileNotFoundError:
-        pass
+    _multiprocessing.sem_unlink(name)
 
 
-# Resource type -> how the tracker deletes one. joblib replaces "file" in its own
-# process; the tracker process uses the functions defined here.
+# Resource type -> how the tracker deletes one; each raises FileNotFoundError (an
+# OSError) if the resource is gone, which the tracker takes as done. joblib replaces
+# "file" in its own process; the tracker process uses the functions defined here.
 _CLEANUP_FUNCS = {
     "noop": _noop,
-    "file": _unlink_file,
+    "file": os.unlink,
     "folder": _remove_folder,
     "semlock": _unlink_semaphore,
 }
@@ -89,6 +77,7 @@ class ResourceTracker:
         # Set only in the process that started the tracker.
         self._pid = None
         self._dead_status = None
+        self._proc_handle = None  # loky's process handle, Windows only: none here
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=self._after_fork_in_child)
 
@@ -116,7 +105,7 @@ class ResourceTracker:
         try:
             pid, status = os.waitpid(self._pid, os.WNOHANG)
         except ChildProcessError:
-            return False
+            return True  # reaped by someone else: it exited, with a status unknown here
         if pid == 0:
             return False
         self._dead_status = os.waitstatus_to_exitcode(status)
@@ -134,10 +123,10 @@ class ResourceTracker:
 
         what = "" if status is None else f" (exit status {status})"
         warnings.warn(
-            f"loky resource_tracker: the tracker process died unexpectedly{what}; "
-            "starting a new one. Temporary files registered with the old one will not "
-            "be deleted automatically.",
-            RuntimeWarning,
+            f"loky resource_tracker: process died unexpectedly{what}, relaunching. "
+            "Temporary files registered with the old one will not be deleted "
+            "automatically.",
+            UserWarning,
             stacklevel=4,
         )
 
@@ -231,6 +220,8 @@ def _say(text):
 def _cleanup(rtype, name, verbose):
     try:
         _CLEANUP_FUNCS[rtype](name)
+    except FileNotFoundError:
+        pass  # gone already: what was asked for
     except Exception as exc:
         _say(f"could not delete {rtype} {name}: {exc!r}")
     else:
@@ -275,7 +266,10 @@ def main(fd, verbose=False):
                 _say(f"ignoring an unknown command: {line!r}")
                 continue
             if verbose:
-                _say(f"{cmd} {rtype} {name}: {registered.get(name, 0)} use(s) left")
+                what = {"REGISTER": "registered", "UNREGISTER": "unregistered"}.get(
+                    cmd, "decremented refcount of"
+                )
+                _say(f"{what} {rtype} {name}: {registered.get(name, 0)} use(s) left")
 
     # Every process that could use the resources has exited.
     order = [rtype for rtype in counts if rtype != "folder"] + ["folder"]
