@@ -89,12 +89,14 @@ def fetch_tests(workdir):
                 members.append(member)
         archive.extractall(workdir, members=members, filter="data")
     # The OpenMP extension one test loads, as loky's CI builds it.
-    subprocess.run(
+    build = subprocess.run(
         [sys.executable, "setup.py", "-q", "build_ext", "-i"],
         cwd=workdir / "tests" / "_openmp_test_helper",
-        check=True,
-        stdout=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
     )
+    if build.returncode != 0:
+        raise RuntimeError(f"could not build loky's OpenMP test helper:\n{build.stderr}")
     # loky's pytest settings (its pyproject.toml), without anything else of ours.
     (workdir / "pytest.ini").write_text("[pytest]\nfaulthandler_timeout = 60\n")
     return workdir / "tests"
