@@ -61,8 +61,12 @@ class _PoolState:
     """What the result thread shares with the executor: no reference to the executor
     itself, so an executor nobody holds can be garbage collected."""
 
-    def __init__(self, pool, has_initializer, start_fds=()):
+    def __init__(self, pool, has_initializer, flags, start_fds=()):
         self.pool = pool
+        # The executor's `_flags`, which hold the `broken` reason: they outlive the
+        # executor and hold no reference to this state, so that a pool nobody uses can
+        # be released as soon as its executor is collected.
+        self.flags = flags
         self.owner_pid = os.getpid()
         self.futures = {}
         # Descriptors the workers inherit at start (from the initializer's arguments):
@@ -72,7 +76,6 @@ class _PoolState:
         # known; then that exit code, for a while (see `processes`).
         self.workers = {}
         self.exitcodes = {}
-        self.broken = None  # error message once the pool cannot run tasks
         self.has_initializer = has_initializer
         self.closed = False  # the result thread has stopped
         self.warned_of_growth = False
@@ -86,6 +89,15 @@ class _PoolState:
             _core.StartFailed: self._on_start_failed,
             _core.PoolClosed: self._on_closed,
         }
+
+    @property
+    def broken(self):
+        """The error message once the pool cannot run tasks, else None."""
+        return self.flags.broken
+
+    @broken.setter
+    def broken(self, reason):
+        self.flags.broken = reason
 
     def inherited(self):
         """True in a process forked from the one that started this pool."""

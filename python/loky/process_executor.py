@@ -223,7 +223,7 @@ class ProcessPoolExecutor(Executor):
             for fd in start_fds:
                 os.close(fd)
             raise
-        self._flags._state = self._state = state
+        self._state = state
         return state
 
     def _start_state(self, child_settings, pass_fds, init, start_fds):
@@ -252,7 +252,7 @@ class ProcessPoolExecutor(Executor):
             "loky core facilities: %s",
             ", ".join(f"{name} {how}" for name, how in _core.facilities()),
         )
-        state = _PoolState(pool, self._initializer is not None, start_fds)
+        state = _PoolState(pool, self._initializer is not None, self._flags, start_fds)
         state.thread = threading.Thread(
             target=_run_results, args=(state,), name="loky-results", daemon=True
         )
@@ -467,11 +467,7 @@ class _ExecutorFlags:
     def __init__(self):
         self.shutdown = False
         self.kill_workers = False
-        self._state = None
-
-    @property
-    def broken(self):
-        return None if self._state is None else self._state.broken
+        self.broken = None
 
 
 def _shut_down_unreferenced(pool, flags):
