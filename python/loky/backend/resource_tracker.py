@@ -19,11 +19,14 @@ of processes shares, once nobody uses them, even if the processes die.
   says so on stderr, and exits. In normal operation it prints nothing.
 """
 
+import base64
 import json
 import os
+import shutil
 import signal
 import sys
 import threading
+import warnings
 
 __all__ = ["ensure_running", "register", "unregister", "maybe_unlink", "getfd"]
 
@@ -34,14 +37,11 @@ VERBOSE = False
 _MAX_MESSAGE = 4096
 
 
-def _noop(name):
-    """Cleanup of the "noop" type: nothing (for probes and tests)."""
-
-
-def _remove_folder(name):
-    import shutil
-
-    shutil.rmtree(name)
+def _never_registered(name):
+    raise RuntimeError(
+        f"{name!r} was registered as a 'noop' resource, a type only used to probe the "
+        "tracker: there is nothing to delete"
+    )
 
 
 def _unlink_semaphore(name):
@@ -50,15 +50,38 @@ def _unlink_semaphore(name):
     _multiprocessing.sem_unlink(name)
 
 
-# Resource type -> how the tracker deletes one; each raises FileNotFoundError (an
-# OSError) if the resource is gone, which the tracker takes as done. joblib replaces
-# "file" in its own process; the tracker process uses the functions defined here.
+# Resource type -> how the tracker deletes one; each raises OSError if it is gone (code
+# written for loky calls them directly and relies on that). joblib replaces "file" in
+# its own process; the tracker process uses the functions set here.
 _CLEANUP_FUNCS = {
-    "noop": _noop,
+    "noop": _never_registered,
     "file": os.unlink,
-    "folder": _remove_folder,
+    "folder": shutil.rmtree,
     "semlock": _unlink_semaphore,
 }
+
+# Windows' process API. This package runs on POSIX only, where a tracker has no process
+# handle (`ResourceTracker._proc_handle` stays None) and this stays None.
+_winapi = None
+
+
+def _encode_message(cmd, name, rtype):
+    # The format of CPython's and loky's trackers (since 3.14 / 3.7); base64 lets a name
+    # hold any character, newlines included.
+    encoded = base64.urlsafe_b64encode(os.fsencode(name)).decode("ascii")
+    return (json.dumps({"cmd": cmd, "rtype": rtype, "base64_name": encoded}) + "\n").encode()
+
+
+def _decode_message(line):
+    """(cmd, rtype, name) of one message: the JSON form, or the "cmd:name:rtype" of
+    older CPython trackers."""
+    if line.lstrip().startswith(b"{"):
+        fields = json.loads(line)
+        name = base64.urlsafe_b64decode(fields["base64_name"])
+        return fields["cmd"], fields["rtype"], os.fsdecode(name)
+    cmd, rest = line.strip().decode("ascii").split(":", 1)
+    name, rtype = rest.rsplit(":", 1)
+    return cmd, rtype, name
 
 
 def _inherited_fd():
@@ -76,10 +99,10 @@ class ResourceTracker:
         self._fd = _inherited_fd()
         # Set only in the process that started the tracker.
         self._pid = None
-        self._dead_status = None
-        self._proc_handle = None  # loky's process handle, Windows only: none here
-        if hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=self._after_fork_in_child)
+        # The exit status of the last tracker seen dead.
+        self._exitcode = None
+        # Windows' handle of the tracker process: always None here (see `_winapi`).
+        self._proc_handle = None
 
     def _after_fork_in_child(self):
         # A forked child keeps using the tracker (it has the pipe) but is not the
@@ -98,34 +121,40 @@ class ResourceTracker:
             if self._fd is not None:
                 if self._pid is None or not self._tracker_exited():
                     return
-                self._forget_dead_tracker()
+                self._teardown_dead_process()
             self._launch()
 
     def _tracker_exited(self):
         try:
             pid, status = os.waitpid(self._pid, os.WNOHANG)
         except ChildProcessError:
-            return True  # reaped by someone else: it exited, with a status unknown here
+            # Reaped by someone else (it exited), or SIGCHLD is ignored: ask the kernel.
+            try:
+                os.kill(self._pid, 0)
+            except ProcessLookupError:
+                return True
+            return False
         if pid == 0:
             return False
-        self._dead_status = os.waitstatus_to_exitcode(status)
+        self._exitcode = os.waitstatus_to_exitcode(status)
         return True
 
-    def _forget_dead_tracker(self):
-        status, self._dead_status = self._dead_status, None
+    def _teardown_dead_process(self):
+        """Forget a tracker that died, with a warning: what it counted is lost."""
         if self._fd is not None:
             try:
                 os.close(self._fd)
             except OSError:
                 pass
-        self._fd = self._pid = None
-        import warnings
-
+        if self._proc_handle is not None:
+            _winapi.CloseHandle(self._proc_handle)
+        status = self._exitcode
+        self._fd = self._pid = self._exitcode = self._proc_handle = None
         what = "" if status is None else f" (exit status {status})"
         warnings.warn(
-            f"loky resource_tracker: process died unexpectedly{what}, relaunching. "
-            "Temporary files registered with the old one will not be deleted "
-            "automatically.",
+            f"loky resource_tracker: process died unexpectedly{what}, relaunching it. "
+            "Temporary files and semaphores registered with the old one will not be "
+            "deleted automatically.",
             UserWarning,
             stacklevel=4,
         )
@@ -171,7 +200,7 @@ class ResourceTracker:
                 f"Cannot track {name!r}: unknown resource type {rtype!r}. Known types: "
                 f"{sorted(_CLEANUP_FUNCS)}."
             )
-        message = (json.dumps([cmd, rtype, os.fsdecode(name)]) + "\n").encode()
+        message = _encode_message(cmd, name, rtype)
         if len(message) > _MAX_MESSAGE:
             raise ValueError(f"resource name too long for the resource tracker: {name!r}")
         with self._lock:
@@ -180,7 +209,7 @@ class ResourceTracker:
                 written = os.write(self._fd, message)
             except BrokenPipeError:
                 # The tracker is gone (killed): start a new one for this process.
-                self._forget_dead_tracker()
+                self._teardown_dead_process()
                 self._launch()
                 written = os.write(self._fd, message)
             assert written == len(message), "short write to the resource tracker"
@@ -204,6 +233,8 @@ register = _resource_tracker.register
 unregister = _resource_tracker.unregister
 maybe_unlink = _resource_tracker.maybe_unlink
 getfd = _resource_tracker.getfd
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_resource_tracker._after_fork_in_child)
 
 
 # -- the tracker process --------------------------------------------------------------
@@ -217,39 +248,34 @@ def _say(text):
         pass
 
 
-def _cleanup(rtype, name, verbose):
-    try:
-        _CLEANUP_FUNCS[rtype](name)
-    except FileNotFoundError:
-        pass  # gone already: what was asked for
-    except Exception as exc:
-        _say(f"could not delete {rtype} {name}: {exc!r}")
-    else:
-        if verbose:
-            _say(f"deleted {rtype} {name}")
-
-
 def main(fd, verbose=False):
     """Body of the tracker process: count uses until every writer has gone, then
-    delete the leftovers."""
+    delete the leftovers. Exit status: 0, or 1 if some were left, 2 if one of those
+    could not be deleted, 3 if a message could not be understood."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     counts = {rtype: {} for rtype in _CLEANUP_FUNCS}
+    exit_code = 0
     if verbose:
         _say(f"running (pid {os.getpid()})")
     with open(fd, "rb") as pipe:
         for line in pipe:
             try:
-                cmd, rtype, name = json.loads(line)
+                cmd, rtype, name = _decode_message(line)
                 registered = counts[rtype]
             except Exception:
                 _say(f"ignoring a malformed message: {line!r}")
+                exit_code = 3
                 continue
             if cmd == "REGISTER":
                 registered[name] = registered.get(name, 0) + 1
+                if verbose:
+                    _say(f"incremented refcount of {rtype} {name} (now {registered[name]})")
             elif cmd == "UNREGISTER":
                 registered.pop(name, None)
+                if verbose:
+                    _say(f"unregistered {rtype} {name}")
             elif cmd == "MAYBE_UNLINK":
                 left = registered.get(name)
                 if left is None:
@@ -257,31 +283,46 @@ def main(fd, verbose=False):
                     if verbose:
                         _say(f"maybe_unlink of {rtype} {name}, which is not registered")
                     continue
-                if left > 1:
-                    registered[name] = left - 1
-                else:
+                registered[name] = left - 1
+                if verbose:
+                    _say(f"decremented refcount of {rtype} {name} (now {left - 1})")
+                if left == 1:
                     del registered[name]
-                    _cleanup(rtype, name, verbose)
-            else:
+                    try:
+                        _CLEANUP_FUNCS[rtype](name)
+                    except FileNotFoundError:
+                        pass  # deleted by its user already: what was asked for
+                    except Exception as exc:
+                        _say(f"{name}: {exc!r}")
+                    else:
+                        if verbose:
+                            _say(f"deleted {rtype} {name}")
+            elif cmd != "PROBE":
                 _say(f"ignoring an unknown command: {line!r}")
-                continue
-            if verbose:
-                what = {"REGISTER": "registered", "UNREGISTER": "unregistered"}.get(
-                    cmd, "decremented refcount of"
-                )
-                _say(f"{what} {rtype} {name}: {registered.get(name, 0)} use(s) left")
+                exit_code = 3
 
-    # Every process that could use the resources has exited.
+    # Every process that could use the resources has exited. Folders go last: they
+    # may hold tracked files.
     order = [rtype for rtype in counts if rtype != "folder"] + ["folder"]
     for rtype in order:
         leaked = counts[rtype]
-        if not leaked or rtype == "noop":
+        if not leaked:
             continue
+        exit_code = max(exit_code, 1)
         _say(
-            f"{len(leaked)} {rtype}(s) still registered after every process using them "
-            f"exited; deleting them: {sorted(leaked)}"
+            f"There appear to be {len(leaked)} leaked {rtype}(s): still registered when "
+            f"every process using them had exited. Deleting them: {sorted(leaked)}"
         )
         for name in leaked:
-            _cleanup(rtype, name, verbose)
+            try:
+                _CLEANUP_FUNCS[rtype](name)
+            except Exception as exc:
+                # Gone already (deleted while still counted), or undeletable.
+                _say(f"{name}: {exc!r}")
+                exit_code = max(exit_code, 2)
+            else:
+                if verbose:
+                    _say(f"deleted {rtype} {name}")
     if verbose:
         _say("exiting")
+    sys.exit(exit_code)
