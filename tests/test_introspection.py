@@ -142,3 +142,26 @@ def test_workers_profile_themselves_while_viztracer_runs_here(executor_factory, 
         tracer.stop()
     with executor_factory(max_workers=1) as executor:
         assert executor.submit(tasks.viztracer_active).result(timeout=30) is False
+
+
+def test_workers_share_multiprocessing_resource_tracker(tmp_path):
+    # A shared memory segment made here and unlinked by a worker is not reported as
+    # leaked at exit: the workers report to this process's multiprocessing tracker.
+    result = helpers.run_script(
+        tmp_path,
+        """
+        from multiprocessing.shared_memory import SharedMemory
+        from loky import ProcessPoolExecutor
+
+        if __name__ == "__main__":
+            with ProcessPoolExecutor(max_workers=1) as executor:
+                segment = SharedMemory(create=True, size=16)
+                executor.submit(segment.unlink).result(timeout=30)
+                segment.close()
+            print("done")
+        """,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["done"]
+    assert result.stderr == ""

@@ -2,7 +2,7 @@
 environment and ``sys.path``:
 
 - the resource tracker's pipe (a descriptor it inherits), so that parent and workers
-  share one tracker;
+  share one tracker; and multiprocessing's tracker pipe, if the parent uses that one;
 - the joblib switch (`loky._joblib`), so that ``joblib.externals.loky`` means the same
   thing on both sides of the pipe;
 - multiprocessing's authentication key, so that manager proxies and listeners created
@@ -52,6 +52,17 @@ def _tracker_fd():
     return tracker.getfd()
 
 
+def _mp_tracker_fd():
+    """multiprocessing's own tracker pipe, if this process uses that tracker (shared
+    memory, semaphores): children then report to the same tracker, so that a segment
+    created here and unlinked in a child is not reported as leaked."""
+    tracker = sys.modules.get("multiprocessing.resource_tracker")
+    if tracker is None:
+        return None
+    tracker.ensure_running()
+    return tracker._resource_tracker._fd
+
+
 def _joblib_switched():
     switch = sys.modules.get("loky._joblib")
     return switch is not None and switch.installed()
@@ -92,8 +103,10 @@ def child_settings(start_method="loky", process_name=None):
     from multiprocessing import process
 
     fd = _tracker_fd()
+    mp_fd = _mp_tracker_fd()
     settings = {
         "tracker_fd": fd,
+        "mp_tracker_fd": mp_fd,
         "joblib": _joblib_switched(),
         "authkey": bytes(process.current_process().authkey),
         "process_name": process_name,
@@ -101,7 +114,7 @@ def child_settings(start_method="loky", process_name=None):
         "main": _main_module_info() if start_method in IMPORTS_MAIN else None,
         "viztracer": _viztracer_settings(),
     }
-    return settings, ([] if fd is None else [fd])
+    return settings, [f for f in (fd, mp_fd) if f is not None]
 
 
 class _SpawningScope:
@@ -166,6 +179,10 @@ def apply(settings):
     tracker = sys.modules.get("loky.backend.resource_tracker")
     if tracker is not None and TRACKER_FD is not None:
         tracker._resource_tracker._fd = TRACKER_FD
+    if settings.get("mp_tracker_fd") is not None:
+        from multiprocessing import resource_tracker as mp_tracker
+
+        mp_tracker._resource_tracker._fd = settings["mp_tracker_fd"]
     if settings.get("joblib"):
         # Before anything that names joblib.externals.loky is unpickled.
         from ._joblib import install
