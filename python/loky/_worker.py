@@ -111,10 +111,12 @@ class Runner:
             outcome = (RAISED, exc, _traceback_text(exc))
         finally:
             _task_running = False
-        # Released once the outcome is sent (`release_call`): collecting the arguments
-        # may run code that ends the process (a __del__), which must not cost the
-        # result.
-        self.finished_call = (fn, args, kwargs)
+        # The arguments are released once the outcome is sent (main loop): collecting
+        # them may run code that ends the process (a __del__), which must not cost the
+        # result. Except those that live in a received segment: released now, so that
+        # the parent finds the segment free again for its next large task.
+        if message.segment is None:
+            self.finished_call = (fn, args, kwargs)
         del fn, args, kwargs
         try:
             return self.dumps(outcome)
