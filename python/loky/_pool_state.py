@@ -189,17 +189,23 @@ class _PoolState:
         # A snapshot from the manager (one round trip): it includes the workers it
         # starts for the tasks submitted before this call.
         for pid in (worker.pid for worker in self.pool.stats()):
-            if pid not in self.exitcodes:
-                alive[pid] = workers.setdefault(pid, WorkerProcess(pid, self))
+            if pid in self.exitcodes:
+                continue
+            process = workers.setdefault(pid, WorkerProcess(pid, self))
+            if pid in self.exitcodes:  # its exit was applied meanwhile
+                workers.pop(pid, None)
+                process._finish(self.exitcodes[pid])
+                continue
+            alive[pid] = process
         return alive
 
     def _record_exit(self, pid, exitcode):
         if len(self.exitcodes) >= 4096:
             self.exitcodes.pop(next(iter(self.exitcodes)))
-        self.exitcodes[pid] = exitcode
+        self.exitcodes[pid] = exitcode  # before the look at `workers`: see processes()
         process = self.workers.pop(pid, None)
         if process is not None:
-            process._exited.set()
+            process._finish(exitcode)
 
     def _on_worker_exited(self, event):
         self._record_exit(event.pid, event.exitcode)
@@ -257,8 +263,13 @@ class WorkerProcess:
         self.pid = pid
         self.name = f"LokyProcess-{pid}"
         self._state = state
+        self._exitcode = None
         self._exited = threading.Event()
         self._sentinel = None
+
+    def _finish(self, exitcode):
+        self._exitcode = exitcode
+        self._exited.set()
 
     def __repr__(self):
         status = "alive" if self.exitcode is None else f"exitcode={self.exitcode}"
@@ -267,15 +278,14 @@ class WorkerProcess:
     @property
     def exitcode(self):
         """None while the worker runs; then its exit code (-N: killed by signal N)."""
-        return self._state.exitcodes.get(self.pid)
+        return self._exitcode
 
     def is_alive(self):
-        return not self._exited.is_set() and self.pid not in self._state.exitcodes
+        return not self._exited.is_set()
 
     def join(self, timeout=None):
         """Wait until the worker has exited and its exit code is known."""
-        if self.pid not in self._state.exitcodes:
-            self._exited.wait(timeout)
+        self._exited.wait(timeout)
 
     def terminate(self):
         self._signal(signal.SIGTERM)
@@ -314,7 +324,7 @@ def _run_results(state):
         state.start_fds = []
         # Every worker has exited; an exit not reported (none is expected) is unknown.
         for process in list(state.workers.values()):
-            process._exited.set()
+            process._finish(None)
         # Outcomes handed to a waiting thread are that thread's to apply.
         state.fail_all(_shut_down_error, spare=set(state.pool.claimed_outcomes()))
         _live_pools.discard(state)

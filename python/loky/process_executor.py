@@ -218,7 +218,7 @@ class ProcessPoolExecutor(Executor):
         )
         init, start_fds = self._init_message(child_settings)
         try:
-            state = self._start_state(child_settings, pass_fds, init, start_fds)
+            state = self._start_state(pass_fds, init, start_fds)
         except BaseException:
             for fd in start_fds:
                 os.close(fd)
@@ -226,7 +226,7 @@ class ProcessPoolExecutor(Executor):
         self._state = state
         return state
 
-    def _start_state(self, child_settings, pass_fds, init, start_fds):
+    def _start_state(self, pass_fds, init, start_fds):
         worker_code = _WORKER_BOOTSTRAP.format(pid=os.getpid())
         template_code = _TEMPLATE_BOOTSTRAP.format(pid=os.getpid())
         pool = _core.Pool(
