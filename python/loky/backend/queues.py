@@ -45,10 +45,8 @@ def _dumps(obj, reducers):
     return reduction.dumps_bytes(obj, reducers=reducers)
 
 
-class Queue(_Queue):
-    def __init__(self, maxsize=0, reducers=None, ctx=None):
-        super().__init__(maxsize=maxsize, ctx=_context(ctx))
-        self._reducers = reducers
+class _CarriesReducers:
+    """A queue's `reducers` travel with it to the processes it is handed to."""
 
     def __getstate__(self):
         return super().__getstate__() + (self._reducers,)
@@ -56,23 +54,22 @@ class Queue(_Queue):
     def __setstate__(self, state):
         super().__setstate__(state[:-1])
         self._reducers = state[-1]
+
+
+class Queue(_CarriesReducers, _Queue):
+    def __init__(self, maxsize=0, reducers=None, ctx=None):
+        super().__init__(maxsize=maxsize, ctx=_context(ctx))
+        self._reducers = reducers
 
     def put(self, obj, block=True, timeout=None):
         data = _dumps(obj, self._reducers)
         super().put(_Pickled(data), block, timeout)
 
 
-class SimpleQueue(_SimpleQueue):
+class SimpleQueue(_CarriesReducers, _SimpleQueue):
     def __init__(self, reducers=None, ctx=None):
         super().__init__(ctx=_context(ctx))
         self._reducers = reducers
-
-    def __getstate__(self):
-        return super().__getstate__() + (self._reducers,)
-
-    def __setstate__(self, state):
-        super().__setstate__(state[:-1])
-        self._reducers = state[-1]
 
     def put(self, obj):
         data = _dumps(obj, self._reducers)
