@@ -306,6 +306,14 @@ def record_pid_then_os_exit(path):
     os._exit(9)
 
 
+def record_pid_then_wait_unless_first(path):
+    """An initializer that lets the first worker start and keeps the others starting
+    (for at most a minute), so that a test can kill a worker before it is ready."""
+    append_line(path, str(os.getpid()))
+    if read_lines(path)[0] != str(os.getpid()):
+        time.sleep(60)
+
+
 def record_pid_then_sys_exit(path):
     append_line(path, str(os.getpid()))
     sys.exit(4)

@@ -108,6 +108,32 @@ def test_failing_initializer_does_not_respawn_forever(executor_factory, tmp_path
     assert distinct_pids(path) == later
 
 
+def test_starting_worker_killed_from_outside_is_replaced_once(executor_factory, tmp_path):
+    import signal
+
+    path = tmp_path / "init-pids"
+    executor = executor_factory(
+        max_workers=2,
+        initializer=helpers.record_pid_then_wait_unless_first,
+        initargs=(str(path),),
+    )
+    assert executor.submit(helpers.square, 3).result(timeout=30) == 9
+    # The second worker is held in its initializer: kill it before it is ready. A
+    # worker of this pool started fine, so the death is not a start failure: replaced.
+    assert helpers.wait_until(lambda: len(distinct_pids(path)) == 2, timeout=30)
+    os.kill(int(helpers.read_lines(path)[1]), signal.SIGKILL)
+    assert helpers.wait_until(lambda: len(distinct_pids(path)) == 3, timeout=30)
+    assert executor.submit(helpers.square, 4).result(timeout=30) == 16
+    assert executor._flags.broken is None
+    # Its replacement killed too, with no worker ready in between: the pool can no
+    # longer start workers, and says so instead of respawning forever.
+    os.kill(int(helpers.read_lines(path)[2]), signal.SIGKILL)
+    assert helpers.wait_until(lambda: executor._flags.broken is not None, timeout=30)
+    exc = submit_or_error(executor, helpers.square, 1)
+    assert isinstance(exc, BrokenProcessPool) and "before it was ready" in str(exc)
+    assert len(distinct_pids(path)) == 3
+
+
 @pytest.mark.parametrize(
     "initializer, status",
     [

@@ -242,6 +242,8 @@ class _PoolState:
         self._break(_initializer_error(event.body))
 
     def _on_start_failed(self, event):
+        if event.pid:  # 0: no process was started
+            self._record_exit(event.pid, event.exitcode)
         self._break(_start_error(event.pid, event.exitcode, event.message, self.has_initializer))
 
     def _on_closed(self, event):

@@ -40,6 +40,11 @@ pub(super) struct ManagerLoop {
     pub(super) replacements_owed: usize,
     /// Set once a worker could not start or initialize: start no more.
     pub(super) broken: bool,
+    /// A worker became ready since the last death of a starting worker was forgiven.
+    /// Workers can start, so such a death was done to the worker (a signal, the OOM
+    /// killer): it is replaced. A second one with no worker ready in between breaks
+    /// the pool, so a pool that can no longer start workers never loops respawning.
+    pub(super) ready_since_start_death: bool,
     /// Moving average of how long a task keeps a worker busy.
     pub(super) service_time: Option<Duration>,
     /// The pids last copied to `Control::pids`.
@@ -59,6 +64,7 @@ impl ManagerLoop {
             workers: Vec::new(),
             replacements_owed: 0,
             broken: false,
+            ready_since_start_death: false,
             service_time: None,
             published_pids: Vec::new(),
             template: None,
@@ -467,6 +473,7 @@ impl ManagerLoop {
                 if worker.state == State::Starting {
                     worker.state = State::Ready;
                     worker.idle_since = Instant::now();
+                    self.ready_since_start_death = true;
                 }
             }
             Some(Kind::InitFailed) => worker.init_error = Some(frame.body),
@@ -489,7 +496,12 @@ impl ManagerLoop {
             });
             return;
         }
-        if worker.state == State::Starting && worker.exit_reason.is_none() {
+        // A starting worker's death breaks the pool unless it is forgiven (see
+        // `ready_since_start_death`); a forgiven one is replaced as any death is.
+        if worker.state == State::Starting
+            && worker.exit_reason.is_none()
+            && !std::mem::take(&mut self.ready_since_start_death)
+        {
             self.broken = true;
             self.shared.emit(Event::StartFailed {
                 pid: worker.pid,
