@@ -319,6 +319,18 @@ def record_pid_then_sys_exit(path):
     sys.exit(4)
 
 
+FACTOR = 3
+# A lambda travels by value (cloudpickle), with the module globals it reads.
+scale_by_factor = lambda x: x * FACTOR  # noqa: E731
+
+
+def loaded_callables():
+    """How many functions pickled by the parent this worker keeps rebuilt."""
+    from loky import _callables
+
+    return len(_callables._loaded)
+
+
 # -- utilities for the tests (parent side) ---------------------------------------------
 
 

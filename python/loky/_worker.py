@@ -101,6 +101,10 @@ class Runner:
             return self.dumps((TASK_NOT_RECEIVED, _lost_segment_text(message)))
         try:
             fn, args, kwargs = unpack(message.body, message.segment)
+            if type(fn) is bytes:  # a function pickled once by the parent
+                from ._callables import load
+
+                fn = load(fn, pickle.loads)
         except BaseException as exc:
             return self.dumps((TASK_UNPICKLE_FAILED, _traceback_text(exc)))
         global _task_running

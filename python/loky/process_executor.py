@@ -305,7 +305,7 @@ class ProcessPoolExecutor(Executor):
                 raise BrokenProcessPool(state.broken)
             future = Future()
             try:
-                body, segment = pack(self._serializer.dumps_in_order(), (fn, args, kwargs))
+                body, segment = pack(*self._serializer.task(fn, args, kwargs))
             except (Exception, SystemExit) as exc:  # (a __reduce__ may call sys.exit)
                 error = PicklingError("Could not pickle the task to send it to the workers.")
                 future.set_exception(_with_cause(error, exc))

@@ -181,17 +181,19 @@ def _cloudpickle_sends_all_by_reference():
     return not _by_value_modules
 
 
-def _plain_unless_main(obj, buffer_callback):
+def _plain_unless_main(obj, buffer_callback, kept=b""):
     """The standard C pickler, which is several times faster than cloudpickle's, for an
     object cloudpickle would pickle the same way, or None.
 
     The two differ only for functions and classes that cannot be named by reference:
     those of ``__main__`` (plain pickle names them, and the stream then holds the
     string "__main__") and those plain pickle cannot find (it raises). Any other
-    object reduces the same through ``__reduce_ex__`` and copyreg in both.
+    object reduces the same through ``__reduce_ex__`` and copyreg in both. `kept` is a
+    function pickled beforehand that `obj` holds as bytes (see loky._callables): its
+    own mentions of "__main__" are expected.
     """
     data = pickle.dumps(obj, HIGHEST_PROTOCOL, buffer_callback=buffer_callback)
-    return None if b"__main__" in data else data
+    return None if data.count(b"__main__") != kept.count(b"__main__") else data
 
 
 class Serializer:
@@ -215,6 +217,20 @@ class Serializer:
         ):
             return (_plain_unless_main, self.dumps)
         return (self.dumps,)
+
+    def task(self, fn, args, kwargs):
+        """(dump functions for `loky._payload.pack`, task to pickle) for a call of
+        `fn`. Where the plain pickler may be used, a function cloudpickle sends by value
+        travels as its pickle made once (loky._callables)."""
+        dumps = self.dumps_in_order()
+        if len(dumps) == 2:
+            from .. import _callables
+
+            sent = _callables.prepare(fn, self.dumps)
+            if sent is not fn:
+                plain = functools.partial(_plain_unless_main, kept=sent)
+                return (plain, self.dumps), (sent, args, kwargs)
+        return dumps, (fn, args, kwargs)
 
     def _new_pickler(self):
         self._file = io.BytesIO()

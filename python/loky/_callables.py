@@ -1,0 +1,223 @@
+"""Callables pickled once.
+
+A function that cloudpickle sends by value (defined in ``__main__``, a lambda, a
+closure) costs a cloudpickle pass per task in the parent, and an unpickling that
+rebuilds it per task in the worker. When nothing the function's pickle depends on can
+change unnoticed, both are done once:
+
+- Parent (`prepare`): the function's pickle is kept, by the function's identity, with
+  a snapshot of every object that pickle depends on: its code, defaults, closure cells'
+  contents, the globals its code names, its attributes. Each submit takes the snapshot
+  again and compares identities; any redefinition or rebinding (of the function, of a
+  global it uses, of a closure variable) gives another object, hence a new pickle.
+  The task then carries the pickled function (a ``bytes`` object) in its place.
+- What may be captured: objects immutable all the way down (None, numbers, strings,
+  bytes, code, and tuples and frozensets of those); modules, functions and classes
+  that pickle by reference and are still found under their name; and functions that
+  qualify themselves. Anything else (a list, a dict, an instance, a class defined in
+  ``__main__``) can change in place, so such a function is pickled at every submit.
+- A function whose code assigns a global or a closure variable is pickled at every
+  submit too: in a worker, the rebuilt function would carry the assignment over.
+- Worker (`load`): the rebuilt function is kept by its pickled bytes, so a cache hit
+  runs exactly what a fresh unpickling would build. What still differs from unpickling
+  at each task: attributes a task sets on its own function object stay, in that worker,
+  for the next task, as they do for a module-level function.
+
+Used only where the plain pickler would be (the loky pickler is cloudpickle, no
+reducers, no module registered with cloudpickle to travel by value): other picklers
+and reducers may treat functions their own way.
+"""
+
+import sys
+import types
+import weakref
+
+# Parent: id(fn) -> (weak reference to fn, snapshot, pickled fn).
+_kept = {}
+_KEPT_MAX = 256
+# Objects whose identity tells their whole content.
+_ATOMS = frozenset(
+    {type(None), bool, int, float, complex, str, bytes, range, type(Ellipsis), types.CodeType}
+)
+# Tuples larger than this are not walked at each submit: the function is not kept.
+_TUPLE_MAX = 64
+_ABSENT = object()  # a global the code names that does not exist (yet)
+_EMPTY_CELL = object()
+_SEEN = object()  # followed by the rank of a function met earlier in the same snapshot
+# (code object) -> (names its code and nested code use, whether it assigns a global or
+# a closure variable).
+_code_facts = {}
+
+# Counted in the parent, for benchmarks: submits that reused a kept pickle, that made
+# one, and that could not keep one.
+stats = {"hits": 0, "misses": 0, "not_kept": 0}
+
+
+class _Unstable(Exception):
+    """The function captures something that may change without a new identity."""
+
+
+def prepare(fn, dump):
+    """What to send in place of `fn`: its kept pickle (bytes), or `fn` itself when it
+    pickles by reference or cannot be kept. `dump(fn)` makes the pickle."""
+    if type(fn) is not types.FunctionType or _by_reference(fn):
+        return fn
+    try:
+        snapshot = _snapshot(fn)
+    except _Unstable:
+        stats["not_kept"] += 1
+        return fn
+    entry = _kept.get(id(fn))
+    if entry is not None and entry[0]() is fn:
+        kept_snapshot = entry[1]
+        if len(kept_snapshot) == len(snapshot) and all(
+            a is b for a, b in zip(kept_snapshot, snapshot)
+        ):
+            stats["hits"] += 1
+            return entry[2]
+    stats["misses"] += 1
+    blob = bytes(dump(fn))
+    if len(_kept) >= _KEPT_MAX:
+        _kept.clear()
+    key = id(fn)
+    _kept[key] = (weakref.ref(fn, lambda _, key=key: _forget(key)), snapshot, blob)
+    return blob
+
+
+def _forget(key):
+    entry = _kept.get(key)
+    if entry is not None and entry[0]() is None:
+        del _kept[key]
+
+
+def _snapshot(fn):
+    """Every object `fn`'s pickle depends on, in a fixed order; raises _Unstable.
+    `fn` itself is left out, so that the cache does not keep it alive."""
+    out = []
+    _capture_function(fn, out, {})
+    return out
+
+
+def _capture_function(fn, out, seen):
+    order = seen.get(id(fn))
+    if order is not None:  # recursion, direct or mutual: which function, by its rank
+        out += (_SEEN, order)
+        return
+    seen[id(fn)] = order = len(seen)
+    if order:
+        out.append(fn)
+    code = fn.__code__
+    names, writes = _facts(code)
+    if writes:
+        raise _Unstable
+    out += (code, fn.__name__, fn.__qualname__, fn.__module__, fn.__doc__)
+    _capture(fn.__defaults__, out, seen)
+    _capture_mapping(fn.__kwdefaults__, out, seen)
+    _capture_mapping(fn.__dict__, out, seen)
+    _capture_mapping(fn.__annotations__, out, seen)
+    for cell in fn.__closure__ or ():
+        try:
+            value = cell.cell_contents
+        except ValueError:
+            value = _EMPTY_CELL
+        _capture(value, out, seen)
+    found = fn.__globals__
+    for name in names:
+        _capture(found.get(name, _ABSENT), out, seen)
+
+
+def _capture_mapping(mapping, out, seen):
+    if mapping is None:
+        out.append(None)
+        return
+    out.append(len(mapping))
+    for key, value in mapping.items():
+        _capture(key, out, seen)
+        _capture(value, out, seen)
+
+
+def _capture(obj, out, seen):
+    kind = type(obj)
+    if kind is types.FunctionType and not _by_reference(obj):
+        _capture_function(obj, out, seen)
+        return
+    out.append(obj)
+    if kind in _ATOMS or obj is _ABSENT or obj is _EMPTY_CELL:
+        return
+    if kind is tuple or kind is frozenset:
+        if len(obj) > _TUPLE_MAX:
+            raise _Unstable
+        for item in obj:
+            _capture(item, out, seen)
+        return
+    if kind is types.ModuleType:
+        if obj.__name__ != "__main__" and sys.modules.get(obj.__name__) is obj:
+            return
+        raise _Unstable
+    if (kind is types.FunctionType or kind is types.BuiltinFunctionType or isinstance(obj, type)) and _by_reference(obj):
+        return
+    raise _Unstable
+
+
+def _by_reference(obj):
+    """Whether `obj` pickles by reference: its module (not ``__main__``) is imported
+    and its qualified name there leads to this very object."""
+    module_name = getattr(obj, "__module__", None)
+    if not isinstance(module_name, str) or module_name == "__main__":
+        return False
+    target = sys.modules.get(module_name)
+    if target is None:
+        return False
+    for part in obj.__qualname__.split("."):
+        if part == "<locals>":
+            return False
+        target = target.__dict__.get(part, _ABSENT) if hasattr(target, "__dict__") else _ABSENT
+        if target is _ABSENT:
+            return False
+    return target is obj
+
+
+def _facts(code):
+    facts = _code_facts.get(code)
+    if facts is None:
+        if len(_code_facts) > 1024:
+            _code_facts.clear()
+        facts = _code_facts[code] = _study(code)
+    return facts
+
+
+def _study(code):
+    import dis
+
+    names = set()
+    writes = False
+    closure_vars = set(code.co_freevars)
+    pending = [code]
+    while pending:
+        current = pending.pop()
+        names.update(current.co_names)
+        for instruction in dis.get_instructions(current):
+            if instruction.opname in ("STORE_GLOBAL", "DELETE_GLOBAL"):
+                writes = True
+            elif instruction.opname in ("STORE_DEREF", "DELETE_DEREF"):
+                writes |= instruction.argval in closure_vars
+        pending += (c for c in current.co_consts if type(c) is types.CodeType)
+    return tuple(sorted(names)), writes
+
+
+# -- worker side ------------------------------------------------------------------------
+
+# Worker: pickled function -> the function it rebuilt from those bytes.
+_loaded = {}
+_LOADED_MAX = 256
+
+
+def load(blob, loads):
+    """The function pickled in `blob`, rebuilt at its first use in this process."""
+    fn = _loaded.get(blob)
+    if fn is None:
+        fn = loads(blob)
+        if len(_loaded) >= _LOADED_MAX:
+            del _loaded[next(iter(_loaded))]
+        _loaded[blob] = fn
+    return fn
