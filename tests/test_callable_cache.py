@@ -194,13 +194,36 @@ def test_script_redefining_its_function_between_submits(tmp_path):
     ]
 
 
+def test_a_main_function_needs_no_cloudpickle_on_either_side(tmp_path):
+    # cloudpickle's import is most of a cold start's cost: a function of the script
+    # that can be kept is pickled without it and rebuilt without it.
+    result = helpers.run_script(
+        tmp_path,
+        """
+        import sys
+        from loky import get_reusable_executor
+
+        def work(x):
+            import sys
+            return x + 1, "cloudpickle" in sys.modules
+
+        if __name__ == "__main__":
+            executor = get_reusable_executor(max_workers=1)
+            print(executor.submit(work, 1).result(), "cloudpickle" in sys.modules)
+            executor.shutdown()
+        """,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["(2,", "False)", "False"]
+
+
 def test_the_cache_does_not_keep_functions_alive():
     import gc
     import weakref
 
     ns = main_namespace("def f(x):\n    return x\n")
     f = ns.pop("f")
-    _callables.prepare(f, lambda fn: b"pickled")
+    _callables.prepare(f)
     assert id(f) in _callables._kept
     ref = weakref.ref(f)
     key = id(f)
@@ -211,10 +234,10 @@ def test_the_cache_does_not_keep_functions_alive():
 
 
 def test_module_functions_and_builtins_pass_through():
-    assert _callables.prepare(helpers.square, None) is helpers.square
-    assert _callables.prepare(len, None) is len
+    assert _callables.prepare(helpers.square) is helpers.square
+    assert _callables.prepare(len) is len
     bound = [].append
-    assert _callables.prepare(bound, None) is bound
+    assert _callables.prepare(bound) is bound
 
 
 def test_not_kept_with_reducers(executor_factory):

@@ -31,6 +31,7 @@ and reducers may treat functions their own way.
 import sys
 import types
 import weakref
+from _pickle import loads as _loads
 
 # Parent: id(fn) -> (weak reference to fn, snapshot, pickled fn).
 _kept = {}
@@ -57,9 +58,9 @@ class _Unstable(Exception):
     """The function captures something that may change without a new identity."""
 
 
-def prepare(fn, dump):
+def prepare(fn):
     """What to send in place of `fn`: its kept pickle (bytes), or `fn` itself when it
-    pickles by reference or cannot be kept. `dump(fn)` makes the pickle."""
+    pickles by reference or cannot be kept."""
     if type(fn) is not types.FunctionType or _by_reference(fn):
         return fn
     try:
@@ -76,7 +77,7 @@ def prepare(fn, dump):
             stats["hits"] += 1
             return entry[2]
     stats["misses"] += 1
-    blob = bytes(dump(fn))
+    blob = _dumps(fn)
     if len(_kept) >= _KEPT_MAX:
         _kept.clear()
     key = id(fn)
@@ -108,7 +109,7 @@ def _capture_function(fn, out, seen):
         out.append(fn)
     code = fn.__code__
     names, writes = _facts(code)
-    if writes:
+    if writes or getattr(fn, "__type_params__", ()):
         raise _Unstable
     out += (code, fn.__name__, fn.__qualname__, fn.__module__, fn.__doc__)
     _capture(fn.__defaults__, out, seen)
@@ -205,6 +206,119 @@ def _study(code):
     return tuple(sorted(names)), writes
 
 
+# -- the pickle of a kept function -------------------------------------------------------
+#
+# A kept function captures only objects the standard pickler handles by itself (atoms,
+# tuples, functions and classes by reference), modules, and other kept functions. So its
+# pickle is made by the standard pickler, plus reductions for those last three; the
+# worker loads it with the standard unpickler and this module, without cloudpickle
+# (whose import is the largest part of a worker's first task otherwise). It rebuilds
+# what cloudpickle would: the function with a globals dict holding the names its code
+# uses (one dict shared by the functions of one module) and the module's ``__name__``,
+# ``__package__``, ``__file__`` and ``__path__``, and its defaults, closure and attributes.
+
+
+def _dumps(fn):
+    import io
+    import pickle
+
+    file = io.BytesIO()
+    _FunctionPickler(file).dump(fn)
+    return file.getvalue()
+
+
+def _new_function_pickler():
+    import marshal
+    import pickle
+    from importlib import import_module
+
+    class FunctionPickler(pickle.Pickler):
+        def __init__(self, file):
+            super().__init__(file, protocol=5)
+            self._bases = {}  # id(original globals) -> the base globals sent
+
+        def reducer_override(self, obj):
+            kind = type(obj)
+            if kind is types.FunctionType and not _by_reference(obj):
+                return self._reduce_function(obj)
+            if kind is types.CodeType:
+                # marshal keeps the file name and line numbers, for the worker's tracebacks.
+                return marshal.loads, (marshal.dumps(obj),)
+            if kind is types.ModuleType:
+                return import_module, (obj.__name__,)
+            return NotImplemented
+
+        def _reduce_function(self, fn):
+            found = fn.__globals__
+            base = self._bases.get(id(found))
+            if base is None:
+                base = self._bases[id(found)] = {
+                    k: found[k] for k in _MODULE_NAMES if k in found
+                }
+            names, _ = _facts(fn.__code__)
+            cells = fn.__closure__ or ()
+            state = (
+                {name: found[name] for name in names if name in found},
+                fn.__defaults__,
+                fn.__kwdefaults__,
+                fn.__dict__,
+                fn.__qualname__,
+                fn.__module__,
+                fn.__doc__,
+                fn.__annotations__,
+                tuple(_cell_state(cell) for cell in cells),
+            )
+            args = (fn.__code__, base, fn.__name__, len(cells))
+            return _new_function, args, state, None, None, _fill_function
+
+    return FunctionPickler
+
+
+_MODULE_NAMES = ("__package__", "__name__", "__path__", "__file__")
+
+
+def _cell_state(cell):
+    try:
+        return (cell.cell_contents,)
+    except ValueError:
+        return ()  # an empty cell
+
+
+class _LazyPickler:
+    """`_FunctionPickler(file)`; the class is made at the first use (parent only)."""
+
+    cls = None
+
+    def __call__(self, file):
+        if self.cls is None:
+            self.cls = _new_function_pickler()
+        return self.cls(file)
+
+
+_FunctionPickler = _LazyPickler()
+
+
+def _new_function(code, base, name, n_cells):
+    base.setdefault("__builtins__", __builtins__)
+    cells = tuple(types.CellType() for _ in range(n_cells)) or None
+    return types.FunctionType(code, base, name, None, cells)
+
+
+def _fill_function(fn, state):
+    found, defaults, kwdefaults, attrs, qualname, module, doc, annotations, cells = state
+    fn.__globals__.update(found)
+    fn.__defaults__ = defaults
+    fn.__kwdefaults__ = kwdefaults
+    fn.__dict__.update(attrs)
+    fn.__qualname__ = qualname
+    fn.__module__ = module
+    fn.__doc__ = doc
+    fn.__annotations__ = annotations
+    for cell, contents in zip(fn.__closure__ or (), cells):
+        if contents:
+            cell.cell_contents = contents[0]
+
+
 # -- worker side ------------------------------------------------------------------------
 
 # Worker: pickled function -> the function it rebuilt from those bytes.
@@ -212,11 +326,11 @@ _loaded = {}
 _LOADED_MAX = 256
 
 
-def load(blob, loads):
+def load(blob):
     """The function pickled in `blob`, rebuilt at its first use in this process."""
     fn = _loaded.get(blob)
     if fn is None:
-        fn = loads(blob)
+        fn = _loads(blob)
         if len(_loaded) >= _LOADED_MAX:
             del _loaded[next(iter(_loaded))]
         _loaded[blob] = fn

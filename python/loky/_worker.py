@@ -104,7 +104,7 @@ class Runner:
             if type(fn) is bytes:  # a function pickled once by the parent
                 from ._callables import load
 
-                fn = load(fn, pickle.loads)
+                fn = load(fn)
         except BaseException as exc:
             return self.dumps((TASK_UNPICKLE_FAILED, _traceback_text(exc)))
         global _task_running

@@ -32,6 +32,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import pickle
 import sys
 import threading
 import weakref
@@ -203,14 +204,19 @@ class ProcessPoolExecutor(Executor):
         }
         # Resource tracker pipe, joblib switch, authkey, __main__ (see _inherit.py).
         settings.update(child_settings)
-        reducers = {**_inherit.multiprocessing_reducers(), **(self._job_reducers or {})}
-        initializer, fds = _inherit.dumps_at_start(
-            lambda: reduction.dumps_bytes(
-                (self._initializer, self._initargs, self._result_reducers),
-                reducers=reducers,
+        if self._initializer is None and self._result_reducers is None:
+            # Nothing for the loky pickler (whose cloudpickle is slow to import).
+            initializer, fds = pickle.dumps((None, (), None), protocol=5), []
+        else:
+            reducers = {**_inherit.multiprocessing_reducers(), **(self._job_reducers or {})}
+            initializer, fds = _inherit.dumps_at_start(
+                lambda: reduction.dumps_bytes(
+                    (self._initializer, self._initargs, self._result_reducers),
+                    reducers=reducers,
+                )
             )
-        )
-        return reduction.dumps_bytes((settings, initializer)), fds
+        # The settings are plain values.
+        return pickle.dumps((settings, initializer), protocol=5), fds
 
     def _start_pool(self):
         child_settings, pass_fds = _inherit.child_settings(

@@ -13,6 +13,7 @@ import io
 import marshal
 import os
 import pickle
+import sys
 import types
 from collections.abc import Mapping
 from pickle import HIGHEST_PROTOCOL, loads
@@ -104,8 +105,19 @@ def set_loky_pickler(loky_pickler: str | None = None) -> None:
         loky_pickler = "cloudpickle"
     if loky_pickler == _loky_pickler_name:
         return
-    _LokyPickler = _loky_pickler_class(loky_pickler)
+    # cloudpickle takes tens of milliseconds to import: the default is made at its first
+    # use (a task that pickles by reference never needs it). Others are made now, so
+    # that a wrong name fails here.
+    _LokyPickler = None if loky_pickler == "cloudpickle" else _loky_pickler_class(loky_pickler)
     _loky_pickler_name = loky_pickler
+
+
+def _pickler_class():
+    """The loky pickler class in use."""
+    global _LokyPickler
+    if _LokyPickler is None:
+        _LokyPickler = _loky_pickler_class(_loky_pickler_name)
+    return _LokyPickler
 
 
 @functools.cache
@@ -137,7 +149,7 @@ def _loky_pickler_class(name):
 
 
 def get_loky_pickler():
-    return _LokyPickler
+    return _pickler_class()
 
 
 def get_loky_pickler_name():
@@ -148,7 +160,7 @@ def dump(obj, file, reducers=None, protocol=None):
     """Pickle `obj` into `file` with the loky pickler."""
     if protocol is None:
         protocol = HIGHEST_PROTOCOL
-    _LokyPickler(file, reducers=reducers, protocol=protocol).dump(obj)
+    _pickler_class()(file, reducers=reducers, protocol=protocol).dump(obj)
 
 
 def dumps(obj, reducers=None, protocol=None):
@@ -162,7 +174,7 @@ def dumps_bytes(obj, reducers=None, buffer_callback=None):
     """Like `dumps`, as a bytes object (no copy); protocol 5, so large buffers may be
     handed to `buffer_callback` (see `pickle.Pickler`)."""
     buffer = io.BytesIO()
-    _LokyPickler(buffer, reducers=reducers, buffer_callback=buffer_callback).dump(obj)
+    _pickler_class()(buffer, reducers=reducers, buffer_callback=buffer_callback).dump(obj)
     return buffer.getvalue()
 
 
@@ -174,8 +186,9 @@ def _cloudpickle_sends_all_by_reference():
     """False once some module was registered with cloudpickle to travel by value."""
     global _by_value_modules
     if _by_value_modules is None:
-        import cloudpickle.cloudpickle as cp
-
+        cp = sys.modules.get("cloudpickle.cloudpickle")
+        if cp is None:
+            return True  # not imported: nothing was registered with it yet
         # Unknown cloudpickle internals: assume some module is sent by value.
         _by_value_modules = getattr(cp, "_PICKLE_BY_VALUE_MODULES", {"unknown"})
     return not _by_value_modules
@@ -226,7 +239,7 @@ class Serializer:
         if len(dumps) == 2:
             from .. import _callables
 
-            sent = _callables.prepare(fn, self.dumps)
+            sent = _callables.prepare(fn)
             if sent is not fn:
                 plain = functools.partial(_plain_unless_main, kept=sent)
                 return (plain, self.dumps), (sent, args, kwargs)
@@ -234,8 +247,8 @@ class Serializer:
 
     def _new_pickler(self):
         self._file = io.BytesIO()
-        self._pickler_class = _LokyPickler
-        self._pickler = _LokyPickler(
+        self._pickler_class = _pickler_class()
+        self._pickler = self._pickler_class(
             self._file, reducers=self._reducers, buffer_callback=self._on_buffer
         )
 
@@ -245,7 +258,7 @@ class Serializer:
     def dumps(self, obj, buffer_callback=None):
         """Pickle `obj` (protocol 5) into bytes; large buffers go to `buffer_callback`
         as with `pickle.Pickler`."""
-        if self._pickler is None or self._pickler_class is not _LokyPickler:
+        if self._pickler is None or self._pickler_class is not _pickler_class():
             self._new_pickler()  # first use, or set_loky_pickler() since
         pickler, file = self._pickler, self._file
         file.seek(0)
