@@ -140,6 +140,32 @@ def test_a_released_segment_is_written_again(executor_factory):
     assert executor.submit(tasks.segment_count).result() == 1
 
 
+@pytest.mark.parametrize("size", [BIG, 1000], ids=["large", "small"])
+def test_a_reducer_handing_over_a_pickle_sends_it_through_shared_memory(
+    executor_factory, size
+):
+    reducers = {np.ndarray: tasks.reduce_as_pickle}
+    executor = executor_factory(max_workers=1, job_reducers=reducers, result_reducers=reducers)
+    _core.release_cached_segments()
+    array = np.arange(size, dtype=np.float64)
+    assert executor.submit(tasks.describe, array).result() == expected(array)
+    large = array.nbytes >= SHARED_MIN
+    assert _kept_segments() == int(large)
+    back = executor.submit(tasks.double, array).result()
+    np.testing.assert_array_equal(back, array * 2)
+    assert executor.submit(tasks.segment_count).result() == int(large)
+
+
+def test_a_reducer_keeping_the_array_leaves_its_buffer_out_of_band(executor_factory):
+    executor = executor_factory(
+        max_workers=1, job_reducers={tasks.Tagged: tasks.reduce_tagged}
+    )
+    _core.release_cached_segments()
+    array = np.arange(BIG, dtype=np.float64)
+    assert executor.submit(tasks.tagged_sum, tasks.Tagged(array)).result() == float(array.sum())
+    assert _kept_segments() == 1
+
+
 def test_segments_still_in_use_are_never_overwritten(executor_factory):
     executor = executor_factory(max_workers=1)
     # The worker keeps every array it receives...

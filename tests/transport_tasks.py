@@ -59,3 +59,26 @@ def segment_count():
     from loky import _core
 
     return _core.segment_cache_usage()[0]
+
+
+def reduce_as_pickle(array):
+    """A reducer that replaces an array with a pickle of it, as joblib's do for the
+    arrays they do not memory-map."""
+    import pickle
+
+    return pickle.loads, (pickle.dumps(array, protocol=5),)
+
+
+class Tagged:
+    """Reduced by `reduce_tagged`, which keeps its array as it is."""
+
+    def __init__(self, array):
+        self.array = array
+
+
+def reduce_tagged(obj):
+    return Tagged, (obj.array,)
+
+
+def tagged_sum(obj):
+    return float(obj.array.sum())

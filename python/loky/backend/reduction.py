@@ -18,6 +18,8 @@ import types
 from collections.abc import Mapping
 from pickle import HIGHEST_PROTOCOL, loads
 
+from .._payload import SHARED_MIN
+
 __all__ = [
     "dump",
     "dumps",
@@ -60,13 +62,36 @@ def _dispatch_table(base, reducers):
     table = dict(own if isinstance(own, Mapping) else copyreg.dispatch_table)
     if types.CodeType in table:
         table[types.CodeType] = _reduce_code
-    table.update(_registered_reducers)
-    if reducers:
-        table.update(reducers)
+    for added in (_registered_reducers, reducers or {}):
+        table.update((type_, _large_pickles_apart(reduce)) for type_, reduce in added.items())
     if len(_merged_tables) > 16:
         _merged_tables.clear()
     _merged_tables[key] = (reducers, table)
     return table
+
+
+def _large_pickles_apart(reduce):
+    """`reduce`, except that a large pickle it hands to ``pickle.loads`` (joblib's
+    reducers do so for arrays they do not memory-map) is marked as an out-of-band
+    buffer: it travels through shared memory (loky._payload) instead of being copied
+    into the stream and through the socket. The receiver's ``pickle.loads`` reads it
+    from the shared segment; what it builds is the same."""
+
+    def reduce_apart(obj):
+        reduced = reduce(obj)
+        if (
+            type(reduced) is tuple
+            and len(reduced) == 2
+            and reduced[0] is loads
+            and type(reduced[1]) is tuple
+            and len(reduced[1]) == 1
+            and type(reduced[1][0]) is bytes
+            and len(reduced[1][0]) >= SHARED_MIN
+        ):
+            return loads, (pickle.PickleBuffer(reduced[1][0]),)
+        return reduced
+
+    return reduce_apart
 
 
 def _reduce_code(code):
