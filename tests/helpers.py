@@ -324,6 +324,10 @@ FACTOR = 3
 scale_by_factor = lambda x: x * FACTOR  # noqa: E731
 
 
+def apply(fn, *args):
+    return fn(*args)
+
+
 def loaded_callables():
     """How many functions pickled by the parent this worker keeps rebuilt."""
     from loky import _callables

@@ -5,12 +5,14 @@ closure) costs a cloudpickle pass per task in the parent, and an unpickling that
 rebuilds it per task in the worker. When nothing the function's pickle depends on can
 change unnoticed, both are done once:
 
-- Parent (`prepare`): the function's pickle is kept, by the function's identity, with
+- Parent (`kept_pickle`): the function's pickle is kept, by the function's identity, with
   a snapshot of every object that pickle depends on: its code, defaults, closure cells'
   contents, the globals its code names, its attributes. Each submit takes the snapshot
   again and compares identities; any redefinition or rebinding (of the function, of a
   global it uses, of a closure variable) gives another object, hence a new pickle.
-  The task then carries the pickled function (a ``bytes`` object) in its place.
+  The task carries the pickled function in its place: as a ``bytes`` object where it is
+  the task's callable, reduced to ``load(pickled)`` where it is found inside the task
+  (an argument, a ``functools.partial``, joblib's batches).
 - What may be captured: objects immutable all the way down (None, numbers, strings,
   bytes, code, and tuples and frozensets of those); modules, functions and classes
   that pickle by reference and are still found under their name; and functions that
@@ -58,17 +60,18 @@ class _Unstable(Exception):
     """The function captures something that may change without a new identity."""
 
 
-def prepare(fn):
-    """What to send in place of `fn`: its kept pickle (bytes), or `fn` itself when it
-    pickles by reference or cannot be kept."""
+def kept_pickle(fn):
+    """The pickle to send in place of `fn`, made once while nothing it captures changes;
+    None when `fn` pickles by reference or cannot be kept."""
     if type(fn) is not types.FunctionType or _by_reference(fn):
-        return fn
+        return None
     try:
         snapshot = _snapshot(fn)
     except _Unstable:
         stats["not_kept"] += 1
-        return fn
-    entry = _kept.get(id(fn))
+        return None
+    key = id(fn)
+    entry = _kept.get(key)
     if entry is not None and entry[0]() is fn:
         kept_snapshot = entry[1]
         if len(kept_snapshot) == len(snapshot) and all(
@@ -80,7 +83,6 @@ def prepare(fn):
     blob = _dumps(fn)
     if len(_kept) >= _KEPT_MAX:
         _kept.clear()
-    key = id(fn)
     _kept[key] = (weakref.ref(fn, lambda _, key=key: _forget(key)), snapshot, blob)
     return blob
 

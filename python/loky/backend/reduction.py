@@ -18,6 +18,7 @@ import types
 from collections.abc import Mapping
 from pickle import HIGHEST_PROTOCOL, loads
 
+from .. import _callables
 from .._payload import SHARED_MIN
 
 __all__ = [
@@ -169,8 +170,34 @@ def _loky_pickler_class(name):
             if isinstance(self, pickle.Pickler):
                 _C_DISPATCH_TABLE.__set__(self, table)
 
+    if name == "cloudpickle":
+        LokyPickler.keep_functions = False
+        LokyPickler.reducer_override = _keeping_functions(base.reducer_override)
     LokyPickler.__qualname__ = LokyPickler.__name__ = f"LokyPickler[{name}]"
     return LokyPickler
+
+
+# Reducers for these types could change how a kept function's pickle is made.
+_FUNCTION_PARTS = frozenset({types.FunctionType, types.CodeType, types.ModuleType, type})
+
+
+def _keeping_functions(reducer_override):
+    """cloudpickle's `reducer_override`, except that in a pickler whose `keep_functions`
+    is set (the executors' task pickler), a function sent by value that loky._callables
+    can keep travels as its kept pickle, rebuilt once per worker."""
+
+    def keep_or_reduce(self, obj):
+        if (
+            type(obj) is types.FunctionType
+            and self.keep_functions
+            and _cloudpickle_sends_all_by_reference()
+        ):
+            kept = _callables.kept_pickle(obj)
+            if kept is not None:
+                return _callables.load, (kept,)
+        return reducer_override(self, obj)
+
+    return keep_or_reduce
 
 
 def get_loky_pickler():
@@ -262,12 +289,10 @@ class Serializer:
         travels as its pickle made once (loky._callables)."""
         dumps = self.dumps_in_order()
         if len(dumps) == 2:
-            from .. import _callables
-
-            sent = _callables.prepare(fn)
-            if sent is not fn:
-                plain = functools.partial(_plain_unless_main, kept=sent)
-                return (plain, self.dumps), (sent, args, kwargs)
+            kept = _callables.kept_pickle(fn)
+            if kept is not None:
+                plain = functools.partial(_plain_unless_main, kept=kept)
+                return (plain, self.dumps), (kept, args, kwargs)
         return dumps, (fn, args, kwargs)
 
     def _new_pickler(self):
@@ -276,6 +301,8 @@ class Serializer:
         self._pickler = self._pickler_class(
             self._file, reducers=self._reducers, buffer_callback=self._on_buffer
         )
+        reduced_types = {*(self._reducers or ()), *_registered_reducers}
+        self._pickler.keep_functions = _FUNCTION_PARTS.isdisjoint(reduced_types)
 
     def _on_buffer(self, buffer):
         return self._buffer_callback(buffer)
