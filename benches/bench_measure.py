@@ -109,6 +109,32 @@ class Impl:
             executor.shutdown(wait=True)
 
 
+# -- tasks defined in __main__ --------------------------------------------------------
+# This script runs as __main__: these are functions of a script, as most users' are.
+# loky pickles them by value (cloudpickle); the standard library by reference (its
+# workers are forked, or import this script).
+
+
+def main_noop():
+    return None
+
+
+def main_identity(x):
+    return x
+
+
+def main_getpid(_=None):
+    return os.getpid()
+
+
+def task(params, name):
+    """The task function `name` (noop, identity, getpid): from bench_tasks, or defined in
+    __main__ when params["main"] is set."""
+    if params.get("main"):
+        return globals()["main_" + name]
+    return getattr(bench_tasks, name)
+
+
 # -- helpers -------------------------------------------------------------------------
 
 
@@ -165,7 +191,9 @@ def m_cold_start(impl, params):
     t0 = perf_counter()
     executor = impl.make()
     t_made = perf_counter()
-    executor.submit(os.getpid).result(timeout=params["wait"])
+    executor.submit(task(params, "getpid") if params.get("main") else os.getpid).result(
+        timeout=params["wait"]
+    )
     t_first = perf_counter()
     pids, rounds = reach_all_workers(executor, params["wait"])
     t_all = perf_counter()
@@ -182,7 +210,8 @@ def m_submit(impl, params):
     executor, _, _ = warm_pool(impl, params)
     n = params["n_tasks"]
     t0 = perf_counter()
-    futures = [executor.submit(bench_tasks.noop) for _ in range(n)]
+    noop = task(params, "noop")
+    futures = [executor.submit(noop) for _ in range(n)]
     t_submitted = perf_counter()
     for future in futures:
         future.result(timeout=params["wait"])
@@ -199,11 +228,10 @@ def _map(impl, params, n, chunksize):
     executor, _, _ = warm_pool(impl, params)
     # Warm the map path too: a chunked map may make the workers import something the
     # first time (the helper that runs a chunk), a one-time cost left out here.
-    list(executor.map(bench_tasks.identity, range(4 * chunksize), chunksize=chunksize))
+    identity = task(params, "identity")
+    list(executor.map(identity, range(4 * chunksize), chunksize=chunksize))
     t0 = perf_counter()
-    results = list(
-        executor.map(bench_tasks.identity, range(n), chunksize=chunksize, timeout=params["wait"])
-    )
+    results = list(executor.map(identity, range(n), chunksize=chunksize, timeout=params["wait"]))
     elapsed = perf_counter() - t0
     if results != list(range(n)):
         raise AssertionError("map returned wrong results")
@@ -221,9 +249,10 @@ def m_map100(impl, params):
 def m_latency(impl, params):
     executor, _, _ = warm_pool(impl, params)
     samples = []
+    noop = task(params, "noop")
     for _ in range(params["n_latency"]):
         t0 = perf_counter_ns()
-        executor.submit(bench_tasks.noop).result(timeout=params["wait"])
+        executor.submit(noop).result(timeout=params["wait"])
         samples.append(perf_counter_ns() - t0)
     samples.sort()
     return {
@@ -374,6 +403,100 @@ def m_memory(impl, params):
         "helper_processes": len(helper_uss),
         "helper_uss_bytes": sum(helper_uss),
     }
+
+
+def _with_main(measure):
+    return lambda impl, params: measure(impl, dict(params, main=True))
+
+
+m_cold_start_main = _with_main(m_cold_start)
+m_submit_main = _with_main(m_submit)
+m_map1_main = _with_main(m_map1)
+m_latency_main = _with_main(m_latency)
+
+
+# -- joblib: Parallel(n_jobs=2) on this package (its import switch) or on joblib's own
+# vendored loky ("joblib").
+
+
+def _joblib(impl):
+    if impl.name == "this":
+        impl.loky.use_with_joblib()
+    elif impl.name != "joblib":
+        raise RuntimeError("joblib metrics run on 'this' and 'joblib' only")
+    import joblib
+
+    return joblib
+
+
+def _joblib_shutdown():
+    from joblib.externals.loky import get_reusable_executor
+
+    get_reusable_executor().shutdown(wait=True)
+
+
+def m_joblib_first(impl, params):
+    joblib = _joblib(impl)
+    t0 = perf_counter()
+    joblib.Parallel(n_jobs=N_WORKERS)(joblib.delayed(main_identity)(i) for i in range(N_WORKERS))
+    elapsed = perf_counter() - t0
+    _joblib_shutdown()
+    return {"first_call_s": elapsed}
+
+
+def _joblib_tiny(impl, params, n, batch_size):
+    joblib = _joblib(impl)
+    with joblib.Parallel(n_jobs=N_WORKERS, batch_size=batch_size) as parallel:
+        parallel(joblib.delayed(main_identity)(i) for i in range(200))  # warm
+        t0 = perf_counter()
+        results = parallel(joblib.delayed(main_identity)(i) for i in range(n))
+        elapsed = perf_counter() - t0
+    if results != list(range(n)):
+        raise AssertionError("joblib returned wrong results")
+    _joblib_shutdown()
+    return {"tasks_per_s": n / elapsed, "total_s": elapsed, "n_tasks": n}
+
+
+def m_joblib_tiny_auto(impl, params):
+    return _joblib_tiny(impl, params, params["n_tasks"], "auto")
+
+
+def m_joblib_tiny_b1(impl, params):
+    return _joblib_tiny(impl, params, params["n_tasks"] // 5, 1)
+
+
+def _joblib_arrays(impl, params, to_workers):
+    import numpy as np
+
+    joblib = _joblib(impl)
+    n, size = 16, params["joblib_array_mib"] * MiB
+    arrays = [np.full(size, i, dtype=np.uint8) for i in range(n)] if to_workers else None
+    with joblib.Parallel(n_jobs=N_WORKERS, max_nbytes=None) as parallel:
+        parallel(joblib.delayed(bench_tasks.noop)() for _ in range(4))  # workers up
+        times = []
+        for _ in range(3):
+            t0 = perf_counter()
+            if to_workers:
+                out = parallel(joblib.delayed(bench_tasks.array_in)(a) for a in arrays)
+                ok = out == [size] * n
+            else:
+                out = parallel(joblib.delayed(bench_tasks.array_out)(size) for _ in range(n))
+                ok = all(a.nbytes == size and a[-1] == 7 for a in out)
+            times.append(perf_counter() - t0)
+            if not ok:
+                raise AssertionError("joblib moved the arrays wrong")
+            del out
+    _joblib_shutdown()
+    elapsed = statistics.median(times)
+    return {"gbps": n * size / elapsed / 1e9, "total_s": elapsed}
+
+
+def m_joblib_arrays_in(impl, params):
+    return _joblib_arrays(impl, params, True)
+
+
+def m_joblib_arrays_out(impl, params):
+    return _joblib_arrays(impl, params, False)
 
 
 METRICS = {name[2:]: fn for name, fn in globals().items() if name.startswith("m_")}

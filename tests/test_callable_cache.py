@@ -218,6 +218,17 @@ def test_a_main_function_needs_no_cloudpickle_on_either_side(tmp_path):
     assert result.stdout.split() == ["(2,", "False)", "False"]
 
 
+def test_a_function_with_a_large_pickle_is_not_kept(executor):
+    ns = main_namespace("def f():\n    return len(BLOB)\n")
+    ns["BLOB"] = b"x" * (2 << 20)
+    before = counts()
+    assert run(executor, ns["f"]) == 2 << 20
+    assert run(executor, ns["f"]) == 2 << 20
+    changes = delta(before)
+    assert changes["hits"] == changes["misses"] == 0 and changes["not_kept"] > 0
+    assert worker_keeps(executor) == 0
+
+
 def test_the_cache_does_not_keep_functions_alive():
     import gc
     import weakref

@@ -25,9 +25,13 @@ change unnoticed, both are done once:
   at each task: attributes a task sets on its own function object stay, in that worker,
   for the next task, as they do for a module-level function.
 
-Used only where the plain pickler would be (the loky pickler is cloudpickle, no
-reducers, no module registered with cloudpickle to travel by value): other picklers
-and reducers may treat functions their own way.
+- A function whose pickle exceeds 1 MiB (it captures a large string) is not kept.
+- Memory: at most 256 kept pickles in the parent (all dropped when full; an entry goes
+  with its function), and 256 rebuilt functions per worker (oldest dropped first).
+
+Used only where the loky pickler is cloudpickle, no module is registered with
+cloudpickle to travel by value, and no reducer applies to functions, code, modules or
+classes: those change how functions are pickled.
 """
 
 import sys
@@ -35,9 +39,12 @@ import types
 import weakref
 from _pickle import loads as _loads
 
-# Parent: id(fn) -> (weak reference to fn, snapshot, pickled fn).
+# Parent: id(fn) -> (weak reference to fn, snapshot, pickled fn or None if too large).
 _kept = {}
 _KEPT_MAX = 256
+# A function whose pickle is larger (it captures a large string or bytes) is not kept:
+# 256 of them, kept here and in each worker, would be too much memory.
+_BLOB_MAX = 1 << 20
 # Objects whose identity tells their whole content.
 _ATOMS = frozenset(
     {type(None), bool, int, float, complex, str, bytes, range, type(Ellipsis), types.CodeType}
@@ -51,8 +58,9 @@ _SEEN = object()  # followed by the rank of a function met earlier in the same s
 # a closure variable).
 _code_facts = {}
 
-# Counted in the parent, for benchmarks: submits that reused a kept pickle, that made
-# one, and that could not keep one.
+# Counted in the parent, for benchmarks: lookups that reused a kept pickle, that made
+# one, and that could not keep one (a function inside a task pickled by cloudpickle
+# may be looked up twice).
 stats = {"hits": 0, "misses": 0, "not_kept": 0}
 
 
@@ -73,14 +81,18 @@ def kept_pickle(fn):
     key = id(fn)
     entry = _kept.get(key)
     if entry is not None and entry[0]() is fn:
-        kept_snapshot = entry[1]
+        kept_snapshot, blob = entry[1], entry[2]
         if len(kept_snapshot) == len(snapshot) and all(
             a is b for a, b in zip(kept_snapshot, snapshot)
         ):
-            stats["hits"] += 1
-            return entry[2]
-    stats["misses"] += 1
+            stats["hits" if blob is not None else "not_kept"] += 1
+            return blob
     blob = _dumps(fn)
+    if len(blob) > _BLOB_MAX:
+        blob = None  # remembered, so that it is not pickled again to be refused again
+        stats["not_kept"] += 1
+    else:
+        stats["misses"] += 1
     if len(_kept) >= _KEPT_MAX:
         _kept.clear()
     _kept[key] = (weakref.ref(fn, lambda _, key=key: _forget(key)), snapshot, blob)
