@@ -36,8 +36,8 @@ classes: those change how functions are pickled.
 
 import sys
 import types
-import weakref
 from _pickle import loads as _loads
+from operator import is_
 
 # Parent: id(fn) -> (weak reference to fn, snapshot, pickled fn or None if too large).
 _kept = {}
@@ -53,6 +53,7 @@ _ATOMS = frozenset(
 _TUPLE_MAX = 64
 _ABSENT = object()  # a global the code names that does not exist (yet)
 _EMPTY_CELL = object()
+_TYPE_PARAMS = sys.version_info >= (3, 12)  # functions have __type_params__
 _SEEN = object()  # followed by the rank of a function met earlier in the same snapshot
 # (code object) -> (names its code and nested code use, whether it assigns a global or
 # a closure variable).
@@ -82,9 +83,8 @@ def kept_pickle(fn):
     entry = _kept.get(key)
     if entry is not None and entry[0]() is fn:
         kept_snapshot, blob = entry[1], entry[2]
-        if len(kept_snapshot) == len(snapshot) and all(
-            a is b for a, b in zip(kept_snapshot, snapshot)
-        ):
+        # Identity, not equality: 1 == 1.0 == True and 0.0 == -0.0 pickle differently.
+        if len(kept_snapshot) == len(snapshot) and all(map(is_, kept_snapshot, snapshot)):
             stats["hits" if blob is not None else "not_kept"] += 1
             return blob
     blob = _dumps(fn)
@@ -95,6 +95,8 @@ def kept_pickle(fn):
         stats["misses"] += 1
     if len(_kept) >= _KEPT_MAX:
         _kept.clear()
+    import weakref  # here: workers import this module too, and never need it
+
     _kept[key] = (weakref.ref(fn, lambda _, key=key: _forget(key)), snapshot, blob)
     return blob
 
@@ -123,28 +125,31 @@ def _capture_function(fn, out, seen):
         out.append(fn)
     code = fn.__code__
     names, writes = _facts(code)
-    if writes or getattr(fn, "__type_params__", ()):
+    if writes or (_TYPE_PARAMS and fn.__type_params__):  # generic functions: rare
         raise _Unstable
-    out += (code, fn.__name__, fn.__qualname__, fn.__module__, fn.__doc__)
-    _capture(fn.__defaults__, out, seen)
-    _capture_mapping(fn.__kwdefaults__, out, seen)
-    _capture_mapping(fn.__dict__, out, seen)
-    _capture_mapping(fn.__annotations__, out, seen)
-    for cell in fn.__closure__ or ():
-        try:
-            value = cell.cell_contents
-        except ValueError:
-            value = _EMPTY_CELL
-        _capture(value, out, seen)
-    found = fn.__globals__
-    for name in names:
-        _capture(found.get(name, _ABSENT), out, seen)
+    defaults, cells = fn.__defaults__, fn.__closure__
+    out += (code, fn.__name__, fn.__qualname__, fn.__module__, fn.__doc__, defaults)
+    if defaults:
+        _capture_items(defaults, out, seen)
+    for mapping in (fn.__kwdefaults__, fn.__dict__, fn.__annotations__):
+        if mapping:
+            _capture_mapping(mapping, out, seen)
+        else:
+            out.append(None)  # None and {} pickle alike here
+    if cells:
+        for cell in cells:
+            try:
+                value = cell.cell_contents
+            except ValueError:
+                value = _EMPTY_CELL
+            _capture(value, out, seen)
+    if names:
+        found = fn.__globals__
+        for name in names:
+            _capture(found.get(name, _ABSENT), out, seen)
 
 
 def _capture_mapping(mapping, out, seen):
-    if mapping is None:
-        out.append(None)
-        return
     out.append(len(mapping))
     for key, value in mapping.items():
         _capture(key, out, seen)
@@ -160,10 +165,7 @@ def _capture(obj, out, seen):
     if kind in _ATOMS or obj is _ABSENT or obj is _EMPTY_CELL:
         return
     if kind is tuple or kind is frozenset:
-        if len(obj) > _TUPLE_MAX:
-            raise _Unstable
-        for item in obj:
-            _capture(item, out, seen)
+        _capture_items(obj, out, seen)
         return
     if kind is types.ModuleType:
         if obj.__name__ != "__main__" and sys.modules.get(obj.__name__) is obj:
@@ -172,6 +174,13 @@ def _capture(obj, out, seen):
     if (kind is types.FunctionType or kind is types.BuiltinFunctionType or isinstance(obj, type)) and _by_reference(obj):
         return
     raise _Unstable
+
+
+def _capture_items(items, out, seen):
+    if len(items) > _TUPLE_MAX:
+        raise _Unstable
+    for item in items:
+        _capture(item, out, seen)
 
 
 def _by_reference(obj):

@@ -37,6 +37,7 @@ from ._core import (
     Channel,
     watch_parent,
 )
+from ._callables import load as load_kept
 from ._payload import pack, unpack
 from ._tasks import OK, RAISED, TASK_NOT_RECEIVED, TASK_UNPICKLE_FAILED
 
@@ -102,9 +103,7 @@ class Runner:
         try:
             fn, args, kwargs = unpack(message.body, message.segment)
             if type(fn) is bytes:  # a function pickled once by the parent
-                from ._callables import load
-
-                fn = load(fn)
+                fn = load_kept(fn)
         except BaseException as exc:
             return self.dumps((TASK_UNPICKLE_FAILED, _traceback_text(exc)))
         global _task_running
