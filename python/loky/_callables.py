@@ -76,7 +76,7 @@ def kept_pickle(fn):
         return None
     try:
         snapshot = _snapshot(fn)
-    except _Unstable:
+    except Exception:  # _Unstable, or an object too odd to look at: cloudpickle's
         stats["not_kept"] += 1
         return None
     key = id(fn)
@@ -87,12 +87,15 @@ def kept_pickle(fn):
         if len(kept_snapshot) == len(snapshot) and all(map(is_, kept_snapshot, snapshot)):
             stats["hits" if blob is not None else "not_kept"] += 1
             return blob
-    blob = _dumps(fn)
-    if len(blob) > _BLOB_MAX:
-        blob = None  # remembered, so that it is not pickled again to be refused again
-        stats["not_kept"] += 1
-    else:
-        stats["misses"] += 1
+    try:
+        blob = _dumps(fn)
+    except Exception:
+        blob = None  # cloudpickle will manage, or say what is wrong
+    if blob is not None and len(blob) > _BLOB_MAX:
+        blob = None
+    # A refusal is remembered too, so that the function is not pickled again at each
+    # submit only to be refused again.
+    stats["misses" if blob is not None else "not_kept"] += 1
     if len(_kept) >= _KEPT_MAX:
         _kept.clear()
     import weakref  # here: workers import this module too, and never need it
@@ -187,12 +190,13 @@ def _by_reference(obj):
     """Whether `obj` pickles by reference: its module (not ``__main__``) is imported
     and its qualified name there leads to this very object."""
     module_name = getattr(obj, "__module__", None)
-    if not isinstance(module_name, str) or module_name == "__main__":
+    qualname = getattr(obj, "__qualname__", None)
+    if type(module_name) is not str or type(qualname) is not str or module_name == "__main__":
         return False
     target = sys.modules.get(module_name)
     if target is None:
         return False
-    for part in obj.__qualname__.split("."):
+    for part in qualname.split("."):
         if part == "<locals>":
             return False
         target = target.__dict__.get(part, _ABSENT) if hasattr(target, "__dict__") else _ABSENT
