@@ -181,14 +181,18 @@ class _PoolState:
         _log(logging.DEBUG, "loky worker %d %s", event.pid, how)
 
     def processes(self):
-        """pid -> WorkerProcess for the workers alive now. The core publishes a worker
-        as gone a moment after its exit event may have been applied here: a pid whose
-        exit is known is left out, so that no object waits for an exit already seen."""
+        """pid -> WorkerProcess for the workers that serve the pool now: alive, and not
+        on their way out (a worker the pool asked to leave, after a resize for
+        instance, is left out, as loky's resize waits for it). The core publishes a
+        worker as gone a moment after its exit event may have been applied here: a pid
+        whose exit is known is left out, so that no object waits for an exit already
+        seen."""
         workers = self.workers
         alive = {}
         # A snapshot from the manager (one round trip): it includes the workers it
         # starts for the tasks submitted before this call.
-        for pid in (worker.pid for worker in self.pool.stats()):
+        serving = (w.pid for w in self.pool.stats() if w.state != "exiting")
+        for pid in serving:
             if pid in self.exitcodes:
                 continue
             process = workers.setdefault(pid, WorkerProcess(pid, self))
