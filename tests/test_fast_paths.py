@@ -265,12 +265,12 @@ class _OpenGateWhenWaiting:
     def __getattr__(self, name):
         return getattr(self._pool, name)
 
-    def wait_outcome(self, task_id, timeout, done):
+    def wait_outcome(self, task_id, timeout, done, apply):
         def open_gate_then_look():
             self._gate.touch()
             return done()
 
-        return self._pool.wait_outcome(task_id, timeout, open_gate_then_look)
+        return self._pool.wait_outcome(task_id, timeout, open_gate_then_look, apply)
 
 
 def test_an_outcome_being_applied_by_its_waiter_survives_the_pool_closing(tmp_path):

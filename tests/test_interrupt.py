@@ -120,10 +120,45 @@ def test_an_interruption_raised_while_checking_the_future_is_not_lost(tmp_path):
     gate = tmp_path / "gate"
     with ProcessPoolExecutor(max_workers=1) as executor:
         future = executor.submit(helpers.wait_for_path, gate, "done", 60)
-        event, interruption = executor._state.pool.wait_outcome(
-            future._task_id, 30, interrupted_done
+        applied = []
+        interruption = executor._state.pool.wait_outcome(
+            future._task_id, 30, interrupted_done, applied.append
         )
-        assert event is None
+        assert applied == []
         assert isinstance(interruption, KeyboardInterrupt)
         gate.touch()
         assert future.result(timeout=60) == "done"
+
+
+def test_an_interruption_while_the_outcome_is_applied_loses_nothing(tmp_path):
+    # Ctrl-C pressed while the waiting thread applies the outcome handed to it (its
+    # signal handler runs at any bytecode: here, once the future left the table of
+    # unfinished ones and before it was finished). The outcome is applied all the
+    # same and the interruption reaches the caller.
+    import functools
+
+    from loky import ProcessPoolExecutor
+
+    gate = tmp_path / "gate"
+    with ProcessPoolExecutor(max_workers=1) as executor:
+        future = executor.submit(helpers.wait_for_path, gate, "done", 60)
+        state = executor._state
+        calls = []
+
+        def open_gate_then_look():
+            gate.touch()  # the task ends after the wait claimed its outcome
+            return future.done()
+
+        def interrupted_once(future_, event):
+            calls.append(event.task_id)
+            if len(calls) == 1:
+                state.futures.pop(future_._task_id)
+                raise KeyboardInterrupt
+            return state._apply_claimed(future_, event)
+
+        interruption = state.pool.wait_outcome(
+            future._task_id, 60, open_gate_then_look, functools.partial(interrupted_once, future)
+        )
+        assert calls == [future._task_id] * 2
+        assert isinstance(interruption, KeyboardInterrupt)
+        assert future.result(timeout=0) == "done"

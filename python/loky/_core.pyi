@@ -246,16 +246,20 @@ class Pool:
         return every event queued by then."""
 
     def wait_outcome(
-        self, task_id: int, timeout: float | None, done: Callable[[], bool]
-    ) -> tuple[TaskResult | WorkerDied | TaskEnded | None, BaseException | None]:
+        self,
+        task_id: int,
+        timeout: float | None,
+        done: Callable[[], bool],
+        apply: Callable[[TaskResult | WorkerDied | TaskEnded], object],
+    ) -> BaseException | None:
         """Wait for task `task_id`'s outcome in this thread: the manager hands it over
-        directly. `done()` tells whether the future is finished already. Returns (the
-        event or None, an exception a signal handler raised meanwhile or None); apply
-        the event, report it with `outcome_applied`, then raise the exception. No
-        event: the outcome went through `next_events`; wait on the future."""
-
-    def outcome_applied(self, task_id: int) -> None:
-        """The event `wait_outcome` gave for `task_id` is applied to its future."""
+        directly. `done()` tells whether the future is finished already. A handed-over
+        event is applied by `apply(event)` before this returns (once it returns, a
+        pending signal handler may run and its exception would drop the event);
+        `apply` must be idempotent, as a handler raising inside it makes it run again.
+        Returns an exception a signal handler raised meanwhile, for the caller to
+        raise, or None. Without a handed-over event, the outcome went the usual way
+        (`next_events`): wait on the future."""
 
     def claimed_outcomes(self) -> list[int]:
         """Tasks whose outcome is the thread's that claimed it (to take, or being

@@ -17,6 +17,7 @@ Also here: what happens to the pools when the interpreter exits, and when Ctrl-C
 arrives (see `interrupt`).
 """
 
+import functools
 import logging
 import os
 import signal
@@ -124,18 +125,22 @@ class _PoolState:
         directly, sparing a hop through the result thread. Returns what is left of
         `timeout` for a standard wait on the future (the outcome went the usual way)."""
         deadline = None if timeout is None else monotonic() + timeout
+        apply = functools.partial(self._apply_claimed, future)
         try:
-            event, interruption = self.pool.wait_outcome(future._task_id, timeout, future.done)
+            interruption = self.pool.wait_outcome(future._task_id, timeout, future.done, apply)
         except _core.InheritedPoolError:
             raise _inherited_error(self.owner_pid, "This future") from None
-        if event is not None:
-            try:
-                self.handle([event])
-            finally:
-                self.pool.outcome_applied(future._task_id)
         if interruption is not None:
             raise interruption
         return None if deadline is None else max(0.0, deadline - monotonic())
+
+    def _apply_claimed(self, future, event):
+        """Apply an outcome handed to the thread waiting on `future`. The core calls
+        this again if a signal handler raises in the middle (Ctrl-C): a second run
+        finishes what the first left, and does nothing once the future is finished."""
+        if not future.done():
+            self.futures.setdefault(future._task_id, future)
+        self.handle([event])
 
     def fail_all(self, make_error, spare=()):
         """Fail every unfinished future but those whose task ids are in `spare`."""

@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
-use pyo3::types::PyTuple;
 
 use super::buffers::{OutgoingSegment, Payload, SharedSegment};
 use super::{InheritedPoolError, PyBody, ReleasedBytes};
@@ -395,26 +394,29 @@ impl Pool {
 
     /// Wait up to `timeout` seconds (None: no limit) for task `task_id`'s outcome in
     /// this thread: the manager hands it over directly. `done()` tells whether the
-    /// future is finished already. Returns (event or None, interruption or None): the
-    /// event (a TaskResult or WorkerDied) is the caller's to apply (then to report with
-    /// `outcome_applied`), before it raises the interruption (an exception raised by a
-    /// signal handler, e.g. KeyboardInterrupt). None: the outcome went the usual way,
-    /// through `next_events`; wait on the future.
-    #[pyo3(signature = (task_id, timeout, done))]
+    /// future is finished already. A handed-over event (a TaskResult, WorkerDied or
+    /// TaskEnded) is applied here, by `apply(event)`, before this returns: once it
+    /// returns, the interpreter may run a pending signal handler (Python 3.13 does so
+    /// right after a call), whose exception would drop an outcome still in flight.
+    /// `apply` must be idempotent: a handler raising inside it makes it run again.
+    /// Returns the exception a signal handler raised meanwhile (KeyboardInterrupt...),
+    /// for the caller to raise, or None. Without a handed-over event, the outcome went
+    /// the usual way (`next_events`): wait on the future.
+    #[pyo3(signature = (task_id, timeout, done, apply))]
     fn wait_outcome<'py>(
         &self,
         py: Python<'py>,
         task_id: u64,
         timeout: Option<f64>,
         done: Bound<'py, PyAny>,
-    ) -> PyResult<Bound<'py, PyTuple>> {
+        apply: Bound<'py, PyAny>,
+    ) -> PyResult<Py<PyAny>> {
         let manager = self.owned()?;
-        let none = || py.None();
         if !manager.claim(task_id) {
-            return PyTuple::new(py, [none(), none()]);
+            return Ok(py.None());
         }
         let deadline = seconds(timeout).map(|t| Instant::now() + t);
-        let interruption = loop {
+        let mut interruption = loop {
             // Looked at after claiming: an outcome applied just before is seen here.
             // A signal handler may run inside `done()`: its exception is the
             // interruption, never swallowed.
@@ -436,20 +438,21 @@ impl Pool {
                 break Some(err);
             }
         };
-        let event = py.detach(|| manager.release_claim(task_id));
-        let event = match event {
-            Some(event) => to_python(py, event).inspect_err(|_| manager.claim_applied(task_id))?,
-            None => none(),
-        };
-        let interruption = interruption.map_or_else(none, |e| e.into_value(py).into_any());
-        PyTuple::new(py, [event, interruption])
-    }
-
-    /// The event `wait_outcome` gave for `task_id` is applied to its future.
-    fn outcome_applied(&self, task_id: u64) {
-        if self.manager.owned_here() {
-            self.manager.claim_applied(task_id);
+        if let Some(event) = py.detach(|| manager.release_claim(task_id)) {
+            let event = to_python(py, event).inspect_err(|_| manager.claim_applied(task_id))?;
+            // A handler raising before `apply` ran, or within it: apply again (it stops
+            // once the signals pending are handled); the first exception is reported.
+            loop {
+                match apply.call1((event.clone_ref(py),)) {
+                    Ok(_) => break,
+                    Err(err) => {
+                        interruption.get_or_insert(err);
+                    }
+                }
+            }
+            manager.claim_applied(task_id);
         }
+        Ok(interruption.map_or_else(|| py.None(), |e| e.into_value(py).into_any()))
     }
 
     /// Tasks whose outcome is the thread's that claimed it (to take, or being applied):
