@@ -9,7 +9,6 @@
 
 mod bindings;
 mod channel;
-mod cpu;
 mod fork;
 mod manager;
 mod platform;
@@ -102,15 +101,6 @@ fn watch_parent(parent: i32) -> PyResult<()> {
     watchdog::watch_parent(parent).map_err(os_error)
 }
 
-/// Number of CPUs this process can use (see `loky.cpu_count`). `root` points the
-/// /proc and /sys lookups at another directory tree (for tests).
-#[pyfunction]
-#[pyo3(signature = (only_physical_cores=false, limit=None, root="/"))]
-fn cpu_count(only_physical_cores: bool, limit: Option<i64>, root: &str) -> usize {
-    let limit = limit.map(|l| l.max(1) as usize);
-    cpu::cpu_count(std::path::Path::new(root), only_physical_cores, limit)
-}
-
 /// Copy `buffers` (C-contiguous buffer objects) into a shared segment of this
 /// process's sending cache. Returns the segment and each buffer's offset in it; raises
 /// OSError when no segment can be made (out of descriptors or memory), and the caller
@@ -187,7 +177,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
         m.py().get_type::<InheritedPoolError>(),
     )?;
     for function in [
-        wrap_pyfunction!(cpu_count, m)?,
         wrap_pyfunction!(spawn_process, m)?,
         wrap_pyfunction!(descendants, m)?,
         wrap_pyfunction!(template_wait, m)?,

@@ -90,6 +90,14 @@ def test_map_arguments_checked(nothing_started):
     executor.shutdown()
 
 
+def test_map_unknown_keyword_arguments_are_ignored_with_a_warning(executor_factory):
+    # loky ignores them silently; code written for it keeps running, and is told.
+    executor = executor_factory(max_workers=1)
+    with pytest.warns(UserWarning, match="ignores the keyword arguments .*'chunk_size'"):
+        results = executor.map(helpers.square, range(3), chunk_size=2)
+    assert list(results) == [0, 1, 4]
+
+
 @pytest.mark.parametrize("chunksize", [0, -1])
 def test_chunksize_below_one(nothing_started, chunksize):
     executor = ProcessPoolExecutor(max_workers=1)

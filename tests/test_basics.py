@@ -96,6 +96,9 @@ def test_map_several_iterables_stops_at_shortest(executor_factory):
 def test_map_empty_iterable(executor_factory):
     executor = executor_factory(max_workers=2)
     assert list(executor.map(helpers.square, [], chunksize=4)) == []
+    # No iterable at all: nothing to call, as with the builtin map's zip().
+    assert list(executor.map(helpers.square)) == []
+    assert list(executor.map(helpers.square, progress=lambda done, total: None)) == []
 
 
 @pytest.mark.parametrize("chunksize", [1, 4])

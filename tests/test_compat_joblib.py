@@ -581,13 +581,16 @@ def test_executor_context_accepts_names_and_context_objects(executor_factory):
 
     ex = executor_factory(1, context=loky_context.get_context("loky_init_main"))
     assert ex.submit(int, "5").result() == 5
-    for bad in ("fork", multiprocessing.get_context("fork")):
+    with pytest.raises(ValueError, match="'fork' start method"):
+        loky.ProcessPoolExecutor(1, context=multiprocessing.get_context("fork"))
+    with pytest.warns(UserWarning, match="'fork' context"):
         with pytest.raises(ValueError, match="'fork' start method"):
-            loky.ProcessPoolExecutor(1, context=bad)
+            loky.ProcessPoolExecutor(1, context="fork")
     with pytest.raises(ValueError, match="Unknown start method"):
         loky.ProcessPoolExecutor(1, context="threads")
-    with pytest.raises(ValueError, match="'fork' start method"):
-        loky.get_reusable_executor(1, context="fork")
+    with pytest.warns(UserWarning, match="'fork' context"):
+        with pytest.raises(ValueError, match="'fork' start method"):
+            loky.get_reusable_executor(1, context="fork")
 
 
 def _multiprocessing_identity():

@@ -1,23 +1,26 @@
 """Issue 4: `cpu_count(only_physical_cores=False)` — affinity, the cgroup quota of this
 process's own cgroup (v2 and v1), LOKY_MAX_CPU_COUNT, and physical cores.
 
-The cgroup and topology files are faked: `loky._core.cpu_count(only_physical_cores,
-limit, root)` reads /proc and /sys below `root`, so these tests do not depend on the
-machine they run on (only on its online CPU count and affinity mask, which are the
-other terms of the minimum)."""
+`loky.backend.context` composes the count from one helper per source, as loky does.
+The cgroup and topology files are faked (`_cpu_count_cgroup` takes a root directory;
+`_PROC_CPUINFO` and `_SYS_CPU` name the topology sources), and the composition is
+checked with the helpers replaced, so these tests do not depend on the machine."""
 
 import os
+import warnings
 
 import pytest
 
 import loky
-from loky import _core
 from loky.backend import context
 
 import helpers
 import lifecycle_tasks as tasks
 
 pytestmark = pytest.mark.timeout(30)
+
+# What `_cpu_count_cgroup` returns when no quota applies: the count it is given.
+NO_QUOTA = 1000
 
 
 def _machine():
@@ -33,13 +36,14 @@ def _tree(root, files):
     return str(root)
 
 
-def _count(root, only_physical_cores=False, limit=None):
-    return _core.cpu_count(only_physical_cores, limit, str(root))
+def _cgroup(root):
+    return context._cpu_count_cgroup(NO_QUOTA, root=str(root))
 
 
 @pytest.fixture(autouse=True)
 def no_cpu_env(monkeypatch):
     monkeypatch.delenv("LOKY_MAX_CPU_COUNT", raising=False)
+    monkeypatch.setattr(context, "physical_cores_cache", {})
 
 
 # -- the public function --------------------------------------------------------------
@@ -110,19 +114,57 @@ def test_max_workers_default_uses_the_environment_limit(monkeypatch):
     executor.shutdown()
 
 
-# -- fake trees: the core function ---------------------------------------------------
+# -- the composition: the minimum of every source ---------------------------------------
 
 
-def test_empty_root_gives_the_machine_count(tmp_path):
-    assert _count(tmp_path) == _machine()
-    assert _count(tmp_path, only_physical_cores=True) == _machine()
+@pytest.fixture
+def sources(monkeypatch):
+    """Replace each source of the count; returns a dict to set them."""
+    values = {"os": 8, "affinity": None, "cgroup": 8, "physical": (4, None)}
+    monkeypatch.setattr(os, "cpu_count", lambda: values["os"])
+    monkeypatch.setattr(context, "_cpu_count_affinity_set", lambda: values["affinity"])
+    monkeypatch.setattr(context, "_cpu_count_cgroup", lambda n: values["cgroup"])
+    monkeypatch.setattr(
+        context, "_count_physical_cores", lambda cpu_set=None: values["physical"]
+    )
+    return values
 
 
-def test_limit_argument(tmp_path):
-    assert _count(tmp_path, limit=1) == 1
-    assert _count(tmp_path, limit=0) == 1
-    assert _count(tmp_path, limit=-5) == 1
-    assert _count(tmp_path, limit=10_000) == _machine()
+def test_the_count_is_the_tightest_source(sources, monkeypatch):
+    assert context.cpu_count() == 8
+    sources["affinity"] = {0, 1, 2, 3, 4, 5}
+    assert context.cpu_count() == 6
+    sources["cgroup"] = 3
+    assert context.cpu_count() == 3
+    monkeypatch.setenv("LOKY_MAX_CPU_COUNT", "2")
+    assert context.cpu_count() == 2
+    assert context.cpu_count(only_physical_cores=True) == 2
+    monkeypatch.delenv("LOKY_MAX_CPU_COUNT")
+    sources["cgroup"] = 8
+    assert context.cpu_count(only_physical_cores=True) == 4
+
+
+def test_unknown_machine_count_counts_one(sources):
+    sources["os"] = None
+    sources["cgroup"] = 1
+    assert context.cpu_count() == 1
+
+
+def test_physical_cores_unknown_warns_once_and_counts_logical(monkeypatch, tmp_path):
+    monkeypatch.setattr(context, "_PROC_CPUINFO", str(tmp_path / "missing"))
+    expected = loky.cpu_count()
+    with pytest.warns(UserWarning, match="Could not find the number of physical cores"):
+        assert loky.cpu_count(only_physical_cores=True) == expected
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert loky.cpu_count(only_physical_cores=True) == expected
+
+
+# -- fake trees: the cgroup quota ----------------------------------------------------
+
+
+def test_empty_root_has_no_quota(tmp_path):
+    assert _cgroup(tmp_path) == NO_QUOTA
 
 
 def test_cgroup_v2_quota_150000_over_100000_gives_2(tmp_path):
@@ -135,7 +177,7 @@ def test_cgroup_v2_quota_150000_over_100000_gives_2(tmp_path):
             "sys/fs/cgroup/user.slice/job.scope/cpu.max": "150000 100000\n",
         },
     )
-    assert _count(root) == min(2, _machine())
+    assert _cgroup(root) == 2
 
 
 def test_cgroup_v2_quota_is_rounded_up_and_never_zero(tmp_path):
@@ -146,7 +188,7 @@ def test_cgroup_v2_quota_is_rounded_up_and_never_zero(tmp_path):
             "sys/fs/cgroup/job/cpu.max": "10000 100000\n",
         },
     )
-    assert _count(root) == 1
+    assert _cgroup(root) == 1
 
 
 def test_cgroup_v2_unlimited(tmp_path):
@@ -158,7 +200,7 @@ def test_cgroup_v2_unlimited(tmp_path):
             "sys/fs/cgroup/job/cpu.max": "max 100000\n",
         },
     )
-    assert _count(root) == _machine()
+    assert _cgroup(root) == NO_QUOTA
 
 
 def test_cgroup_v2_own_cgroup_not_only_the_root(tmp_path):
@@ -171,7 +213,7 @@ def test_cgroup_v2_own_cgroup_not_only_the_root(tmp_path):
             "sys/fs/cgroup/a/b/c/cpu.max": "100000 100000\n",
         },
     )
-    assert _count(root) == 1
+    assert _cgroup(root) == 1
 
 
 def test_cgroup_v2_ancestor_quota_applies(tmp_path):
@@ -184,7 +226,7 @@ def test_cgroup_v2_ancestor_quota_applies(tmp_path):
             "sys/fs/cgroup/parent/child/cpu.max": "400000 100000\n",
         },
     )
-    assert _count(root) == 1
+    assert _cgroup(root) == 1
 
 
 def test_cgroup_v2_namespaced_root(tmp_path):
@@ -196,7 +238,7 @@ def test_cgroup_v2_namespaced_root(tmp_path):
             "sys/fs/cgroup/cpu.max": "100000 100000\n",
         },
     )
-    assert _count(root) == 1
+    assert _cgroup(root) == 1
 
 
 def test_cgroup_v1_quota(tmp_path):
@@ -208,7 +250,7 @@ def test_cgroup_v1_quota(tmp_path):
             "sys/fs/cgroup/cpu,cpuacct/docker/abc/cpu.cfs_period_us": "100000\n",
         },
     )
-    assert _count(root) == min(2, _machine())
+    assert _cgroup(root) == 2
 
 
 def test_cgroup_v1_quota_one_cpu(tmp_path):
@@ -220,7 +262,7 @@ def test_cgroup_v1_quota_one_cpu(tmp_path):
             "sys/fs/cgroup/cpu,cpuacct/docker/abc/cpu.cfs_period_us": "100000\n",
         },
     )
-    assert _count(root) == 1
+    assert _cgroup(root) == 1
 
 
 def test_cgroup_v1_separate_cpu_hierarchy(tmp_path):
@@ -232,7 +274,7 @@ def test_cgroup_v1_separate_cpu_hierarchy(tmp_path):
             "sys/fs/cgroup/cpu/job/cpu.cfs_period_us": "100000\n",
         },
     )
-    assert _count(root) == 1
+    assert _cgroup(root) == 1
 
 
 def test_cgroup_v1_unlimited(tmp_path):
@@ -244,7 +286,7 @@ def test_cgroup_v1_unlimited(tmp_path):
             "sys/fs/cgroup/cpu,cpuacct/docker/abc/cpu.cfs_period_us": "100000\n",
         },
     )
-    assert _count(root) == _machine()
+    assert _cgroup(root) == NO_QUOTA
 
 
 def test_cgroup_v1_namespaced_root(tmp_path):
@@ -256,7 +298,7 @@ def test_cgroup_v1_namespaced_root(tmp_path):
             "sys/fs/cgroup/cpu,cpuacct/cpu.cfs_period_us": "100000\n",
         },
     )
-    assert _count(root) == 1
+    assert _cgroup(root) == 1
 
 
 def test_cgroup_v1_other_controllers_are_ignored(tmp_path):
@@ -269,7 +311,7 @@ def test_cgroup_v1_other_controllers_are_ignored(tmp_path):
             "sys/fs/cgroup/cpu,cpuacct/job/cpu.cfs_period_us": "100000\n",
         },
     )
-    assert _count(root) == _machine()
+    assert _cgroup(root) == NO_QUOTA
 
 
 @pytest.mark.parametrize(
@@ -280,10 +322,10 @@ def test_malformed_cgroup_files_are_ignored(tmp_path, cpu_max):
         tmp_path,
         {"proc/self/cgroup": "0::/job\n", "sys/fs/cgroup/job/cpu.max": cpu_max},
     )
-    assert _count(root) == _machine()
+    assert _cgroup(root) == NO_QUOTA
 
 
-def test_cgroup_quota_and_limit_argument_combine(tmp_path):
+def test_cgroup_quota_of_eight_cpus(tmp_path):
     root = _tree(
         tmp_path,
         {
@@ -291,72 +333,98 @@ def test_cgroup_quota_and_limit_argument_combine(tmp_path):
             "sys/fs/cgroup/job/cpu.max": "800000 100000\n",
         },
     )
-    assert _count(root, limit=1) == 1
-    assert _count(root) == min(8, _machine())
+    assert _cgroup(root) == 8
 
 
 # -- fake trees: physical cores -------------------------------------------------------
 
 
-def _topology(root, cpus):
-    """cpus: list of (package, core) for cpu0, cpu1, ..., all online."""
-    files = {"sys/devices/system/cpu/online": f"0-{len(cpus) - 1}\n"}
-    for i, (package, core) in enumerate(cpus):
-        base = f"sys/devices/system/cpu/cpu{i}/topology"
+def _cpuinfo(monkeypatch, tmp_path, cpus):
+    """A /proc/cpuinfo listing cpus: [(processor, physical id, core id)]."""
+    text = "".join(
+        f"processor\t: {cpu}\nmodel name\t: fake\nphysical id\t: {package}\n"
+        f"core id\t\t: {core}\n\n"
+        for cpu, package, core in cpus
+    )
+    path = tmp_path / "cpuinfo"
+    path.write_text(text)
+    monkeypatch.setattr(context, "_PROC_CPUINFO", str(path))
+
+
+def test_hyperthreads_count_once(monkeypatch, tmp_path):
+    _cpuinfo(monkeypatch, tmp_path, [(0, 0, 0), (1, 0, 0)])
+    assert context._count_physical_cores_linux() == 1
+
+
+def test_four_threads_on_two_cores(monkeypatch, tmp_path):
+    _cpuinfo(monkeypatch, tmp_path, [(0, 0, 0), (1, 0, 1), (2, 0, 0), (3, 0, 1)])
+    assert context._count_physical_cores_linux() == 2
+
+
+def test_same_core_id_on_two_packages_counts_twice(monkeypatch, tmp_path):
+    _cpuinfo(monkeypatch, tmp_path, [(0, 0, 0), (1, 1, 0), (2, 0, 0), (3, 1, 0)])
+    assert context._count_physical_cores_linux() == 2
+
+
+def test_only_the_cpus_of_the_affinity_mask_count(monkeypatch, tmp_path):
+    # cpu0/cpu1 and cpu2/cpu3 are hyper-threads of two cores.
+    _cpuinfo(monkeypatch, tmp_path, [(0, 0, 0), (1, 0, 0), (2, 0, 1), (3, 0, 1)])
+    assert context._count_physical_cores_linux({0, 1}) == 1
+    assert context._count_physical_cores_linux({0, 2}) == 2
+    assert context._count_physical_cores({0, 1}) == (1, None)
+    assert context._count_physical_cores({0, 1, 2, 3}) == (2, None)
+
+
+def test_physical_cores_are_kept_per_affinity_mask(monkeypatch, tmp_path):
+    _cpuinfo(monkeypatch, tmp_path, [(0, 0, 0), (1, 0, 0), (2, 0, 1), (3, 0, 1)])
+    assert context._count_physical_cores({0, 1}) == (1, None)
+    _cpuinfo(monkeypatch, tmp_path, [(0, 0, 0), (1, 0, 1), (2, 0, 2), (3, 0, 3)])
+    assert context._count_physical_cores({0, 1}) == (1, None)  # kept
+    assert context._count_physical_cores({0, 1, 2}) == (3, None)  # another mask
+
+
+def _sysfs(root, cpus):
+    """sysfs topology files for cpus: [(cpu, package, core)]."""
+    files = {}
+    for cpu, package, core in cpus:
+        base = f"cpu{cpu}/topology"
         files[f"{base}/physical_package_id"] = f"{package}\n"
         files[f"{base}/core_id"] = f"{core}\n"
+    files["cpufreq/policy0"] = ""  # not a CPU
     return _tree(root, files)
 
 
-def test_hyperthreads_count_once(tmp_path):
-    # Two logical CPUs, hyper-threads of one core.
-    root = _topology(tmp_path, [(0, 0), (0, 0)])
-    assert _count(root, only_physical_cores=True) == 1
-    assert _count(root, only_physical_cores=False) == _machine()
+def test_without_core_ids_in_cpuinfo_sysfs_is_read(monkeypatch, tmp_path):
+    # As on arm64, whose /proc/cpuinfo names no core.
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nBogoMIPS\t: 50.00\n\nprocessor\t: 1\n\n")
+    monkeypatch.setattr(context, "_PROC_CPUINFO", str(cpuinfo))
+    sys_cpu = _sysfs(tmp_path / "cpu", [(0, 0, 0), (1, 0, 0), (2, 0, 1), (3, 0, 1)])
+    monkeypatch.setattr(context, "_SYS_CPU", sys_cpu)
+    assert context._count_physical_cores_linux() == 2
+    assert context._count_physical_cores_linux({0, 1}) == 1
 
 
-def test_four_threads_on_two_cores(tmp_path):
-    root = _topology(tmp_path, [(0, 0), (0, 1), (0, 0), (0, 1)])
-    assert _count(root, only_physical_cores=True) == min(2, _machine())
-
-
-def test_same_core_id_on_two_packages_counts_twice(tmp_path):
-    root = _topology(tmp_path, [(0, 0), (1, 0), (0, 0), (1, 0)])
-    assert _count(root, only_physical_cores=True) == min(2, _machine())
-
-
-def test_online_list_with_ranges_and_gaps(tmp_path):
-    # Only CPUs 0 and 2 online, on one core each side of a gap.
-    files = {"sys/devices/system/cpu/online": "0,2\n"}
-    for cpu, core in [(0, 0), (1, 5), (2, 0)]:
-        base = f"sys/devices/system/cpu/cpu{cpu}/topology"
-        files[f"{base}/physical_package_id"] = "0\n"
-        files[f"{base}/core_id"] = f"{core}\n"
-    root = _tree(tmp_path, files)
-    # cpu1 (the only one on core 5) is offline: one physical core.
-    assert _count(root, only_physical_cores=True) == 1
-
-
-def test_physical_cores_and_cgroup_quota_combine(tmp_path):
-    _topology(tmp_path, [(0, 0), (0, 1), (0, 2), (0, 3)])
-    root = _tree(
-        tmp_path,
-        {"proc/self/cgroup": "0::/job\n", "sys/fs/cgroup/job/cpu.max": "100000 100000\n"},
-    )
-    assert _count(root, only_physical_cores=True) == 1
-
-
-def test_missing_topology_falls_back_to_logical(tmp_path):
-    root = _tree(tmp_path, {"sys/devices/system/cpu/online": "0-1\n"})
-    assert _count(root, only_physical_cores=True) == _machine()
+def test_no_topology_anywhere_is_an_error(monkeypatch, tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\n\n")
+    monkeypatch.setattr(context, "_PROC_CPUINFO", str(cpuinfo))
+    (tmp_path / "cpu").mkdir()
+    monkeypatch.setattr(context, "_SYS_CPU", str(tmp_path / "cpu"))
+    count, error = context._count_physical_cores()
+    assert count is None
+    assert "name no physical core" in str(error)
 
 
 def test_real_machine_physical_cores_not_above_logical():
-    assert _core.cpu_count(True, None, "/") <= _core.cpu_count(False, None, "/")
-    assert _core.cpu_count(False, None, "/") == loky.cpu_count()
+    assert 1 <= loky.cpu_count(only_physical_cores=True) <= loky.cpu_count()
+
+
+def test_windows_helpers_say_they_are_windows_only():
+    with pytest.raises(NotImplementedError, match="Windows"):
+        context._count_physical_cores_win32()
 
 
 def test_cpu_count_in_a_worker_sees_its_env(executor_factory):
     executor = executor_factory(max_workers=1, env={"LOKY_MAX_CPU_COUNT": "1"})
     assert executor.submit(tasks.worker_cpu_count).result(timeout=30) == 1
-

@@ -327,7 +327,3 @@ def facilities() -> list[tuple[str, str]]:
 def watch_parent(parent: int, /) -> None:
     """In a worker: end this process and everything it started as soon as `parent`
     is gone (at once if it already is)."""
-
-def cpu_count(only_physical_cores: bool = False, limit: int | None = None, root: str = "/") -> int:
-    """CPUs this process can use: online CPUs, affinity, cgroup quota and `limit`;
-    `root` points the /proc and /sys lookups elsewhere (tests)."""

@@ -31,7 +31,7 @@ def _chunks(chunksize, args):
 def _total(iterables):
     """The number of items `zip(*iterables)` yields, if every iterable knows its length."""
     try:
-        return min(len(it) for it in iterables)
+        return min((len(it) for it in iterables), default=0)
     except TypeError:
         return None
 

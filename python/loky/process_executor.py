@@ -35,6 +35,7 @@ import os
 import pickle
 import sys
 import threading
+import warnings
 import weakref
 from collections import namedtuple
 from collections.abc import Callable, Iterable, Iterator
@@ -336,6 +337,7 @@ class ProcessPoolExecutor(Executor):
         chunksize: int = 1,
         buffersize: int | None = None,
         progress: bool | Callable[[int, int | None], object] = False,
+        **unknown: Any,
     ) -> Iterator[_T]:
         """Like the builtin map, evaluated in the workers, results in input order.
 
@@ -343,7 +345,17 @@ class ProcessPoolExecutor(Executor):
         are read lazily: at most `buffersize` tasks run or wait ahead of the results
         taken, so an endless input streams in bounded memory. `progress=True` shows a
         tqdm bar when tqdm is installed; a callable gets ``(done, total or None)``
-        after each result. `timeout` counts from this call."""
+        after each result. `timeout` counts from this call. Other keyword arguments
+        are ignored with a warning (loky ignores them silently: code written for it
+        keeps running, and a misspelt argument is seen)."""
+        if unknown:
+            warnings.warn(
+                f"Executor.map() ignores the keyword arguments it does not take: "
+                f"{', '.join(map(repr, sorted(unknown)))}. It takes timeout, "
+                "chunksize, buffersize and progress.",
+                UserWarning,
+                stacklevel=2,
+            )
         return executor_map(self.submit, fn, iterables, timeout, chunksize, buffersize, progress)
 
     def shutdown(

@@ -1,28 +1,240 @@
-"""Start methods and the number of usable CPUs."""
+"""The number of usable CPUs, start methods, and the "loky" multiprocessing contexts."""
 
+import math
 import os
+import sys
+import warnings
 
-from .. import _core
+# -- the number of usable CPUs --------------------------------------------------------
+#
+# Composed in Python from small helpers that each read one source (the affinity mask,
+# the cgroup quota, the environment, the CPU topology), as loky composes it: code
+# written for loky reads and replaces these helpers one by one, so `cpu_count` looks
+# them up in this module at each call. Every source is read again at each call, except
+# the physical core count, kept per affinity mask in `physical_cores_cache`.
 
 
 def cpu_count(only_physical_cores: bool = False) -> int:
     """Number of CPUs this process can use.
 
-    The minimum of the machine's online CPUs, the CPU affinity mask, the CPU quota of
-    this process's own cgroup (v2 ``cpu.max`` or v1 ``cpu.cfs_quota_us``, rounded up)
-    and the ``LOKY_MAX_CPU_COUNT`` environment variable; never below 1. With
-    `only_physical_cores`, hyper-threads of one core count once (where the kernel
-    reports the topology).
+    The minimum of the machine's CPUs, the CPU affinity mask, the CPU quota of this
+    process's own cgroup and its ancestors (v2 ``cpu.max`` or v1 ``cpu.cfs_quota_us``,
+    rounded up) and the ``LOKY_MAX_CPU_COUNT`` environment variable; never below 1.
+    With `only_physical_cores`, hyper-threads of one core count once: on Linux among
+    the CPUs of the affinity mask, elsewhere over the whole machine. If the physical
+    cores cannot be counted, a warning says so (once) and logical CPUs are counted.
     """
+    os_cpu_count = os.cpu_count() or 1
+    cpu_set = _cpu_count_affinity_set()
+    limits = [
+        os_cpu_count,
+        _cpu_count_cgroup(os_cpu_count),
+        _cpu_count_env(os_cpu_count),
+    ]
+    if cpu_set is not None:
+        limits.append(len(cpu_set))
+    if only_physical_cores:
+        # Only Linux tells which core each CPU of the mask belongs to.
+        physical, error = _count_physical_cores(
+            cpu_set if sys.platform == "linux" else None
+        )
+        if error is not None:
+            warnings.warn(
+                f"Could not find the number of physical cores ({error!r}); counting "
+                "logical CPUs instead. Set LOKY_MAX_CPU_COUNT to choose the number "
+                "of CPUs to use and silence this warning.",
+                UserWarning,
+                stacklevel=2,
+            )
+        if physical is not None:
+            limits.append(physical)
+    return max(1, min(limits))
+
+
+def _cpu_count_env(os_cpu_count):
+    """``LOKY_MAX_CPU_COUNT``, or `os_cpu_count` when it is not set."""
     limit = os.environ.get("LOKY_MAX_CPU_COUNT")
-    if limit is not None:
-        try:
-            limit = int(limit)
-        except ValueError:
-            raise ValueError(
-                f"LOKY_MAX_CPU_COUNT must be an integer, got {limit!r}"
-            ) from None
-    return _core.cpu_count(bool(only_physical_cores), limit)
+    if limit is None:
+        return os_cpu_count
+    try:
+        return int(limit)
+    except ValueError:
+        raise ValueError(
+            f"LOKY_MAX_CPU_COUNT must be an integer, got {limit!r}"
+        ) from None
+
+
+def _cpu_count_affinity_set():
+    """The CPUs the scheduler lets this process run on, or None where unknown."""
+    try:
+        return os.sched_getaffinity(0)
+    except (AttributeError, NotImplementedError, OSError):
+        return None
+
+
+def _read(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _quota_cpus(quota, period):
+    """`quota` / `period` CPUs rounded up, or None when unlimited or unparsable."""
+    try:
+        quota, period = int(quota), int(period)
+    except (TypeError, ValueError):
+        return None  # "max", or not a number
+    if quota <= 0 or period <= 0:
+        return None
+    return max(1, math.ceil(quota / period))
+
+
+def _cpu_count_cgroup(os_cpu_count, root="/"):
+    """The tightest CPU quota of this process's cgroup and its ancestors, or
+    `os_cpu_count` when none is set. `root` points the lookups at another tree."""
+    membership = _read(os.path.join(root, "proc/self/cgroup")) or ""
+    limits = []
+    for line in membership.splitlines():
+        # "hierarchy-id:controllers:path"; cgroup v2 lists no controllers.
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        if controllers and "cpu" not in controllers.split(","):
+            continue
+        directory = path.strip().strip("/")
+        while True:  # from the process's own cgroup up to the hierarchy's root
+            if not controllers:
+                fields = (
+                    _read(os.path.join(root, "sys/fs/cgroup", directory, "cpu.max"))
+                    or ""
+                ).split()
+                if len(fields) == 2:
+                    limits.append(_quota_cpus(*fields))
+            else:
+                for mount in ("cpu,cpuacct", "cpu"):
+                    base = os.path.join(root, "sys/fs/cgroup", mount, directory)
+                    quota = _read(os.path.join(base, "cpu.cfs_quota_us"))
+                    period = _read(os.path.join(base, "cpu.cfs_period_us"))
+                    if quota is not None and period is not None:
+                        limits.append(_quota_cpus(quota, period))
+                        break
+            if not directory:
+                break
+            directory = os.path.dirname(directory)
+    limits = [limit for limit in limits if limit is not None]
+    return min(limits) if limits else os_cpu_count
+
+
+# Physical core counts found so far: affinity mask (a frozenset; None for the whole
+# machine) -> count, or None when it could not be found (the warning is given once).
+physical_cores_cache = {}
+
+# Where Linux describes its CPUs (module attributes so tests can point them elsewhere).
+_PROC_CPUINFO = "/proc/cpuinfo"
+_SYS_CPU = "/sys/devices/system/cpu"
+
+
+def _count_physical_cores(cpu_set=None):
+    """(number of physical cores among `cpu_set`, None), or (None, the error)."""
+    key = None if cpu_set is None else frozenset(cpu_set)
+    if key in physical_cores_cache:
+        return physical_cores_cache[key], None
+    error = None
+    try:
+        if sys.platform == "linux":
+            count = _count_physical_cores_linux(cpu_set)
+        elif cpu_set is not None:
+            raise NotImplementedError("only Linux tells which core each CPU is on")
+        elif sys.platform == "darwin" or sys.platform.startswith("freebsd"):
+            count = _count_physical_cores_sysctl()
+        else:
+            raise NotImplementedError(f"unsupported platform {sys.platform!r}")
+        if count < 1:
+            raise ValueError(f"found {count} physical cores")
+    except Exception as exc:
+        count, error = None, exc
+    physical_cores_cache[key] = count
+    return count, error
+
+
+def _count_physical_cores_linux(cpu_set=None):
+    """Distinct (physical id, core id) pairs among the CPUs of `cpu_set` (all if None):
+    a core id is unique only within its socket. From /proc/cpuinfo, or from sysfs's
+    topology files where /proc/cpuinfo names no core (arm64, for one)."""
+    with open(_PROC_CPUINFO) as f:
+        text = f.read()
+    cores = set()
+    for block in text.split("\n\n"):
+        fields = {}
+        for line in block.splitlines():
+            key, sep, value = line.partition(":")
+            if sep:
+                fields[key.strip()] = value.strip()
+        if "core id" not in fields:
+            continue
+        if cpu_set is not None and int(fields.get("processor", -1)) not in cpu_set:
+            continue
+        cores.add((fields.get("physical id"), fields["core id"]))
+    if not cores:
+        cores = _physical_cores_from_sysfs(cpu_set)
+    if not cores:
+        raise ValueError(f"{_PROC_CPUINFO} and {_SYS_CPU} name no physical core")
+    return len(cores)
+
+
+def _physical_cores_from_sysfs(cpu_set):
+    cores = set()
+    for name in os.listdir(_SYS_CPU):
+        if not (name.startswith("cpu") and name[3:].isdigit()):
+            continue
+        if cpu_set is not None and int(name[3:]) not in cpu_set:
+            continue
+        topology = os.path.join(_SYS_CPU, name, "topology")
+        package = _read(os.path.join(topology, "physical_package_id"))
+        core = _read(os.path.join(topology, "core_id"))
+        if package is not None and core is not None:
+            cores.add((package.strip(), core.strip()))
+    return cores
+
+
+def _count_physical_cores_sysctl():
+    import subprocess
+
+    name = "hw.physicalcpu" if sys.platform == "darwin" else "kern.smp.cores"
+    done = subprocess.run(
+        ["sysctl", "-n", name], capture_output=True, text=True, check=True
+    )
+    return int(done.stdout)
+
+
+# loky's Windows core counters, for code that refers to them. This package does not
+# run on Windows; the PowerShell one is complete (it is only a command and a sum).
+def _count_physical_cores_win32():
+    raise NotImplementedError("this package does not run on Windows")
+
+
+_count_physical_cores_win32_ctypes = _count_physical_cores_win32
+
+
+def _count_physical_cores_win32_powershell():
+    """Sum of the cores of every processor (socket) CIM reports (Windows only)."""
+    import subprocess
+
+    done = subprocess.run(
+        [
+            "powershell.exe",
+            "-NoProfile",
+            "-Command",
+            "(Get-CimInstance -ClassName Win32_Processor).NumberOfCores",
+        ],
+        capture_output=True,
+        text=True,
+        creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0),
+    )
+    return sum(int(line) for line in done.stdout.split())
 
 
 # The most workers an executor may have on Windows, where this package does not run
@@ -38,7 +250,6 @@ _MAX_WINDOWS_WORKERS = 61
 
 import multiprocessing
 import multiprocessing.context as _mp_context
-import warnings
 
 from .process import LokyInitMainProcess, LokyProcess
 
@@ -55,13 +266,7 @@ def get_context(method=None):
     `set_start_method`, else "loky")."""
     method = method or _DEFAULT_START_METHOD or "loky"
     if method == "fork":
-        warnings.warn(
-            "The 'fork' context should not be used with loky: forking a process that "
-            "runs threads can deadlock, and loky's executors refuse it. Use 'loky' or "
-            "'spawn'.",
-            UserWarning,
-            stacklevel=2,
-        )
+        _warn_fork()
     if method in _CONTEXTS:
         return _CONTEXTS[method]
     try:
@@ -70,6 +275,21 @@ def get_context(method=None):
         raise ValueError(
             f"Unknown context {method!r}. Value should be in {START_METHODS}."
         ) from None
+
+
+def _warn_fork():
+    # The warning points at the first caller outside this package.
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    level, frame = 2, sys._getframe(1)
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(package):
+        level, frame = level + 1, frame.f_back
+    warnings.warn(
+        "The 'fork' context should not be used with loky: forking a process that "
+        "runs threads can deadlock, and loky's executors refuse it. Use 'loky' or "
+        "'spawn'.",
+        UserWarning,
+        stacklevel=level,
+    )
 
 
 def set_start_method(method, force=False):
@@ -106,6 +326,8 @@ def executor_start_method(context):
             f"got {context!r}"
         )
     if method == "fork":
+        if isinstance(context, str):
+            _warn_fork()  # as get_context("fork") would: the name is looked up first
         raise ValueError(
             "loky executors cannot use the 'fork' start method: their workers are "
             "always fresh interpreters (posix_spawn), because forking a process that "
