@@ -200,12 +200,32 @@ pub fn spawn_worker(cmd: &WorkerCommand) -> io::Result<Spawned> {
 
 /// Start a plain child (no channel, same process group): for multiprocessing-style
 /// processes, which manage their own pipes through `pass_fds`. Returns its pid and a
-/// sentinel that becomes readable (EOF) once it exited: the read end of a pipe whose
-/// write end only the child holds, as multiprocessing's own start methods do. The
-/// caller reaps the child (waitpid).
+/// sentinel that becomes readable once it exited. The caller reaps the child (waitpid).
+///
+/// The sentinel is the child's pidfd where pidfds work: the child then holds no
+/// descriptor for it, and nothing the child starts can hold it open after the child
+/// exited. Elsewhere it is the read end of a pipe whose write end only the child
+/// holds, as with multiprocessing's own start methods.
 pub fn spawn_process(cmd: &WorkerCommand) -> io::Result<(i32, OwnedFd)> {
-    let (sentinel, child_end) = platform::pipe()?;
     let mut fds: Vec<(RawFd, RawFd)> = cmd.pass_fds.iter().map(|&fd| (fd, fd)).collect();
+    if let ExitWatch::Pidfd(_) = ExitWatch::open(std::process::id() as i32) {
+        let pid = spawn(cmd, &fds, false)?;
+        return match ExitWatch::open(pid) {
+            ExitWatch::Pidfd(sentinel) => Ok((pid, sentinel)),
+            // Out of descriptors, say: a child nobody could watch is not left running.
+            ExitWatch::Poll => {
+                // SAFETY: `pid` is our child, not reaped yet: the pid is still its own.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                    libc::waitpid(pid, std::ptr::null_mut(), 0);
+                }
+                Err(io::Error::other(
+                    "no pidfd to watch its exit (out of file descriptors?)",
+                ))
+            }
+        };
+    }
+    let (sentinel, child_end) = platform::pipe()?;
     // The child's end keeps its number in the child: it is not one of pass_fds.
     fds.push((child_end.as_raw_fd(), child_end.as_raw_fd()));
     let pid = spawn(cmd, &fds, false)?;

@@ -525,6 +525,40 @@ def test_loky_process_runs_lambdas_and_reports_exit_codes():
     assert sleeper.exitcode == -signal.SIGTERM
 
 
+def _start_grandchild_and_exit(connection):
+    # close_fds=False: the grandchild inherits every descriptor this process may pass.
+    grandchild = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                                  close_fds=False)
+    connection.send(grandchild.pid)
+
+
+def test_loky_process_sentinel_is_its_own_exit_not_its_descendants():
+    # The sentinel is the child's pidfd: a grandchild that inherited the child's
+    # descriptors does not keep it unreadable after the child exited. (Without pidfds
+    # it is a pipe the child holds, as with multiprocessing, and the grandchild would.)
+    from multiprocessing.connection import wait
+
+    from loky import _core
+
+    ctx = loky_context.get_context("loky")
+    receiver, sender = ctx.Pipe(duplex=False)
+    process = ctx.Process(target=_start_grandchild_and_exit, args=(sender,))
+    process.start()
+    grandchild = receiver.recv()
+    try:
+        if dict(_core.facilities()).get("pidfd") != "fast":  # as the start found it
+            pytest.skip("no pidfds here: the sentinel is a pipe")
+        assert wait([process.sentinel], timeout=30)
+        process.join(timeout=30)
+        assert process.exitcode == 0
+        assert os.path.exists(f"/proc/{grandchild}")  # still running
+    finally:
+        os.kill(grandchild, signal.SIGKILL)
+        process.join(timeout=30)
+    sender.close()
+    receiver.close()
+
+
 def _mp_main_marker():
     main = sys.modules.get("__mp_main__")
     return getattr(main, "MARKER", None)

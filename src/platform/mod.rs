@@ -7,7 +7,6 @@
 //! | see a child exit | pidfd (poll, waitid) | waitpid(WNOHANG), looked at every `EXIT_POLL` |
 //! | shared segments | memfd | an unlinked file in /dev/shm (or the temp dir) |
 //! | end with the parent (watchdog) | pidfd on the parent | getppid() polling |
-//! | CPU count | affinity and cgroup quotas | sysconf |
 //! | move a mapping | mremap | a fixed private mapping and a copy |
 //!
 //! A fast path that is missing or refused (`ENOSYS`, `EPERM`: old kernels, seccomp

@@ -4,7 +4,7 @@
     parent                                             child (python -c "...; main(fd)")
     pickle (settings, process object) ── pipe ──────►  apply settings, unpickle,
     descriptors the pickle refers to ── inherited ──►  run process_obj._bootstrap()
-    sentinel: a pipe the child holds open until it exits; waitpid: exit status
+    sentinel: its pidfd (elsewhere, a pipe it holds open until it exits); waitpid: exit status
 
 The process object is pickled with the loky pickler (cloudpickle: the target may be a
 lambda or a closure) plus multiprocessing's reducers, so that queues, pipes and locks
@@ -120,7 +120,7 @@ class Popen:
         if self.returncode is None:
             if not wait([self.sentinel], timeout):
                 return None
-            # The sentinel closes a moment before the process is reapable: block then.
+            # A pipe sentinel closes a moment before the process is reapable: block then.
             return self.poll(os.WNOHANG if timeout == 0.0 else 0)
         return self.returncode
 
