@@ -81,6 +81,28 @@ pub fn channel_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok((parent_end, child_end))
 }
 
+/// This process's descriptors above the standard ones that a child would inherit
+/// (no close-on-exec flag) and that are not in `keep`: descriptors the process got from
+/// whoever started it (a job server's pipes, say) or from C code. A child closes them
+/// before exec, as multiprocessing's and loky's children do: a long-lived worker would
+/// otherwise hold, for one, a pipe its grandparent waits to see closed.
+fn inheritable_strays(keep: &[RawFd]) -> Vec<RawFd> {
+    let dir = if cfg!(target_os = "linux") { "/proc/self/fd" } else { "/dev/fd" };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<RawFd>().ok())
+        .filter(|&fd| fd > 2 && !keep.contains(&fd))
+        .filter(|&fd| {
+            // SAFETY: F_GETFD only reads the flags; a closed descriptor (the listing's
+            // own, now) yields -1.
+            let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+            flags >= 0 && flags & libc::FD_CLOEXEC == 0
+        })
+        .collect()
+}
+
 /// A close-on-exec duplicate of `fd` numbered above the standard descriptors and the
 /// worker's channel, so that dup2-ing it onto any of those numbers clears its
 /// close-on-exec flag (dup2 onto the same number would not).
@@ -115,6 +137,10 @@ fn spawn(cmd: &WorkerCommand, fds: &[(RawFd, RawFd)], own_group: bool) -> io::Re
     argv_ptrs.push(std::ptr::null_mut());
     let mut env_ptrs: Vec<*mut libc::c_char> = env.iter().map(|e| e.as_ptr() as *mut _).collect();
     env_ptrs.push(std::ptr::null_mut());
+    // Listed before the duplicates below are made (those are close-on-exec anyway);
+    // a source that is not a target is a stray too: the child gets its duplicate.
+    let targets: Vec<RawFd> = fds.iter().map(|&(_, target)| target).collect();
+    let strays = inheritable_strays(&targets);
     // Sources duplicated out of the way first: a source may sit at another's target.
     let sources: Vec<OwnedFd> = fds
         .iter()
@@ -133,6 +159,12 @@ fn spawn(cmd: &WorkerCommand, fds: &[(RawFd, RawFd)], own_group: bool) -> io::Re
             return Err(err);
         }
         let result = (|| {
+            // First, so that no dup2 below is undone. (glibc ignores closing a
+            // descriptor another thread closed since the listing; other libcs may
+            // fail the start with EBADF in that race.)
+            for &fd in &strays {
+                check(libc::posix_spawn_file_actions_addclose(&mut actions, fd))?;
+            }
             check(libc::posix_spawn_file_actions_addopen(
                 &mut actions,
                 0,

@@ -639,11 +639,20 @@ def test_executor_workers_get_a_multiprocessing_identity_when_they_need_one(
 ):
     import multiprocessing
 
-    from helpers import module_loaded  # a task module that imports nothing heavy
+    # A bare worker does not import multiprocessing (in a fresh interpreter: one that
+    # has used multiprocessing's resource tracker hands it down, and its workers
+    # import multiprocessing to use it)...
+    out, _ = run_python(
+        """
+        import loky
+        from helpers import module_loaded
 
+        with loky.ProcessPoolExecutor(1) as ex:
+            print(ex.submit(module_loaded, "multiprocessing").result())
+        """
+    )
+    assert out.strip() == "False"
     ex = executor_factory(1)
-    # A bare worker does not import multiprocessing...
-    assert ex.submit(module_loaded, "multiprocessing").result() is False
     # ...but once a task does, the worker has its parent's authentication key (so that
     # manager proxies work) and a name of its own.
     authkey, name, pid = ex.submit(_multiprocessing_identity).result()

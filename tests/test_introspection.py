@@ -40,6 +40,23 @@ def test_events_queues_and_locks_reach_the_workers_through_initargs(executor_fac
     assert blocked.result(timeout=30) in pids
 
 
+def test_loky_context_semaphores_are_named_after_the_process_that_made_them():
+    # As loky names them (/dev/shm/sem.loky-<pid>-...): a semaphore left behind tells
+    # who made it. Conditions, events and barriers are made of such semaphores.
+    ctx = get_context("loky")
+    prefix = f"/loky-{os.getpid()}-"
+    made = [ctx.Lock(), ctx.RLock(), ctx.Semaphore(2), ctx.BoundedSemaphore(2)]
+    assert all(m._semlock.name.startswith(prefix) for m in made), made
+    event = ctx.Event()
+    assert event._cond._lock._semlock.name.startswith(prefix)
+    assert event._flag._semlock.name.startswith(prefix)
+    names = [m._semlock.name for m in made]
+    assert all(os.path.exists(f"/dev/shm/sem.{n[1:]}") for n in names)
+    del made, event
+    gc.collect()  # the names are unlinked with their last object
+    assert not any(os.path.exists(f"/dev/shm/sem.{n[1:]}") for n in names)
+
+
 def _keep_shared_positional(event, queue, lock):
     tasks.keep_shared(event=event, queue=queue, lock=lock)
 

@@ -109,3 +109,55 @@ def test_processes_a_task_starts_never_inherit_the_workers_channel(
     held = held.result(timeout=60)
     assert len(held) >= 3, held  # stdin, stdout, stderr at least
     assert channel not in held
+
+
+def open_descriptors(*_):
+    """What this process's descriptors are, as /proc names them."""
+    names = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            names.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            pass  # the descriptor listdir itself used
+    return names
+
+
+def _report_descriptors(connection):
+    connection.send(open_descriptors())
+
+
+@pytest.mark.parametrize("max_tasks_per_child", [None, 1])
+def test_inheritable_descriptors_from_outside_reach_no_child(
+    executor_factory, max_tasks_per_child
+):
+    # A pipe this process got without close-on-exec (from whoever started it, or from
+    # C code): like multiprocessing's and loky's children, workers (started directly,
+    # or forked by the template) and LokyProcesses do not keep it.
+    from loky.backend import get_context
+
+    read_end, write_end = os.pipe()
+    os.set_inheritable(write_end, True)
+    stray = os.readlink(f"/proc/self/fd/{write_end}")
+    try:
+        executor = executor_factory(max_workers=1, max_tasks_per_child=max_tasks_per_child)
+        for _ in range(2):  # with max_tasks_per_child=1, the second is a fresh worker
+            held = executor.submit(open_descriptors).result(timeout=60)
+            assert stray not in held
+            assert len(held) >= 3, held
+        ctx = get_context("loky")
+        receiver, sender = ctx.Pipe(duplex=False)
+        process = ctx.Process(target=_report_descriptors, args=(sender,))
+        process.start()
+        held = receiver.recv()
+        process.join(timeout=60)
+        assert process.exitcode == 0
+        assert stray not in held
+        # What it was handed is still there.
+        assert os.readlink(f"/proc/self/fd/{sender.fileno()}") in held
+        sender.close()
+        receiver.close()
+        # Nothing changed in this process.
+        assert os.get_inheritable(write_end)
+    finally:
+        os.close(read_end)
+        os.close(write_end)

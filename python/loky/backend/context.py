@@ -344,11 +344,36 @@ def executor_start_method(context):
 
 class LokyContext(_mp_context.BaseContext):
     """Processes started as fresh interpreters by loky's spawner. Queues pickle their
-    items with loky's pickler; locks and the other primitives are multiprocessing's."""
+    items with loky's pickler; locks and the other primitives are multiprocessing's,
+    their semaphores named as loky names them."""
 
     _name = "loky"
     Process = LokyProcess
     cpu_count = staticmethod(cpu_count)
+
+    def Lock(self):
+        """A lock named as loky names its semaphores (see `synchronize`)."""
+        from .synchronize import Lock
+
+        return Lock(ctx=self.get_context())
+
+    def RLock(self):
+        """A recursive lock named as loky names its semaphores."""
+        from .synchronize import RLock
+
+        return RLock(ctx=self.get_context())
+
+    def Semaphore(self, value=1):
+        """A semaphore named as loky names its semaphores."""
+        from .synchronize import Semaphore
+
+        return Semaphore(value, ctx=self.get_context())
+
+    def BoundedSemaphore(self, value=1):
+        """A bounded semaphore named as loky names its semaphores."""
+        from .synchronize import BoundedSemaphore
+
+        return BoundedSemaphore(value, ctx=self.get_context())
 
     def Queue(self, maxsize=0, reducers=None):
         """A queue whose items are pickled with loky's pickler (see `queues`)."""
