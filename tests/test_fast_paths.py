@@ -152,6 +152,25 @@ def test_globally_registered_reducers_still_apply(executor_factory):
         del reduction._registered_reducers[helpers.CustomBaseException]
 
 
+def test_reducers_registered_after_tasks_were_pickled_apply_to_later_tasks(
+    executor_factory,
+):
+    # The executor keeps one pickler across tasks: a registration made since (or a
+    # reducer replaced) must not go unseen by it.
+    executor = executor_factory(max_workers=1)
+    arg = helpers.CustomBaseException()
+    assert type(executor.submit(helpers.identity, arg).result(timeout=30)) is type(arg)
+    assert executor.submit(helpers.identity, [1]).result(timeout=30) == [1]  # other path
+    try:
+        reduction.register(helpers.CustomBaseException, lambda obj: (str, ("first",)))
+        assert executor.submit(helpers.identity, arg).result(timeout=30) == "first"
+        reduction.register(helpers.CustomBaseException, lambda obj: (str, ("second",)))
+        assert executor.submit(helpers.identity, [arg]).result(timeout=30) == ["second"]
+    finally:
+        del reduction._registered_reducers[helpers.CustomBaseException]
+    assert type(executor.submit(helpers.identity, arg).result(timeout=30)) is type(arg)
+
+
 # -- a waiting thread takes its outcome from the manager in person ------------------------
 
 

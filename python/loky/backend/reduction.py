@@ -31,8 +31,10 @@ __all__ = [
     "get_loky_pickler_name",
 ]
 
-# type -> reduce function, applied by every loky pickler.
+# type -> reduce function, applied by every loky pickler; and how many times it was
+# changed, so that picklers made before a registration are not used after it.
 _registered_reducers = {}
+_registrations = 0
 
 _LokyPickler = None
 _loky_pickler_name = None
@@ -43,18 +45,25 @@ _C_DISPATCH_TABLE = pickle.Pickler.__dict__["dispatch_table"]
 
 def register(type_, reduce_function):
     """Make every loky pickler reduce instances of `type_` with `reduce_function`."""
+    global _registrations
     _registered_reducers[type_] = reduce_function
+    _registrations += 1
 
 
-# (pickler class, id of the per-call reducers, sizes of the tables merged)
+def _tables_state():
+    """Changes whenever a reducer is registered here or with copyreg (new types)."""
+    return _registrations, len(_registered_reducers), len(copyreg.dispatch_table)
+
+
+# (pickler class, id of the per-call reducers, state of the tables merged)
 # -> (reducers, merged table).
 # Building a dispatch table costs more than pickling a small task, so it is done once
-# per set of reducers; the sizes notice registrations made since.
+# per set of reducers and state of the registries.
 _merged_tables = {}
 
 
 def _dispatch_table(base, reducers):
-    key = (base, id(reducers), len(copyreg.dispatch_table), len(_registered_reducers))
+    key = (base, id(reducers), _tables_state())
     cached = _merged_tables.get(key)
     if cached is not None and cached[0] is reducers:
         return cached[1]
@@ -298,6 +307,7 @@ class Serializer:
     def _new_pickler(self):
         self._file = io.BytesIO()
         self._pickler_class = _pickler_class()
+        self._tables_state = _tables_state()
         self._pickler = self._pickler_class(
             self._file, reducers=self._reducers, buffer_callback=self._on_buffer
         )
@@ -310,8 +320,12 @@ class Serializer:
     def dumps(self, obj, buffer_callback=None):
         """Pickle `obj` (protocol 5) into bytes; large buffers go to `buffer_callback`
         as with `pickle.Pickler`."""
-        if self._pickler is None or self._pickler_class is not _pickler_class():
-            self._new_pickler()  # first use, or set_loky_pickler() since
+        if (
+            self._pickler is None
+            or self._pickler_class is not _pickler_class()
+            or self._tables_state != _tables_state()
+        ):
+            self._new_pickler()  # first use, or set_loky_pickler() or register() since
         pickler, file = self._pickler, self._file
         file.seek(0)
         file.truncate()
