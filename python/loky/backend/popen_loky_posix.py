@@ -4,7 +4,7 @@
     parent                                             child (python -c "...; main(fd)")
     pickle (settings, process object) ── pipe ──────►  apply settings, unpickle,
     descriptors the pickle refers to ── inherited ──►  run process_obj._bootstrap()
-    sentinel: its pidfd (elsewhere, a pipe it holds open until it exits); waitpid: exit status
+    sentinel: its pidfd (else a pipe the child holds until it exits); waitpid: exit status
 
 The process object is pickled with the loky pickler (cloudpickle: the target may be a
 lambda or a closure) plus multiprocessing's reducers, so that queues, pipes and locks
@@ -49,8 +49,9 @@ def _close_fds(*fds):
 
 
 class Popen:
-    """The `_popen` of a `LokyProcess`; the sentinel is the read end of a pipe whose
-    write end only the child holds (readable once it exited), as with multiprocessing."""
+    """The `_popen` of a `LokyProcess`; the sentinel becomes readable once the child
+    exited: its pidfd, or where there are none, the read end of a pipe whose write end
+    only the child holds (as with multiprocessing)."""
 
     method = "loky"
     DupFd = _DupFd
