@@ -117,8 +117,10 @@ def _cpu_count_cgroup(os_cpu_count, root="/"):
                 for mount in ("cpu,cpuacct", "cpu"):
                     base = os.path.join(root, "sys/fs/cgroup", mount, directory)
                     quota = _read(os.path.join(base, "cpu.cfs_quota_us"))
+                    if quota is None:
+                        continue  # not this mount point (no file opened in vain)
                     period = _read(os.path.join(base, "cpu.cfs_period_us"))
-                    if quota is not None and period is not None:
+                    if period is not None:
                         limits.append(_quota_cpus(quota, period))
                         break
             if not directory:
