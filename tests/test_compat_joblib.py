@@ -559,6 +559,48 @@ def test_loky_process_sentinel_is_its_own_exit_not_its_descendants():
     receiver.close()
 
 
+def test_loky_process_exit_code_is_never_lost_to_a_concurrent_poll(monkeypatch):
+    # multiprocessing's start() polls every child of the process: a poll in another
+    # thread that comes while one thread has reaped the child but not stored its exit
+    # code yet must still give the exit code, not None.
+    import threading
+    from multiprocessing.connection import wait
+
+    from loky.backend import popen_loky_posix
+
+    ctx = loky_context.get_context("loky")
+    process = ctx.Process(target=os._exit, args=(3,))
+    process.start()
+    assert wait([process.sentinel], timeout=30)  # exited, not reaped yet
+    reaped, second_called = threading.Event(), threading.Event()
+    real_waitpid = os.waitpid
+
+    def waitpid_pausing_after_the_reap(pid, flags):
+        if reaped.is_set():
+            second_called.set()
+        result = real_waitpid(pid, flags)
+        if result[0] == pid and not reaped.is_set():
+            reaped.set()
+            second_called.wait(timeout=1)  # let a concurrent poll in, if it can
+        return result
+
+    monkeypatch.setattr(popen_loky_posix.os, "waitpid", waitpid_pausing_after_the_reap)
+    codes = []
+
+    def poll_once_reaped():
+        reaped.wait(timeout=30)
+        codes.append(process._popen.poll())
+
+    other = threading.Thread(target=poll_once_reaped)
+    other.start()
+    codes.append(process._popen.poll(0))
+    other.join(timeout=30)
+    monkeypatch.undo()
+    assert codes == [3, 3]
+    process.join(timeout=30)
+    assert process.exitcode == 3
+
+
 def _mp_main_marker():
     main = sys.modules.get("__mp_main__")
     return getattr(main, "MARKER", None)

@@ -46,21 +46,24 @@ def _tracker_fd():
     """The tracker pipe to hand down; None unless this process uses the tracker (it
     imported `loky.backend.resource_tracker`, as joblib does), so that a bare executor
     does not start a tracker it has no use for."""
-    tracker = sys.modules.get("loky.backend.resource_tracker")
-    if tracker is None:
+    if "loky.backend.resource_tracker" not in sys.modules:
         return None
-    return tracker.getfd()
+    # Imported, not read from sys.modules: another thread may be importing it still.
+    from .backend import resource_tracker
+
+    return resource_tracker.getfd()
 
 
 def _mp_tracker_fd():
     """multiprocessing's own tracker pipe, if this process uses that tracker (shared
     memory, semaphores): children then report to the same tracker, so that a segment
     created here and unlinked in a child is not reported as leaked."""
-    tracker = sys.modules.get("multiprocessing.resource_tracker")
-    if tracker is None:
+    if "multiprocessing.resource_tracker" not in sys.modules:
         return None
-    tracker.ensure_running()
-    return tracker._resource_tracker._fd
+    from multiprocessing import resource_tracker  # as above: the import may be under way
+
+    resource_tracker.ensure_running()
+    return resource_tracker._resource_tracker._fd
 
 
 def _joblib_switched():

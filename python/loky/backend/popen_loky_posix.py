@@ -18,6 +18,7 @@ import os
 import pickle
 import signal
 import sys
+import threading
 import weakref
 from multiprocessing import process as mp_process
 from multiprocessing.connection import wait
@@ -60,6 +61,7 @@ class Popen:
         self.returncode = None
         self.pid = None
         self.sentinel = None
+        self._poll_lock = threading.Lock()
         self._fds = []
         self._finalizer = None
         self._launch(process_obj)
@@ -108,14 +110,17 @@ class Popen:
             pipe.write(payload.getbuffer())
 
     def poll(self, flag=os.WNOHANG):
-        if self.returncode is None:
-            try:
-                pid, status = os.waitpid(self.pid, flag)
-            except ChildProcessError:
-                return None  # reaped elsewhere
-            if pid == self.pid:
-                self.returncode = os.waitstatus_to_exitcode(status)
-        return self.returncode
+        # One thread at a time: another thread polling (multiprocessing's start() polls
+        # every child) must not find the child reaped and its exit code not yet stored.
+        with self._poll_lock:
+            if self.returncode is None:
+                try:
+                    pid, status = os.waitpid(self.pid, flag)
+                except ChildProcessError:
+                    return None  # reaped by someone else
+                if pid == self.pid:
+                    self.returncode = os.waitstatus_to_exitcode(status)
+            return self.returncode
 
     def wait(self, timeout=None):
         if self.returncode is None:
