@@ -1,6 +1,7 @@
 """Lifetimes: when the parent dies, its workers and every process they started are
 gone within a second; the worker's channel is never inherited by what a task starts."""
 
+import inspect
 import json
 import os
 import select
@@ -69,16 +70,22 @@ def channel_identity():
     return os.readlink("/proc/self/fd/3")
 
 
-LISTER = """
-import os
-names = []
-for fd in os.listdir("/proc/self/fd"):
-    try:
-        names.append(os.readlink(f"/proc/self/fd/{fd}"))
-    except OSError:
-        pass  # the descriptor listdir itself used
-print("|".join(names))
-"""
+def open_descriptors(*_):
+    """What this process's descriptors are, as /proc names them."""
+    names = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            names.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            pass  # the descriptor listdir itself used
+    return names
+
+
+# The same listing, as a script for processes a task starts.
+LISTER = (
+    f"import os\n\n{inspect.getsource(open_descriptors)}\n"
+    "print('|'.join(open_descriptors()))\n"
+)
 
 
 def descriptors_of_a_started_process(how, tmp):
@@ -109,17 +116,6 @@ def test_processes_a_task_starts_never_inherit_the_workers_channel(
     held = held.result(timeout=60)
     assert len(held) >= 3, held  # stdin, stdout, stderr at least
     assert channel not in held
-
-
-def open_descriptors(*_):
-    """What this process's descriptors are, as /proc names them."""
-    names = []
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            names.append(os.readlink(f"/proc/self/fd/{fd}"))
-        except OSError:
-            pass  # the descriptor listdir itself used
-    return names
 
 
 def _report_descriptors(connection):
