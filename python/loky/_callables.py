@@ -139,17 +139,26 @@ def _capture_function(fn, out, seen):
             _capture_mapping(mapping, out, seen)
         else:
             out.append(None)  # None and {} pickle alike here
+    # The loops below take atoms (and absent names, most of a function's names: those
+    # of attributes and builtins) without a call: this runs at every submit.
     if cells:
         for cell in cells:
             try:
                 value = cell.cell_contents
             except ValueError:
                 value = _EMPTY_CELL
-            _capture(value, out, seen)
+            if type(value) in _ATOMS:
+                out.append(value)
+            else:
+                _capture(value, out, seen)
     if names:
-        found = fn.__globals__
+        get = fn.__globals__.get
         for name in names:
-            _capture(found.get(name, _ABSENT), out, seen)
+            value = get(name, _ABSENT)
+            if value is _ABSENT or type(value) in _ATOMS:
+                out.append(value)
+            else:
+                _capture(value, out, seen)
 
 
 def _capture_mapping(mapping, out, seen):

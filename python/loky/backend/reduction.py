@@ -255,19 +255,19 @@ def _cloudpickle_sends_all_by_reference():
     return not _by_value_modules
 
 
-def _plain_unless_main(obj, buffer_callback, kept=b""):
+def _plain_unless_main(obj, buffer_callback, kept_mentions=0):
     """The standard C pickler, which is several times faster than cloudpickle's, for an
     object cloudpickle would pickle the same way, or None.
 
     The two differ only for functions and classes that cannot be named by reference:
     those of ``__main__`` (plain pickle names them, and the stream then holds the
     string "__main__") and those plain pickle cannot find (it raises). Any other
-    object reduces the same through ``__reduce_ex__`` and copyreg in both. `kept` is a
-    function pickled beforehand that `obj` holds as bytes (see loky._callables): its
-    own mentions of "__main__" are expected.
+    object reduces the same through ``__reduce_ex__`` and copyreg in both.
+    `kept_mentions`: how many times "__main__" appears in a function pickled beforehand
+    that `obj` holds as bytes (see loky._callables); those mentions are expected.
     """
     data = pickle.dumps(obj, HIGHEST_PROTOCOL, buffer_callback=buffer_callback)
-    return None if data.count(b"__main__") != kept.count(b"__main__") else data
+    return None if data.count(b"__main__") != kept_mentions else data
 
 
 class Serializer:
@@ -278,6 +278,10 @@ class Serializer:
         self._reducers = reducers
         self._pickler = None
         self._buffer_callback = None
+        # The last kept function pickle sent, and the dump functions for its tasks
+        # (made once: a function is usually sent many times in a row).
+        self._kept = None
+        self._kept_dumps = None
 
     def dumps_in_order(self):
         """The dump functions to try, in order, for `loky._payload.pack`: the plain
@@ -300,8 +304,11 @@ class Serializer:
         if len(dumps) == 2:
             kept = _callables.kept_pickle(fn)
             if kept is not None:
-                plain = functools.partial(_plain_unless_main, kept=kept)
-                return (plain, self.dumps), (kept, args, kwargs)
+                if kept is not self._kept:
+                    mentions = kept.count(b"__main__")
+                    plain = functools.partial(_plain_unless_main, kept_mentions=mentions)
+                    self._kept, self._kept_dumps = kept, (plain, self.dumps)
+                return self._kept_dumps, (kept, args, kwargs)
         return dumps, (fn, args, kwargs)
 
     def _new_pickler(self):
