@@ -271,7 +271,6 @@ def _dumps(fn):
 def _new_function_pickler():
     import marshal
     import pickle
-    from importlib import import_module
 
     class FunctionPickler(pickle.Pickler):
         def __init__(self, file):
@@ -286,7 +285,7 @@ def _new_function_pickler():
                 # marshal keeps the file name and line numbers, for the worker's tracebacks.
                 return marshal.loads, (marshal.dumps(obj),)
             if kind is types.ModuleType:
-                return import_module, (obj.__name__,)
+                return _import_module, (obj.__name__,)
             return NotImplemented
 
         def _reduce_function(self, fn):
@@ -337,6 +336,14 @@ class _LazyPickler:
 
 
 _FunctionPickler = _LazyPickler()
+
+
+def _import_module(name):
+    """The module `name` (absolute), imported if need be: `importlib.import_module`
+    without importing importlib, which would cost a worker a millisecond on the way to
+    its first result."""
+    __import__(name)
+    return sys.modules[name]
 
 
 def _new_function(code, base, name, n_cells):
