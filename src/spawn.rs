@@ -87,7 +87,11 @@ pub fn channel_pair() -> io::Result<(OwnedFd, OwnedFd)> {
 /// before exec, as multiprocessing's and loky's children do: a long-lived worker would
 /// otherwise hold, for one, a pipe its grandparent waits to see closed.
 fn inheritable_strays(keep: &[RawFd]) -> Vec<RawFd> {
-    let dir = if cfg!(target_os = "linux") { "/proc/self/fd" } else { "/dev/fd" };
+    let dir = if cfg!(target_os = "linux") {
+        "/proc/self/fd"
+    } else {
+        "/dev/fd"
+    };
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };

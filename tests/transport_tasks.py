@@ -82,3 +82,16 @@ def reduce_tagged(obj):
 
 def tagged_sum(obj):
     return float(obj.array.sum())
+
+
+def place_in_page(array):
+    """Where `array`'s data starts within a 4 KiB page."""
+    return array.ctypes.data % 4096
+
+
+def odd_slice_and_its_place(n):
+    """A view starting at an odd address, and where it starts within a page."""
+    import numpy as np
+
+    view = np.arange(n + 3, dtype=np.uint8)[3:]
+    return view.ctypes.data % 4096, view
