@@ -432,7 +432,9 @@ impl SegmentCache {
     /// offset of each buffer. Fails if no segment can be made: send in-band then.
     pub fn write(&self, buffers: &[&[u8]]) -> io::Result<(Arc<OutSegment>, Vec<usize>)> {
         let (offsets, size) = layout(buffers);
-        let segment = self.take(size)?;
+        // Room for the same buffers at any place within a page: the next ones of these
+        // sizes fit it whatever their alignment.
+        let segment = self.take(size, size + PAGE_PHASE * buffers.len())?;
         segment.state().store(SEGMENT_LENT, Ordering::Relaxed);
         for (buffer, &offset) in buffers.iter().zip(&offsets) {
             // SAFETY: the segment holds `size` bytes and the buffers lie within it, at
@@ -449,8 +451,9 @@ impl SegmentCache {
         Ok((segment, offsets))
     }
 
-    /// A segment of at least `size` bytes, which the cache keeps from now on.
-    fn take(&self, size: usize) -> io::Result<Arc<OutSegment>> {
+    /// A segment of at least `size` bytes (a new one is made with `room` bytes), which
+    /// the cache keeps from now on.
+    fn take(&self, size: usize, room: usize) -> io::Result<Arc<OutSegment>> {
         let now = Instant::now();
         let mut state = self.state.lock();
         if state.owner != generation() {
@@ -474,7 +477,7 @@ impl SegmentCache {
         let segment = match reusable {
             Some(i) => state.kept.remove(i).segment,
             None => {
-                let capacity = size.div_ceil(page_size()) * page_size();
+                let capacity = room.div_ceil(page_size()) * page_size();
                 match OutSegment::create(capacity) {
                     Ok(segment) => Arc::new(segment),
                     Err(_) if !state.kept.is_empty() => {
@@ -539,8 +542,8 @@ mod tests {
         let cache = SegmentCache::new(1 << 30, 8);
         let a = vec![1u8; 100];
         let b = vec![2u8; 5000];
-        // Sources at every kind of place within a page: page-aligned, just after the
-        // place the previous buffer ends, an odd address.
+        // Sources at various places within a page: its start, just past the header,
+        // near its end.
         let page = vec![3u8; 3 * PAGE_PHASE];
         let at = |phase: usize| {
             let start = (PAGE_PHASE - page.as_ptr() as usize % PAGE_PHASE) % PAGE_PHASE;
@@ -618,9 +621,11 @@ mod tests {
     fn segments_are_sized_to_their_payload() {
         let cache = SegmentCache::new(1 << 30, 8);
         let (segment, _) = cache.write(&[&vec![0u8; 200 * 1024]]).unwrap();
-        // The payload, its header, the padding that puts it at its source's place
-        // within a page, rounded up to a page.
-        assert!(segment.capacity() < 200 * 1024 + SEGMENT_HEADER_LEN + PAGE_PHASE + page_size());
+        // The payload, its header, room for it at any place within a page, rounded
+        // up to a page.
+        assert!(
+            segment.capacity() < 200 * 1024 + SEGMENT_HEADER_LEN + 2 * PAGE_PHASE + page_size()
+        );
     }
 
     #[test]

@@ -152,6 +152,20 @@ def test_a_released_segment_is_written_again(executor_factory):
     assert executor.submit(tasks.segment_count).result() == 1
 
 
+def test_a_segment_is_written_again_whatever_the_next_buffer_alignment(executor_factory):
+    # Each buffer goes to its source's place within a page: a segment made for a buffer
+    # at one place must still take a buffer of the same size at any other.
+    executor = executor_factory(max_workers=1)
+    _core.release_cached_segments()
+    nbytes = BIG * 8  # a whole number of pages
+    base = np.zeros(nbytes + 8192, dtype=np.uint8)
+    page_start = -base.ctypes.data % 4096
+    for place in (0, 16, 4095, 64, 2048):
+        view = base[page_start + place : page_start + place + nbytes]
+        assert executor.submit(tasks.place_in_page, view).result() == place
+        assert _kept_segments() == 1
+
+
 @pytest.mark.parametrize("size", [BIG, 1000], ids=["large", "small"])
 def test_a_reducer_handing_over_a_pickle_sends_it_through_shared_memory(
     executor_factory, size
