@@ -34,8 +34,9 @@
 //! Resources: a live mapping holds no descriptor. The sending cache holds one descriptor
 //! and one mapping per kept segment, at most `max_segments` of them and `max_bytes` in
 //! all; a segment unused for `IDLE` is let go at the next write. Segments are sized to
-//! their payload (rounded up to a page). When no segment can be made (descriptors or
-//! memory ran out), `write` fails and the caller sends the buffers in-band instead.
+//! their payload, plus a page per buffer (see `PAGE_PHASE`), rounded up to a page.
+//! When no segment can be made (descriptors or memory ran out), `write` fails and the
+//! caller sends the buffers in-band instead.
 
 use std::collections::HashMap;
 use std::io;
