@@ -139,26 +139,17 @@ def _capture_function(fn, out, seen):
             _capture_mapping(mapping, out, seen)
         else:
             out.append(None)  # None and {} pickle alike here
-    # The loops below take atoms (and absent names, most of a function's names: those
-    # of attributes and builtins) without a call: this runs at every submit.
     if cells:
         for cell in cells:
             try:
                 value = cell.cell_contents
             except ValueError:
                 value = _EMPTY_CELL
-            if type(value) in _ATOMS:
-                out.append(value)
-            else:
-                _capture(value, out, seen)
+            _capture(value, out, seen)
     if names:
-        get = fn.__globals__.get
+        found = fn.__globals__
         for name in names:
-            value = get(name, _ABSENT)
-            if value is _ABSENT or type(value) in _ATOMS:
-                out.append(value)
-            else:
-                _capture(value, out, seen)
+            _capture(found.get(name, _ABSENT), out, seen)
 
 
 def _capture_mapping(mapping, out, seen):
