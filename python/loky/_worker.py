@@ -208,7 +208,7 @@ def _lost_segment_text(message):
 def main(parent_pid):
     # From here on, the worker and everything its tasks start end with the parent.
     watch_parent(parent_pid)
-    channel = Channel(WORKER_FD)
+    channel = Channel(WORKER_FD, awaits_tasks=True)
     message = channel.recv()
     if message is None:
         return

@@ -28,6 +28,8 @@ pub struct Message {
 
 /// The blocking end of a channel: frames in and out, with their attachments. Takes
 /// the socket `fd` over and makes it close-on-exec. Blocking calls release the GIL.
+/// A worker's end (`awaits_tasks`) watches for its next task for a moment after each
+/// result before it sleeps (see `crate::channel`).
 #[pyclass(module = "loky._core")]
 pub struct Channel {
     inner: Blocking,
@@ -39,10 +41,14 @@ pub struct Channel {
 #[pymethods]
 impl Channel {
     #[new]
-    fn new(fd: i32) -> PyResult<Channel> {
+    #[pyo3(signature = (fd, *, awaits_tasks = false))]
+    fn new(fd: i32, awaits_tasks: bool) -> PyResult<Channel> {
         // SAFETY: the caller hands the descriptor over (documented above).
-        let inner = unsafe { Blocking::from_raw(fd) }
+        let mut inner = unsafe { Blocking::from_raw(fd) }
             .map_err(|e| PyOSError::new_err(format!("channel on descriptor {fd}: {e}")))?;
+        if awaits_tasks {
+            inner.watch_after_send();
+        }
         Ok(Channel {
             inner,
             ledger: None,
