@@ -5,19 +5,17 @@
 //! The descriptor is made close-on-exec, so the processes a task starts (with
 //! `subprocess`, `os.system`...) never inherit it.
 //!
-//! A worker's end watches for its next task for a moment after it sent a result, before
-//! it sleeps in poll(2) (`watch_after_send`): waking a sleeping process takes this host
-//! ~35 µs (an interrupt to the other processor), more than the rest of a small task's
-//! round trip, and a caller that waits for each result submits its next task within a
-//! few µs of it. The watch costs the worker's processor at most `WATCH` per task, and
-//! only while tasks keep coming that soon: once a wait outlasts `WATCH`, the next wait
-//! sleeps at once, until a task again comes within `WATCH` of a result.
+//! A worker's end watches for its next task for a moment after each result it sent,
+//! before it sleeps (`watch_after_send`, see `crate::watch`): a caller that waits for
+//! each result sends the next task within a few µs of it, sooner than a sleeping
+//! process wakes.
 
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
+use crate::watch::Watch;
 use crate::wire::{Frame, FrameReader, FrameWriter, OutFrame};
 
 pub struct Channel {
@@ -27,37 +25,14 @@ pub struct Channel {
     /// Frames read and not yet taken, oldest first.
     queued: VecDeque<Frame>,
     closed: bool,
+    /// Set by `watch_after_send`.
     watch: Option<Watch>,
-}
-
-/// How long a worker's end watches for a task after a result (see the module's text).
-const WATCH: Duration = Duration::from_micros(200);
-
-#[derive(Default)]
-struct Watch {
-    /// When the last frame went out, if nothing was received since.
+    /// With a watch: when the last frame went out, if no wait began since.
     sent_at: Option<Instant>,
-    /// Whether the last wait for a frame ended more than `WATCH` after a send.
-    slow: bool,
 }
 
-impl Watch {
-    fn sent(&mut self, now: Instant) {
-        self.sent_at = Some(now);
-    }
-
-    /// Before a wait: until when to watch, if at all. The end of the window, watched
-    /// or not, goes to `slept` if the wait then sleeps.
-    fn window(&mut self) -> (Option<Instant>, Option<Instant>) {
-        let end = self.sent_at.take().map(|sent| sent + WATCH);
-        (end.filter(|_| !self.slow), end)
-    }
-
-    /// After a sleep that ended at `now`: whether the next wait may watch.
-    fn slept(&mut self, now: Instant, window_end: Option<Instant>) {
-        self.slow = window_end.is_none_or(|end| now >= end);
-    }
-}
+/// How long a worker's end watches for a task after a result.
+const WATCH_AFTER_SEND: Duration = Duration::from_micros(200);
 
 fn set_flags(fd: RawFd) -> io::Result<()> {
     // SAFETY: fcntl on a descriptor number; an invalid one only returns an error.
@@ -119,35 +94,33 @@ impl Channel {
             queued: VecDeque::new(),
             closed: false,
             watch: None,
+            sent_at: None,
         })
     }
 
-    /// Watch for the next frame for up to `WATCH` after each send, before sleeping.
+    /// Watch for the next frame for up to `WATCH_AFTER_SEND` after each send, before
+    /// sleeping.
     pub fn watch_after_send(&mut self) {
-        self.watch = Some(Watch::default());
+        self.watch = Some(Watch::new(WATCH_AFTER_SEND));
     }
 
-    /// Wait for something to read: first by watching, if a frame went out just before
-    /// and the last wait was short; then asleep in poll(2).
+    /// Wait for something to read: first by watching, if a frame went out just before;
+    /// then asleep in poll(2).
     fn wait_to_read(&mut self) -> io::Result<()> {
         let fd = self.fd();
-        let Some(watch) = self.watch.as_mut() else {
-            return wait_for(fd, libc::POLLIN);
-        };
-        let (watch_until, window_end) = watch.window();
-        if let Some(until) = watch_until {
-            while Instant::now() < until {
-                if ready_now(fd) {
-                    return Ok(());
-                }
-                // Let another thread of this process, or another process waiting for
-                // this processor, run first.
-                std::thread::yield_now();
-            }
+        match (self.watch.as_mut(), self.sent_at.take()) {
+            (Some(watch), Some(since)) => watch
+                .wait(
+                    since,
+                    |wait| match wait {
+                        true => wait_for(fd, libc::POLLIN).map(|()| true),
+                        false => Ok(ready_now(fd)),
+                    },
+                    |seen| !matches!(seen, Ok(false)),
+                )
+                .map(drop),
+            _ => wait_for(fd, libc::POLLIN),
         }
-        wait_for(fd, libc::POLLIN)?;
-        watch.slept(Instant::now(), window_end);
-        Ok(())
     }
 
     pub fn fd(&self) -> RawFd {
@@ -185,8 +158,8 @@ impl Channel {
         loop {
             self.writer.flush(self.fd())?;
             if self.writer.is_empty() {
-                if let Some(watch) = self.watch.as_mut() {
-                    watch.sent(Instant::now());
+                if self.watch.is_some() {
+                    self.sent_at = Some(Instant::now());
                 }
                 return Ok(());
             }
@@ -232,36 +205,6 @@ mod tests {
     }
 
     #[test]
-    fn the_watch_stops_after_a_slow_wait_and_comes_back_after_a_quick_one() {
-        let t0 = Instant::now();
-        let mut watch = Watch::default();
-        assert_eq!(watch.window(), (None, None), "nothing sent: no window");
-        watch.sent(t0);
-        let (until, end) = watch.window();
-        assert_eq!(until, Some(t0 + WATCH), "first wait after a send: watched");
-        assert_eq!(watch.window(), (None, None), "one window per send");
-        // The watch saw nothing; the frame came later, in the sleep.
-        watch.slept(t0 + WATCH * 3, end);
-        let t1 = t0 + WATCH * 4;
-        watch.sent(t1);
-        let (until, end) = watch.window();
-        assert_eq!(
-            (until, end),
-            (None, Some(t1 + WATCH)),
-            "after a slow wait: no watch"
-        );
-        // The sleep ended within the window: tasks come soon again.
-        watch.slept(t1 + WATCH / 2, end);
-        let t2 = t1 + WATCH;
-        watch.sent(t2);
-        assert_eq!(watch.window().0, Some(t2 + WATCH));
-        // A receive with nothing sent before it says nothing about the pace.
-        watch.slept(t2 + WATCH * 9, None);
-        watch.sent(t2);
-        assert_eq!(watch.window().0, None);
-    }
-
-    #[test]
     fn a_watching_end_receives_what_comes_during_and_after_its_watch() {
         let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
         // SAFETY: the descriptors are handed over to the channels.
@@ -287,7 +230,7 @@ mod tests {
             }
         });
         // Answers within the window, well after it, then within it again.
-        for (id, delay) in [Duration::ZERO, WATCH * 10, Duration::ZERO]
+        for (id, delay) in [Duration::ZERO, WATCH_AFTER_SEND * 10, Duration::ZERO]
             .into_iter()
             .enumerate()
         {

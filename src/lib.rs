@@ -16,6 +16,7 @@ mod procfs;
 mod shm;
 mod spawn;
 mod template;
+mod watch;
 mod watchdog;
 mod wire;
 

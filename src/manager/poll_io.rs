@@ -123,7 +123,16 @@ impl ManagerLoop {
         }
         let timeout_ms = wait.map_or(-1, |d| d.as_millis().min(i32::MAX as u128) as i32 + 1);
         // SAFETY: fds is a valid array of fds.len() pollfd structures.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+        let mut poll = |wait: bool| unsafe {
+            let timeout = if wait { timeout_ms } else { 0 };
+            libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout)
+        };
+        // While results are due, watch for a moment before sleeping (`crate::watch`).
+        let n = if self.workers.iter().any(|w| !w.inflight.is_empty()) {
+            self.watch.wait(Instant::now(), poll, |&n| n != 0)
+        } else {
+            poll(true)
+        };
         self.withdraw_offer();
         if n < 0 {
             return; // EINTR: the loop re-evaluates everything
