@@ -171,6 +171,48 @@ def test_old_executor_pending_work_finishes_when_replaced_without_kill():
     new.shutdown(wait=True)
 
 
+def test_a_replaced_executor_runs_what_it_is_given_on_its_successor():
+    old = get_reusable_executor(max_workers=1)
+    new = get_reusable_executor(max_workers=1, env={"LOKY_TEST_VAR": "new"})
+    assert new is not old
+    assert old.submit(helpers.getenv, "LOKY_TEST_VAR").result(timeout=30) == "new"
+    assert old.schedule(helpers.getenv, ("LOKY_TEST_VAR",)).result(timeout=30) == "new"
+    assert list(old.map(helpers.square, [1, 2, 3])) == [1, 4, 9]
+    new.shutdown(wait=True)
+    # Its successor shut down and not replaced: the old executor refuses too.
+    with pytest.raises(ShutdownExecutorError):
+        old.submit(helpers.square, 2)
+
+
+def test_submits_racing_a_replacement_all_run():
+    old = get_reusable_executor(max_workers=2)
+    futures, errors = [], []
+    stop = threading.Event()
+
+    def submit_until_stopped():
+        while not stop.is_set():
+            try:
+                futures.append(old.submit(helpers.square, 3))
+            except Exception as exc:
+                errors.append(exc)
+                return
+
+    thread = threading.Thread(target=submit_until_stopped)
+    thread.start()
+    try:
+        helpers.wait_until(lambda: len(futures) >= 100 or errors, 30)
+        new = get_reusable_executor(max_workers=2, env={"LOKY_TEST_VAR": "new"})
+        after = len(futures)
+        helpers.wait_until(lambda: len(futures) >= after + 100 or errors, 30)
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert errors == []
+    assert new is not old and len(futures) >= after + 100
+    assert all(f.result(timeout=30) == 9 for f in futures)
+    new.shutdown(wait=True)
+
+
 def test_reuse_true_keeps_the_executor_whatever_the_arguments():
     executor = get_reusable_executor(max_workers=2, env={"LOKY_TEST_VAR": "kept"})
     pids = _all_pids(executor, 2)

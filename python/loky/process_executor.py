@@ -301,33 +301,41 @@ class ProcessPoolExecutor(Executor):
 
     def _submit(self, fn, args, kwargs, timeout):
         with self._submit_lock:
-            if self._flags.shutdown:
-                raise ShutdownExecutorError("cannot schedule new futures after shutdown")
-            if _pool_state.interpreter_exiting:
-                raise ShutdownExecutorError(
-                    "cannot schedule new futures after interpreter shutdown"
-                )
-            state = self._state or self._start_pool()
-            if state.broken is not None:
-                raise BrokenProcessPool(state.broken)
-            future = Future()
-            try:
-                body, segment = pack(*self._serializer.task(fn, args, kwargs))
-            except (Exception, SystemExit) as exc:  # (a __reduce__ may call sys.exit)
-                error = PicklingError("Could not pickle the task to send it to the workers.")
-                future.set_exception(_with_cause(error, exc))
-                return future
-            future._queue = state
-            future._fn = fn
-            future._timeout = timeout
-            future._task_id = task_id = next(self._task_ids)
-            state.futures[task_id] = future
-            try:
-                state.pool.submit(task_id, body, segment, timeout)
-            except _core.InheritedPoolError:
-                del state.futures[task_id]
-                raise _inherited_error(state.owner_pid, "This executor") from None
+            if not self._flags.shutdown:
+                return self._submit_locked(fn, args, kwargs, timeout)
+        return self._submit_after_shutdown(fn, args, kwargs, timeout)
+
+    def _submit_after_shutdown(self, fn, args, kwargs, timeout):
+        """A submit that found the executor shut down (outside `_submit_lock`)."""
+        raise ShutdownExecutorError("cannot schedule new futures after shutdown")
+
+    def _submit_locked(self, fn, args, kwargs, timeout):
+        """The submit itself, under `_submit_lock` with the executor not shut down."""
+        if _pool_state.interpreter_exiting:
+            raise ShutdownExecutorError(
+                "cannot schedule new futures after interpreter shutdown"
+            )
+        state = self._state or self._start_pool()
+        if state.broken is not None:
+            raise BrokenProcessPool(state.broken)
+        future = Future()
+        try:
+            body, segment = pack(*self._serializer.task(fn, args, kwargs))
+        except (Exception, SystemExit) as exc:  # (a __reduce__ may call sys.exit)
+            error = PicklingError("Could not pickle the task to send it to the workers.")
+            future.set_exception(_with_cause(error, exc))
             return future
+        future._queue = state
+        future._fn = fn
+        future._timeout = timeout
+        future._task_id = task_id = next(self._task_ids)
+        state.futures[task_id] = future
+        try:
+            state.pool.submit(task_id, body, segment, timeout)
+        except _core.InheritedPoolError:
+            del state.futures[task_id]
+            raise _inherited_error(state.owner_pid, "This executor") from None
+        return future
 
     def map(
         self,

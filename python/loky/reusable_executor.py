@@ -14,19 +14,17 @@ import logging
 import threading
 from collections.abc import Callable, Iterable
 from multiprocessing.context import BaseContext
-from typing import Any, Literal, ParamSpec, TypeVar
+from typing import Any, Literal
 
 from ._options import ExecutorOptions
-from ._base import Future
 from .process_executor import ProcessPoolExecutor, _log
 
-_T = TypeVar("_T")
-_P = ParamSpec("_P")
 
 __all__ = ["get_reusable_executor"]
 
 # Guards the executors' replacement; also each reusable executor's
-# `_submit_resize_lock`, so that a submit never lands on an executor being replaced.
+# `_submit_resize_lock`, so that a submit to an executor being replaced waits for its
+# successor.
 _executor_lock = threading.RLock()
 _local = threading.local()  # .executor: this thread's reusable executor
 _executor_ids = iter(range(1 << 62))
@@ -184,15 +182,15 @@ class _ReusablePoolExecutor(ProcessPoolExecutor):
             state is not None and (state.broken is not None or state.inherited())
         )
 
-    def submit(
-        self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs
-    ) -> Future[_T]:
+    def _submit_after_shutdown(self, fn, args, kwargs, timeout):
+        # A replacement shuts this executor down and sets its successor, both under
+        # `_executor_lock`: once that lock is ours, a replaced executor has its
+        # successor, and the task runs there.
         with self._submit_resize_lock:
             successor = self._successor
-            if self._flags.shutdown and successor is not None:
-                # This executor was replaced by a newer one: run the task there.
-                return successor.submit(fn, *args, **kwargs)
-            return super().submit(fn, *args, **kwargs)
+        if successor is None:
+            return super()._submit_after_shutdown(fn, args, kwargs, timeout)
+        return successor._submit(fn, args, kwargs, timeout)
 
     def _resize(self, max_workers):
         """Change the number of workers; surviving workers and queued work stay."""
