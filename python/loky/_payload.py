@@ -58,33 +58,6 @@ def pack(dumps, obj):
     ``dump(obj, buffer_callback) -> bytes``; all but the last may decline by returning
     None or raising. Returns (body, segment): segment holds the large buffers
     (an `_core.OutgoingSegment`), or None."""
-    *optional, last = dumps
-    for dump in optional:
-        try:
-            data, large = _dump_apart(dump, obj)
-        except Exception:
-            continue
-        if data is not None:
-            dump_used = dump
-            break
-    else:
-        data, large = _dump_apart(last, obj)
-        dump_used = last
-    if not large:
-        return data, None
-    try:
-        segment, offsets = _core.write_segment(large)
-    except OSError:
-        # No segment to be had: the buffers travel inside the pickle.
-        return dump_used(obj, None), None
-    layout = [_COUNT.pack(len(large))]
-    layout += [_SPAN.pack(offset, raw.nbytes) for offset, raw in zip(offsets, large)]
-    layout.append(data)
-    return b"".join(layout), segment
-
-
-def _dump_apart(dump, obj):
-    """(pickle, large buffers kept out of it)."""
     large = []
 
     def keep_large_apart(buffer):
@@ -94,7 +67,28 @@ def _dump_apart(dump, obj):
         large.append(raw)
         return False
 
-    return dump(obj, keep_large_apart), large
+    for dump in dumps[:-1]:
+        try:
+            data = dump(obj, keep_large_apart)
+        except Exception:
+            data = None
+        if data is not None:
+            break
+        large.clear()  # kept apart by the attempt that declined
+    else:
+        dump = dumps[-1]
+        data = dump(obj, keep_large_apart)
+    if not large:
+        return data, None
+    try:
+        segment, offsets = _core.write_segment(large)
+    except OSError:
+        # No segment to be had: the buffers travel inside the pickle.
+        return dump(obj, None), None
+    layout = [_COUNT.pack(len(large))]
+    layout += [_SPAN.pack(offset, raw.nbytes) for offset, raw in zip(offsets, large)]
+    layout.append(data)
+    return b"".join(layout), segment
 
 
 def unpack(body, segment):

@@ -278,10 +278,19 @@ class Serializer:
         self._reducers = reducers
         self._pickler = None
         self._buffer_callback = None
-        # The last kept function pickle sent, and the dump functions for its tasks
-        # (made once: a function is usually sent many times in a row).
+        # The last kept function pickle sent, and how many times it says "__main__"
+        # (counted once: a function is usually sent many times in a row).
         self._kept = None
-        self._kept_dumps = None
+        self._kept_mentions = 0
+        # The dump functions for `loky._payload.pack`, made once.
+        self._plain_first = (_plain_unless_main, self.dumps)
+        self._loky_only = (self.dumps,)
+        # A function of __main__ never pickles plainly as itself: its kept pickle
+        # first. Any other function is tried plainly first (the C pickler checks that
+        # its name leads back to it), then as its kept pickle (local functions, lambdas,
+        # functions rebound away from their name).
+        self._main_function_first = (self._plain_with_kept, self.dumps)
+        self._function_first = (_plain_unless_main, self._plain_with_kept, self.dumps)
 
     def dumps_in_order(self):
         """The dump functions to try, in order, for `loky._payload.pack`: the plain
@@ -293,23 +302,31 @@ class Serializer:
             and not _registered_reducers
             and _cloudpickle_sends_all_by_reference()
         ):
-            return (_plain_unless_main, self.dumps)
-        return (self.dumps,)
+            return self._plain_first
+        return self._loky_only
 
     def task(self, fn, args, kwargs):
         """(dump functions for `loky._payload.pack`, task to pickle) for a call of
         `fn`. Where the plain pickler may be used, a function cloudpickle sends by value
         travels as its pickle made once (loky._callables)."""
         dumps = self.dumps_in_order()
-        if len(dumps) == 2:
-            kept = _callables.kept_pickle(fn)
-            if kept is not None:
-                if kept is not self._kept:
-                    mentions = kept.count(b"__main__")
-                    plain = functools.partial(_plain_unless_main, kept_mentions=mentions)
-                    self._kept, self._kept_dumps = kept, (plain, self.dumps)
-                return self._kept_dumps, (kept, args, kwargs)
+        if dumps is self._plain_first and type(fn) is types.FunctionType:
+            if fn.__module__ == "__main__":
+                dumps = self._main_function_first
+            else:
+                dumps = self._function_first
         return dumps, (fn, args, kwargs)
+
+    def _plain_with_kept(self, task, buffer_callback):
+        """The plain pickler on `task` with its function as its kept pickle, or None
+        when the function cannot be kept (it pickles by reference, or is too odd)."""
+        fn, args, kwargs = task
+        kept = _callables.kept_pickle(fn)
+        if kept is None:
+            return None
+        if kept is not self._kept:
+            self._kept, self._kept_mentions = kept, kept.count(b"__main__")
+        return _plain_unless_main((kept, args, kwargs), buffer_callback, self._kept_mentions)
 
     def _new_pickler(self):
         self._file = io.BytesIO()
