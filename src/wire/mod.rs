@@ -324,6 +324,39 @@ mod tests {
     }
 
     #[test]
+    fn one_read_takes_everything_written_before_it_across_descriptors() {
+        // What a worker wrote before it exited is read by one call (the manager reads
+        // once more after an exit), though the kernel cuts reads after a descriptor.
+        let (a, b) = pair();
+        let mut writer = FrameWriter::default();
+        for id in 0..6u64 {
+            let frame = OutFrame::new(id, Kind::Result, Arc::new(vec![id as u8; 100]));
+            let frame = if id % 2 == 1 {
+                let (x, _y) = pair();
+                frame.with_fd(Arc::new(OwnedFd::from(x)))
+            } else {
+                frame
+            };
+            writer.push(frame);
+        }
+        writer.flush(a.as_raw_fd()).unwrap();
+        assert!(writer.is_empty());
+        drop(a);
+        let mut reader = FrameReader::default();
+        let out = reader.read_available(b.as_raw_fd());
+        let ids: Vec<u64> = out.frames.iter().map(|f| f.header.task_id).collect();
+        assert_eq!(ids, (0..6).collect::<Vec<_>>());
+        let with_fd: Vec<bool> = out
+            .frames
+            .iter()
+            .map(|f| matches!(f.fd, Attached::Fd(_)))
+            .collect();
+        assert_eq!(with_fd, [false, true, false, true, false, true]);
+        // The peer's end, closed: seen by the next read at the latest.
+        assert!(out.closed || reader.read_available(b.as_raw_fd()).closed);
+    }
+
+    #[test]
     fn every_kind_round_trips_through_its_number() {
         for kind in Kind::ALL {
             assert_eq!(Kind::from_u32(kind as u32), Some(kind));

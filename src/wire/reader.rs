@@ -62,8 +62,14 @@ const MAX_FRAME_LEN: u64 = 1 << 40;
 
 impl FrameReader {
     /// Read everything available without blocking and return the complete frames.
+    ///
+    /// A read that returns less than it had room for took all the socket held: the
+    /// kernel cuts a read short only after a descriptor (and never here for another
+    /// writer: the sockets do not pass credentials). Then nothing more is asked,
+    /// sparing the read that would only hear EAGAIN; what comes later, poll(2) reports.
     pub fn read_available(&mut self, fd: RawFd) -> ReadOutcome {
         let mut frames = Vec::new();
+        let mut drained = false;
         loop {
             if self.corrupt.is_some() {
                 return self.outcome(frames, true);
@@ -77,7 +83,10 @@ impl FrameReader {
                         let fd = self.take_fd(&header);
                         frames.push(Frame { header, body, fd })
                     }
-                    Ok(n) => self.partial = Some((header, body, filled + n)),
+                    Ok(n) => {
+                        self.partial = Some((header, body, filled + n));
+                        return self.outcome(frames, false); // short: drained
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         self.partial = Some((header, body, filled));
                         return self.outcome(frames, false);
@@ -87,6 +96,9 @@ impl FrameReader {
                 continue;
             }
             self.parse_staged(&mut frames);
+            if drained {
+                return self.outcome(frames, false);
+            }
             if self.partial.is_some() {
                 continue;
             }
@@ -96,9 +108,11 @@ impl FrameReader {
                 self.end -= self.start;
                 self.start = 0;
             }
+            let room = self.stage.len() - self.end;
             match recv_with_fd(fd, &mut self.stage[self.end..]) {
                 Ok(Received { len: 0, .. }) => return self.outcome(frames, true),
                 Ok(received) => {
+                    drained = received.len < room && received.fd.is_none() && !received.dropped;
                     self.end += received.len;
                     if received.fd.is_some() || received.dropped {
                         self.fds.push_back(received.fd);
