@@ -112,9 +112,12 @@ impl Channel {
             (Some(watch), Some(since)) => watch
                 .wait(
                     since,
-                    |wait| match wait {
-                        true => wait_for(fd, libc::POLLIN).map(|()| true),
-                        false => Ok(ready_now(fd)),
+                    |wait| {
+                        if wait {
+                            wait_for(fd, libc::POLLIN).map(|()| true)
+                        } else {
+                            Ok(ready_now(fd))
+                        }
                     },
                     |seen| !matches!(seen, Ok(false)),
                 )
