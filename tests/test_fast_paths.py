@@ -3,6 +3,7 @@ only when someone waits, tasks pickled with the standard pickler when cloudpickl
 produce the same thing, and outcomes handed straight to the thread that waits for them."""
 
 import concurrent.futures
+import copyreg
 import signal
 import sys
 import threading
@@ -168,6 +169,28 @@ def test_reducers_registered_after_tasks_were_pickled_apply_to_later_tasks(
         assert executor.submit(helpers.identity, [arg]).result(timeout=30) == ["second"]
     finally:
         del reduction._registered_reducers[helpers.CustomBaseException]
+    assert type(executor.submit(helpers.identity, arg).result(timeout=30)) is type(arg)
+
+
+class _Unrelated:
+    """A type with a registered reducer, which makes tasks take the loky pickler."""
+
+
+def test_a_copyreg_reducer_replaced_applies_to_later_tasks(executor_factory):
+    # Once any reducer is registered, tasks take the loky pickler, whose dispatch table
+    # merges copyreg's; replacing copyreg's reducer of a type it already had (the
+    # table keeps its size) must not go unseen either.
+    executor = executor_factory(max_workers=1)
+    arg = helpers.CustomBaseException()
+    reduction.register(_Unrelated, lambda obj: (str, ("unrelated",)))
+    try:
+        copyreg.pickle(helpers.CustomBaseException, lambda obj: (str, ("first",)))
+        assert executor.submit(helpers.identity, arg).result(timeout=30) == "first"
+        copyreg.pickle(helpers.CustomBaseException, lambda obj: (str, ("second",)))
+        assert executor.submit(helpers.identity, arg).result(timeout=30) == "second"
+    finally:
+        copyreg.dispatch_table.pop(helpers.CustomBaseException, None)
+        del reduction._registered_reducers[_Unrelated]
     assert type(executor.submit(helpers.identity, arg).result(timeout=30)) is type(arg)
 
 

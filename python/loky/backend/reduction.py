@@ -51,8 +51,9 @@ def register(type_, reduce_function):
 
 
 def _tables_state():
-    """Changes whenever a reducer is registered here or with copyreg (new types)."""
-    return _registrations, len(_registered_reducers), len(copyreg.dispatch_table)
+    """Changes whenever a reducer is registered here or with copyreg (a new type, or a
+    type's reducer replaced: copyreg's entries themselves, a few, are compared)."""
+    return _registrations, len(_registered_reducers), tuple(copyreg.dispatch_table.items())
 
 
 # (pickler class, id of the per-call reducers, state of the tables merged)
