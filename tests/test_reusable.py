@@ -491,6 +491,31 @@ def test_submit_resize_lock_holds_off_resizes_from_other_threads():
     executor.shutdown(wait=True)
 
 
+def test_a_resize_while_the_pool_starts_is_not_lost(monkeypatch):
+    executor = get_reusable_executor(max_workers=1)
+    sized, release = threading.Event(), threading.Event()
+    start_state = executor._start_state
+
+    def start_state_then_hold(*args):
+        state = start_state(*args)  # the pool is made for one worker
+        sized.set()
+        release.wait(30)
+        return state
+
+    monkeypatch.setattr(executor, "_start_state", start_state_then_hold)
+    first = threading.Thread(target=lambda: executor.submit(helpers.square, 3).result(30))
+    first.start()
+    assert sized.wait(30)
+    resize = threading.Thread(target=executor._resize, args=(2,))
+    resize.start()
+    release.set()  # the start completes; the resize then applies to its pool
+    first.join(timeout=30)
+    resize.join(timeout=30)
+    assert executor._max_workers == 2
+    assert len(_all_pids(executor, 2)) == 2
+    executor.shutdown(wait=True)
+
+
 def test_instances_keep_attributes_set_by_users():
     executor = get_reusable_executor(max_workers=1)
     executor.custom_attribute = "kept"

@@ -196,7 +196,9 @@ class _ReusablePoolExecutor(ProcessPoolExecutor):
         """Change the number of workers; surviving workers and queued work stay."""
         if max_workers is None or max_workers < 1:
             raise ValueError("max_workers must be greater than 0")
-        with self._submit_resize_lock:
+        # Also under `_submit_lock`, which a submit holds while it starts the pool: the
+        # new size is either read by that start or applied to the pool it made.
+        with self._submit_resize_lock, self._submit_lock:
             if max_workers == self._max_workers:
                 return
             _log(logging.DEBUG, "loky executor resized from %d to %d workers",
