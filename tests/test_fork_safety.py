@@ -4,7 +4,9 @@ parent, and nothing it does with an inherited executor hangs."""
 
 import os
 import pickle
+import signal
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -172,6 +174,51 @@ def test_a_child_never_hangs_on_an_inherited_executor(how):
     assert _in_child(in_child) == ("ok", expected)
     assert busy.result(timeout=60) == "parent's"
     assert get_reusable_executor(max_workers=2, timeout=30) is executor
+
+
+class _HeldWhilePickled:
+    """Pickling it holds the submitting thread, inside the executor's submit lock,
+    until `release` is set."""
+
+    def __init__(self, entered, release):
+        self.entered, self.release = entered, release
+
+    def __reduce__(self):
+        self.entered.set()
+        self.release.wait(60)
+        return (int, (7,))
+
+
+@pytest.mark.parametrize("how", ["submit", "reusable"])
+def test_a_child_forked_while_another_thread_submits_never_hangs(how):
+    # The submitting thread does not exist in the child: a lock it held at the fork
+    # must not stay held there.
+    executor = get_reusable_executor(max_workers=1, timeout=30)
+    assert executor.submit(helpers.square, 2).result(timeout=60) == 4
+    entered, release = threading.Event(), threading.Event()
+    held = _HeldWhilePickled(entered, release)
+    submitting = threading.Thread(target=executor.submit, args=(helpers.identity, held))
+    submitting.start()
+    try:
+        assert entered.wait(30)
+
+        def in_child():
+            signal.alarm(10)  # a hang ends the child, and the test fails
+            if how == "submit":
+                try:
+                    executor.submit(helpers.square, 3)
+                except RuntimeError as exc:
+                    return "refused" if "was forked from it" in str(exc) else str(exc)
+                return "accepted"
+            own = get_reusable_executor(max_workers=1, timeout=5)
+            result = own.submit(helpers.square, 5).result(timeout=60)
+            own.shutdown(wait=True)
+            return result
+
+        assert _in_child(in_child) == ("ok", "refused" if how == "submit" else 25)
+    finally:
+        release.set()
+        submitting.join(timeout=60)
 
 
 def test_multiprocessing_fork_children_still_use_joblib(tmp_path):

@@ -120,6 +120,22 @@ def _task_name(fn):
     return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
 
 
+# Every executor of this process. In the child of a fork(), the threads of the parent
+# are gone: a submit lock one of them held at that moment is released there, so that
+# the child's submits get their error (or `get_reusable_executor` its new executor)
+# instead of waiting for ever.
+_executors: weakref.WeakSet[ProcessPoolExecutor] = weakref.WeakSet()
+
+
+def _release_submit_locks_in_child() -> None:
+    for executor in list(_executors):
+        # As the standard library does with its own locks (typeshed does not list it).
+        executor._submit_lock._at_fork_reinit()  # type: ignore[attr-defined]
+
+
+os.register_at_fork(after_in_child=_release_submit_locks_in_child)
+
+
 class ProcessPoolExecutor(Executor):
     """An executor that runs calls in a pool of worker processes.
 
@@ -184,6 +200,7 @@ class ProcessPoolExecutor(Executor):
         self._timeout = options.timeout
         self._max_tasks_per_child = options.max_tasks_per_child
         self._submit_lock = threading.Lock()
+        _executors.add(self)
         # Used under _submit_lock only: one task is pickled at a time.
         self._serializer = reduction.Serializer(job_reducers)
         self._task_ids = itertools.count()

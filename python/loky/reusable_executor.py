@@ -11,6 +11,7 @@ thread ended is shut down once nothing refers to it (after its work is done).
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterable
 from multiprocessing.context import BaseContext
@@ -26,6 +27,9 @@ __all__ = ["get_reusable_executor"]
 # `_submit_resize_lock`, so that a submit to an executor being replaced waits for its
 # successor.
 _executor_lock = threading.RLock()
+# Released in the child of a fork(), whichever thread of the parent held it (see
+# process_executor._release_submit_locks_in_child).
+os.register_at_fork(after_in_child=_executor_lock._at_fork_reinit)  # type: ignore[attr-defined]
 _local = threading.local()  # .executor: this thread's reusable executor
 _executor_ids = iter(range(1 << 62))
 
