@@ -177,16 +177,21 @@ mod tests {
     use crate::wire::{Attached, Kind};
     use std::sync::Arc;
 
-    #[test]
-    fn frames_cross_between_two_blocking_ends_in_order() {
+    /// The two ends of a fresh socketpair, each a channel.
+    fn channel_pair() -> (Channel, Channel) {
         let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
         // SAFETY: the descriptors are handed over to the channels.
-        let (mut a, mut b) = unsafe {
+        unsafe {
             (
                 Channel::from_raw(std::os::fd::IntoRawFd::into_raw_fd(a)).unwrap(),
                 Channel::from_raw(std::os::fd::IntoRawFd::into_raw_fd(b)).unwrap(),
             )
-        };
+        }
+    }
+
+    #[test]
+    fn frames_cross_between_two_blocking_ends_in_order() {
+        let (mut a, mut b) = channel_pair();
         let big = vec![3u8; 8 << 20]; // more than the socket buffers hold
         let sender = std::thread::spawn(move || {
             a.send(OutFrame::new(1, Kind::Task, Arc::new(vec![1, 2])))
@@ -209,14 +214,7 @@ mod tests {
 
     #[test]
     fn a_watching_end_receives_what_comes_during_and_after_its_watch() {
-        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
-        // SAFETY: the descriptors are handed over to the channels.
-        let (mut peer, mut worker) = unsafe {
-            (
-                Channel::from_raw(std::os::fd::IntoRawFd::into_raw_fd(a)).unwrap(),
-                Channel::from_raw(std::os::fd::IntoRawFd::into_raw_fd(b)).unwrap(),
-            )
-        };
+        let (mut peer, mut worker) = channel_pair();
         worker.watch_after_send();
         let (to_peer, peer_rx) = std::sync::mpsc::channel::<Duration>();
         let peer_thread = std::thread::spawn(move || {
