@@ -115,9 +115,27 @@ fn write_segment(
 }
 
 /// Limit this process's sending cache of segments to `max_bytes` and `max_segments`
-/// (each kept segment holds a descriptor).
+/// (each kept segment holds a descriptor; None: a small share of what the process may
+/// open, so that the cache never runs it out of them).
 #[pyfunction]
-fn configure_segment_cache(max_bytes: u64, max_segments: u64) {
+#[pyo3(signature = (max_bytes, max_segments=None, /))]
+fn configure_segment_cache(max_bytes: u64, max_segments: Option<u64>) {
+    let max_segments = max_segments.unwrap_or_else(|| {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit fills the rlimit structure it is given.
+        #[allow(clippy::unnecessary_cast)] // rlim_t is u64 on Linux and macOS, not everywhere
+        let open_max = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0
+            && limit.rlim_cur != libc::RLIM_INFINITY
+        {
+            limit.rlim_cur as u64
+        } else {
+            1 << 16
+        };
+        (open_max / 32).clamp(1, 64)
+    });
     shm::CACHE.set_limits(max_bytes, max_segments);
 }
 

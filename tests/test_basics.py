@@ -1,7 +1,10 @@
 """Issue 2: the executor's everyday behaviour, as a user sees it."""
 
 import concurrent.futures
+import functools
+import operator
 import os
+import subprocess
 import sys
 import time
 import traceback
@@ -53,6 +56,22 @@ def test_no_process_starts_before_the_first_submit():
     with executor:
         assert executor.submit(helpers.square, 3).result(timeout=30) == 9
         assert len(executor._worker_pids()) >= 1
+
+
+class _SeesAWorkerStart:
+    """Pickled by a first submit: waits, inside that pickling, for a worker to start."""
+
+    def __reduce__(self):
+        import psutil
+
+        started = helpers.wait_until(psutil.Process().children, timeout=20)
+        return str, ("started" if started else "no worker during the pickling",)
+
+
+def test_workers_start_while_the_first_task_is_pickled(executor_factory):
+    executor = executor_factory(max_workers=2)
+    result = executor.submit(helpers.identity, _SeesAWorkerStart()).result(timeout=30)
+    assert result == "started"
 
 
 # -- submit / map -----------------------------------------------------------------------
@@ -433,6 +452,29 @@ def test_workers_are_fresh_interpreters(executor_factory, tmp_path, monkeypatch)
             assert executor.submit(helpers.module_loaded, name).result(timeout=30) is False
     finally:
         sys.modules.pop("loky_throwaway_module", None)
+
+
+def test_a_worker_starts_without_the_modules_pickle_would_bring():
+    # Against a bare interpreter of the same environment: its site may import them.
+    code = (
+        "import sys\n"
+        "before = set(sys.modules)\n"
+        "import loky._worker\n"
+        "heavy = {'functools', 'collections', 'types', 'operator', 'struct', 'resource'}\n"
+        "print(sorted(heavy & (set(sys.modules) - before)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["[]"]
+
+
+def test_functools_is_whole_in_a_fresh_worker(executor_factory):
+    # The worker's first task: functools is imported then, for real, and the C pickler
+    # (imported before it) pickles its partial objects.
+    executor = executor_factory(max_workers=1)
+    assert executor.submit(functools.reduce, operator.add, [1, 2, 3]).result(timeout=30) == 6
+    add_two = executor.submit(functools.partial, operator.add, 2).result(timeout=30)
+    assert add_two(3) == 5
 
 
 def test_worker_does_not_inherit_parent_globals(executor_factory):

@@ -219,7 +219,7 @@ def test_received_arrays_hold_no_file_descriptor(executor_factory):
 def cache_limits():
     """Set this process's cache limits for one test."""
     yield _core.configure_segment_cache
-    _core.configure_segment_cache(*_payload._cache_limits())
+    _core.configure_segment_cache(_payload.cache_bytes())
 
 
 def test_the_cache_stays_within_its_limits(executor_factory, cache_limits):

@@ -35,9 +35,25 @@ classes: those change how functions are pickled.
 """
 
 import sys
-import types
+from _operator import is_
 from _pickle import loads as _loads
-from operator import is_
+
+
+# The types of `types`, without importing it: a worker imports this module on the way
+# to its first result.
+def _function_and_cell_types():
+    cell = None
+
+    def inner():
+        return cell
+
+    return type(inner), type(inner.__closure__[0])
+
+
+_FunctionType, _CellType = _function_and_cell_types()
+_CodeType = type(_function_and_cell_types.__code__)
+_ModuleType = type(sys)
+_BuiltinFunctionType = type(len)
 
 # Parent: id(fn) -> (weak reference to fn, snapshot, pickled fn or None if too large).
 _kept = {}
@@ -47,7 +63,7 @@ _KEPT_MAX = 256
 _BLOB_MAX = 1 << 20
 # Objects whose identity tells their whole content.
 _ATOMS = frozenset(
-    {type(None), bool, int, float, complex, str, bytes, range, type(Ellipsis), types.CodeType}
+    {type(None), bool, int, float, complex, str, bytes, range, type(Ellipsis), _CodeType}
 )
 # Tuples larger than this are not walked at each submit: the function is not kept.
 _TUPLE_MAX = 64
@@ -72,7 +88,7 @@ class _Unstable(Exception):
 def kept_pickle(fn):
     """The pickle to send in place of `fn`, made once while nothing it captures changes;
     None when `fn` pickles by reference or cannot be kept."""
-    if type(fn) is not types.FunctionType or _by_reference(fn):
+    if type(fn) is not _FunctionType or _by_reference(fn):
         return None
     try:
         snapshot = _snapshot(fn)
@@ -161,7 +177,7 @@ def _capture_mapping(mapping, out, seen):
 
 def _capture(obj, out, seen):
     kind = type(obj)
-    if kind is types.FunctionType and not _by_reference(obj):
+    if kind is _FunctionType and not _by_reference(obj):
         _capture_function(obj, out, seen)
         return
     out.append(obj)
@@ -170,11 +186,11 @@ def _capture(obj, out, seen):
     if kind is tuple or kind is frozenset:
         _capture_items(obj, out, seen)
         return
-    if kind is types.ModuleType:
+    if kind is _ModuleType:
         if obj.__name__ != "__main__" and sys.modules.get(obj.__name__) is obj:
             return
         raise _Unstable
-    if (kind is types.FunctionType or kind is types.BuiltinFunctionType or isinstance(obj, type)) and _by_reference(obj):
+    if (kind is _FunctionType or kind is _BuiltinFunctionType or isinstance(obj, type)) and _by_reference(obj):
         return
     raise _Unstable
 
@@ -234,7 +250,7 @@ def _study(code):
         # Wordcode: every instruction (and inline cache entry, zeroed in co_code) is
         # two bytes, the opcode first.
         writes = writes or not global_writes.isdisjoint(current.co_code[::2])
-        pending += (c for c in current.co_consts if type(c) is types.CodeType)
+        pending += (c for c in current.co_consts if type(c) is _CodeType)
     return tuple(sorted(names)), writes
 
 
@@ -270,12 +286,12 @@ def _new_function_pickler():
 
         def reducer_override(self, obj):
             kind = type(obj)
-            if kind is types.FunctionType and not _by_reference(obj):
+            if kind is _FunctionType and not _by_reference(obj):
                 return self._reduce_function(obj)
-            if kind is types.CodeType:
+            if kind is _CodeType:
                 # marshal keeps the file name and line numbers, for the worker's tracebacks.
                 return marshal.loads, (marshal.dumps(obj),)
-            if kind is types.ModuleType:
+            if kind is _ModuleType:
                 return _import_module, (obj.__name__,)
             return NotImplemented
 
@@ -339,8 +355,8 @@ def _import_module(name):
 
 def _new_function(code, base, name, n_cells):
     base.setdefault("__builtins__", __builtins__)
-    cells = tuple(types.CellType() for _ in range(n_cells)) or None
-    return types.FunctionType(code, base, name, None, cells)
+    cells = tuple(_CellType() for _ in range(n_cells)) or None
+    return _FunctionType(code, base, name, None, cells)
 
 
 def _fill_function(fn, state):

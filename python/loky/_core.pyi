@@ -66,8 +66,9 @@ def write_segment(buffers: Sequence[Buffer], /) -> tuple[OutgoingSegment, list[i
     returns it with each buffer's offset. Raises OSError when no segment can be made
     (out of descriptors or memory): send the buffers in-band then."""
 
-def configure_segment_cache(max_bytes: int, max_segments: int, /) -> None:
-    """Bound this process's sending cache (each kept segment holds one descriptor)."""
+def configure_segment_cache(max_bytes: int, max_segments: int | None = None, /) -> None:
+    """Bound this process's sending cache (each kept segment holds one descriptor;
+    None: a small share of the descriptors this process may open)."""
 
 def segment_cache_usage() -> tuple[int, int]:
     """(segments kept, bytes kept) by this process's sending cache."""
@@ -195,8 +196,8 @@ class Pool:
     ) -> None:
         """Start the manager thread. Workers run `program` with `args` (plus the
         environment overrides `env` and the inherited descriptors `pass_fds`) and get
-        `init` as their first message. Workers start on demand, up to `max_workers`;
-        an idle one exits after `idle_timeout` seconds; one is replaced after
+        `init` as their first message. `max_workers` of them start at once (a pool is
+        made for a task on its way), then on demand; an idle one exits after `idle_timeout` seconds; one is replaced after
         `max_tasks_per_child` tasks. With `template_args`, replacements are forked from
         a template process started with those arguments."""
 

@@ -17,10 +17,9 @@ process keeps of the segments it sent, to write them again once their receiver l
 """
 
 import os
-import resource
-from struct import Struct
 
 import _pickle as pickle  # lighter to import than `pickle`
+from _struct import Struct  # so is `_struct`, than `struct`
 
 from . import _core
 
@@ -29,17 +28,12 @@ _COUNT = Struct("<I")
 _SPAN = Struct("<QQ")
 
 
-def _cache_limits():
-    max_bytes = int(float(os.environ.get("LOKY_SHARED_MEMORY_CACHE", 1 << 30)))
-    # Each kept segment holds a descriptor: keep a small share of what the process may
-    # open, so that a cache never runs the process out of them.
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
-        soft = 1 << 16
-    return max(0, max_bytes), max(1, min(64, soft // 32))
+def cache_bytes():
+    """The bytes the sending cache may keep (its number of segments is the core's)."""
+    return max(0, int(float(os.environ.get("LOKY_SHARED_MEMORY_CACHE", 1 << 30))))
 
 
-_core.configure_segment_cache(*_cache_limits())
+_core.configure_segment_cache(cache_bytes())
 # Received segments become private copies in a child made by os.fork().
 os.register_at_fork(
     before=_core.fork_prepare,

@@ -37,8 +37,10 @@ pub(super) struct ManagerLoop {
     /// Tasks waiting for a worker, oldest first (re-queued ones go to the front).
     pub(super) pending: VecDeque<Task>,
     pub(super) workers: Vec<Worker>,
-    /// Workers that left unplanned and should be replaced even with no work queued.
-    pub(super) replacements_owed: usize,
+    /// Workers to start even with no work queued: replacements for workers that left
+    /// unplanned, and at first the whole pool (it is made for a task on its way, so its
+    /// workers start while that task is being pickled).
+    pub(super) starts_owed: usize,
     /// Set once a worker could not start or initialize: start no more.
     pub(super) broken: bool,
     /// A worker became ready since the last death of a starting worker was forgiven.
@@ -63,13 +65,14 @@ const RESULTS_WATCH: Duration = Duration::from_micros(20);
 
 impl ManagerLoop {
     pub(super) fn new(config: Config, shared: Arc<Shared>, submitted: Receiver<Task>) -> Self {
+        let pool_size = config.max_workers;
         ManagerLoop {
             config,
             shared,
             submitted,
             pending: VecDeque::new(),
             workers: Vec::new(),
-            replacements_owed: 0,
+            starts_owed: pool_size,
             broken: false,
             ready_since_start_death: false,
             service_time: None,
@@ -185,10 +188,10 @@ impl ManagerLoop {
             self.pending.len(),
             live,
             target,
-            self.replacements_owed,
+            self.starts_owed,
             shutting_down,
         );
-        self.replacements_owed = 0;
+        self.starts_owed = 0;
         for _ in 0..wanted {
             if let Err(err) = self.start_worker() {
                 self.broken = true;
@@ -525,7 +528,7 @@ impl ManagerLoop {
             _ => ExitReason::Died,
         };
         if reason.owes_replacement() {
-            self.replacements_owed += 1;
+            self.starts_owed += 1;
         }
         // A task it never took did not run: it goes back to the queue with the others
         // (a worker dying idle may be sent one before the manager sees its death).

@@ -260,6 +260,8 @@ pub struct Manager {
 }
 
 impl Manager {
+    /// Start the manager thread, which starts the pool's workers at once: a pool is
+    /// made for a task on its way.
     pub fn start(config: Config) -> io::Result<Manager> {
         crate::fork::register();
         crate::platform::reread_settings();

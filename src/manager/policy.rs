@@ -113,7 +113,8 @@ pub fn dispatch_plan(loads: &[Load], pending: usize, limit: usize) -> Vec<(usize
 }
 
 /// How many workers to start: up to the target while there is work; otherwise only the
-/// replacements owed (for crashes and recycling), and none while shutting down.
+/// starts owed (the first workers, replacements for crashes), and none while shutting
+/// down.
 pub fn workers_to_start(
     pending: usize,
     live: usize,
