@@ -277,6 +277,18 @@ def test_cgroup_v1_separate_cpu_hierarchy(tmp_path):
     assert _cgroup(root) == 1
 
 
+def test_cgroup_v1_hierarchy_mounted_under_its_listed_name(tmp_path):
+    root = _tree(
+        tmp_path,
+        {
+            "proc/self/cgroup": "3:cpuacct,cpu:/job\n",
+            "sys/fs/cgroup/cpuacct,cpu/job/cpu.cfs_quota_us": "100000\n",
+            "sys/fs/cgroup/cpuacct,cpu/job/cpu.cfs_period_us": "100000\n",
+        },
+    )
+    assert _cgroup(root) == 1
+
+
 def test_cgroup_v1_unlimited(tmp_path):
     root = _tree(
         tmp_path,

@@ -114,7 +114,9 @@ def _cpu_count_cgroup(os_cpu_count, root="/"):
                 if len(fields) == 2:
                     limits.append(_quota_cpus(*fields))
             else:
-                for mount in ("cpu,cpuacct", "cpu"):
+                # Mounted under its controllers' names as listed ("cpuacct,cpu" on some
+                # systems), or under the usual ones.
+                for mount in dict.fromkeys((controllers, "cpu,cpuacct", "cpu")):
                     base = os.path.join(root, "sys/fs/cgroup", mount, directory)
                     quota = _read(os.path.join(base, "cpu.cfs_quota_us"))
                     if quota is None:
