@@ -218,7 +218,7 @@ mod tests {
         worker.watch_after_send();
         let (to_peer, peer_rx) = std::sync::mpsc::channel::<Duration>();
         let peer_thread = std::thread::spawn(move || {
-            // For each delay received: answer a frame after that delay, then close.
+            // For each delay received: answer a frame after that delay.
             for (id, delay) in peer_rx.iter().enumerate() {
                 assert!(peer.recv().unwrap().is_some());
                 std::thread::sleep(delay);
@@ -229,6 +229,9 @@ mod tests {
                 ))
                 .unwrap();
             }
+            // Then take the last frame and close (closing before would make that
+            // send fail, or leave it unread, which resets the connection).
+            assert!(peer.recv().unwrap().is_some());
         });
         // Answers within the window, well after it, then within it again.
         for (id, delay) in [Duration::ZERO, WATCH_AFTER_SEND * 10, Duration::ZERO]
