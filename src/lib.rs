@@ -95,6 +95,13 @@ fn facilities() -> Vec<(&'static str, String)> {
     platform::facilities()
 }
 
+/// In a process this package started, first thing: close the descriptors numbered at
+/// or above the soft descriptor limit, which posix_spawn could not close for it.
+#[pyfunction]
+fn close_descriptors_beyond_limit() {
+    spawn::close_beyond_limit();
+}
+
 /// In a worker: end this process and everything it started as soon as `parent` (the
 /// process expected as its parent) is gone; at once if it already is.
 #[pyfunction]
@@ -120,22 +127,8 @@ fn write_segment(
 #[pyfunction]
 #[pyo3(signature = (max_bytes, max_segments=None, /))]
 fn configure_segment_cache(max_bytes: u64, max_segments: Option<u64>) {
-    let max_segments = max_segments.unwrap_or_else(|| {
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: getrlimit fills the rlimit structure it is given.
-        #[allow(clippy::unnecessary_cast)] // rlim_t is u64 on Linux and macOS, not everywhere
-        let open_max = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0
-            && limit.rlim_cur != libc::RLIM_INFINITY
-        {
-            limit.rlim_cur as u64
-        } else {
-            1 << 16
-        };
-        (open_max / 32).clamp(1, 64)
-    });
+    let max_segments = max_segments
+        .unwrap_or_else(|| (platform::descriptor_limit().unwrap_or(1 << 16) / 32).clamp(1, 64));
     shm::CACHE.set_limits(max_bytes, max_segments);
 }
 
@@ -204,6 +197,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
         wrap_pyfunction!(watch_parent, m)?,
         wrap_pyfunction!(write_segment, m)?,
         wrap_pyfunction!(configure_segment_cache, m)?,
+        wrap_pyfunction!(close_descriptors_beyond_limit, m)?,
         wrap_pyfunction!(segment_cache_usage, m)?,
         wrap_pyfunction!(release_cached_segments, m)?,
         wrap_pyfunction!(fork_prepare, m)?,

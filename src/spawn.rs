@@ -86,18 +86,15 @@ pub fn channel_pair() -> io::Result<(OwnedFd, OwnedFd)> {
 /// whoever started it (a job server's pipes, say) or from C code. A child closes them
 /// before exec, as multiprocessing's and loky's children do: a long-lived worker would
 /// otherwise hold, for one, a pipe its grandparent waits to see closed.
+///
+/// posix_spawn refuses to close a descriptor numbered at or above the soft descriptor
+/// limit (EBADF, and no process starts): those are left out here, and the child closes
+/// them as it starts (`close_beyond_limit`).
 fn inheritable_strays(keep: &[RawFd]) -> Vec<RawFd> {
-    let dir = if cfg!(target_os = "linux") {
-        "/proc/self/fd"
-    } else {
-        "/dev/fd"
-    };
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<RawFd>().ok())
-        .filter(|&fd| fd > 2 && !keep.contains(&fd))
+    let limit = platform::descriptor_limit().unwrap_or(u64::MAX);
+    platform::open_descriptors()
+        .into_iter()
+        .filter(|&fd| fd > 2 && (fd as u64) < limit && !keep.contains(&fd))
         .filter(|&fd| {
             // SAFETY: F_GETFD only reads the flags; a closed descriptor (the listing's
             // own, now) yields -1.
@@ -105,6 +102,22 @@ fn inheritable_strays(keep: &[RawFd]) -> Vec<RawFd> {
             flags >= 0 && flags & libc::FD_CLOEXEC == 0
         })
         .collect()
+}
+
+/// Child side, first thing: close every descriptor numbered at or above the soft
+/// descriptor limit. Only strays can be there (a descriptor passed on has a number the
+/// parent could duplicate to, below the limit), which the parent could not close for
+/// the child (see `inheritable_strays`).
+pub fn close_beyond_limit() {
+    let Some(limit) = platform::descriptor_limit() else {
+        return;
+    };
+    for fd in platform::open_descriptors() {
+        if fd as u64 >= limit {
+            // SAFETY: a descriptor nothing in this starting process uses.
+            unsafe { libc::close(fd) };
+        }
+    }
 }
 
 /// A close-on-exec duplicate of `fd` numbered above the standard descriptors and the

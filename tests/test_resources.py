@@ -120,3 +120,48 @@ def test_an_in_band_payload_costs_one_copy_beyond_the_pickle(tmp_path):
     result = helpers.run_script(tmp_path, ONE_COPY, timeout=150)
     assert result.returncode == 0, result.stderr
     assert float(result.stdout) < 2.5, result.stdout
+
+
+STRAY_BEYOND_THE_LIMIT = """
+import os, resource, sys
+from loky import ProcessPoolExecutor
+from loky.backend import get_context
+
+def has_descriptor(fd):
+    try:
+        os.fstat(fd)
+        return True
+    except OSError:
+        return False
+
+def exit_with_descriptor_state(fd):
+    sys.exit(3 if has_descriptor(fd) else 0)
+
+if __name__ == "__main__":
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 1024), hard))
+    read, write = os.pipe()
+    os.dup2(write, 300)  # inheritable, as a descriptor handed down by a job server
+    os.close(write)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+    with ProcessPoolExecutor(max_workers=1) as executor:
+        print(executor.submit(has_descriptor, 300).result(timeout=60))
+    process = get_context("loky").Process(target=exit_with_descriptor_state, args=(300,))
+    process.start()
+    process.join(60)
+    print(process.exitcode, has_descriptor(300))
+"""
+
+
+def test_an_inherited_descriptor_beyond_the_limit_neither_stops_workers_nor_reaches_them(
+    tmp_path,
+):
+    # posix_spawn cannot be asked to close a descriptor numbered past the soft limit:
+    # the pool could not start any worker. The children close it themselves.
+    import resource
+
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[1] <= 300:
+        pytest.skip("the hard descriptor limit leaves no room for descriptor 300")
+    result = helpers.run_script(tmp_path, STRAY_BEYOND_THE_LIMIT, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "0", "True"]

@@ -62,6 +62,7 @@ from ._core import (
     KIND_RETIRING,
     WORKER_FD,
     Channel,
+    close_descriptors_beyond_limit,
     watch_parent,
 )
 from ._callables import load as load_kept
@@ -233,6 +234,7 @@ def _lost_segment_text(message):
 
 
 def main(parent_pid):
+    close_descriptors_beyond_limit()
     # From here on, the worker and everything its tasks start end with the parent.
     watch_parent(parent_pid)
     channel = Channel(WORKER_FD, awaits_tasks=True)
@@ -306,6 +308,7 @@ def serve_template(parent_pid):
     (checked every quarter second where no parent-death signal does it)."""
     from ._core import KIND_FORK, detach_forked_worker, template_wait
 
+    close_descriptors_beyond_limit()
     control = Channel(WORKER_FD)
     wake_read, wake_write = os.pipe()
     for fd in (wake_read, wake_write):

@@ -32,7 +32,9 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-pub use posix::{pipe_nonblocking as pipe, set_cloexec, socketpair_cloexec};
+pub use posix::{
+    descriptor_limit, open_descriptors, pipe_nonblocking as pipe, set_cloexec, socketpair_cloexec,
+};
 
 /// How often exits are looked for where no pidfd reports them at once.
 pub const EXIT_POLL: Duration = Duration::from_millis(50);

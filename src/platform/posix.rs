@@ -12,6 +12,40 @@ fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
+/// This process's soft limit on open descriptors; None when unlimited or unknown. No
+/// descriptor numbered at or above it can be opened, duplicated to, or named in
+/// posix_spawn's file actions; one may still be open, inherited or opened before the
+/// limit was lowered.
+pub fn descriptor_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills the rlimit structure it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0
+        || limit.rlim_cur == libc::RLIM_INFINITY
+    {
+        return None;
+    }
+    #[allow(clippy::unnecessary_cast)] // rlim_t is u64 on Linux and macOS, not everywhere
+    Some(limit.rlim_cur as u64)
+}
+
+/// The descriptors this process has open (the listing's own among them, now closed).
+pub fn open_descriptors() -> Vec<RawFd> {
+    let dir = if cfg!(target_os = "linux") {
+        "/proc/self/fd"
+    } else {
+        "/dev/fd"
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<RawFd>().ok())
+        .collect()
+}
+
 /// Set close-on-exec on `fd` (where the kernel has no flag to do it at creation).
 pub fn set_cloexec(fd: RawFd) -> io::Result<()> {
     // SAFETY: fcntl on a descriptor number; an invalid one only returns an error.

@@ -150,6 +150,7 @@ class Popen:
 
 def main(fd):
     """Body of the child: apply the settings, unpickle the process object, run it."""
+    _core.close_descriptors_beyond_limit()
     settings = {}
     try:
         parent_sentinel = os.dup(fd)
