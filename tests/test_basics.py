@@ -59,12 +59,20 @@ def test_no_process_starts_before_the_first_submit():
 
 
 class _SeesAWorkerStart:
-    """Pickled by a first submit: waits, inside that pickling, for a worker to start."""
+    """Pickled by a first submit: waits, inside that pickling, for a new child process
+    (a worker of the pool that submit starts)."""
 
-    def __reduce__(self):
+    def __init__(self):
+        self.children_before = self._children()
+
+    @staticmethod
+    def _children():
         import psutil
 
-        started = helpers.wait_until(psutil.Process().children, timeout=20)
+        return {child.pid for child in psutil.Process().children()}
+
+    def __reduce__(self):
+        started = helpers.wait_until(lambda: self._children() - self.children_before, 20)
         return str, ("started" if started else "no worker during the pickling",)
 
 

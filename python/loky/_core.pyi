@@ -197,9 +197,10 @@ class Pool:
         """Start the manager thread. Workers run `program` with `args` (plus the
         environment overrides `env` and the inherited descriptors `pass_fds`) and get
         `init` as their first message. `max_workers` of them start at once (a pool is
-        made for a task on its way), then on demand; an idle one exits after `idle_timeout` seconds; one is replaced after
-        `max_tasks_per_child` tasks. With `template_args`, replacements are forked from
-        a template process started with those arguments."""
+        made for a task on its way), then on demand; an idle one exits after
+        `idle_timeout` seconds; one is replaced after `max_tasks_per_child` tasks. With
+        `template_args`, replacements are forked from a template process started with
+        those arguments."""
 
     def submit(
         self,
@@ -326,6 +327,10 @@ def facilities() -> list[tuple[str, str]]:
     """Which way each operating-system facility used so far went: (name, "fast" or
     "portable (why)"): eventfd, pidfd, memfd, mremap. LOKY_PORTABLE=1 forces
     the portable POSIX way for all of them (see src/platform/mod.rs)."""
+
+def close_descriptors_beyond_limit() -> None:
+    """In a process this package started, first thing: close the descriptors numbered
+    at or above the soft descriptor limit, which posix_spawn could not close for it."""
 
 def watch_parent(parent: int, /) -> None:
     """In a worker: end this process and everything it started as soon as `parent`
