@@ -6,6 +6,8 @@ failing; a descriptor the kernel drops on receipt fails that one task with the t
 cause and keeps the worker; a task costs at most one copy of its payload beyond the
 pickle."""
 
+import os
+
 import pytest
 
 import helpers
@@ -120,6 +122,41 @@ def test_an_in_band_payload_costs_one_copy_beyond_the_pickle(tmp_path):
     result = helpers.run_script(tmp_path, ONE_COPY, timeout=150)
     assert result.returncode == 0, result.stderr
     assert float(result.stdout) < 2.5, result.stdout
+
+
+CACHE_SHARE_OF_DESCRIPTORS = """
+import resource
+
+# Before loky is imported: the cache takes its share of the limit then.
+_, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (128, hard))
+
+import numpy as np
+import transport_tasks as tasks
+from loky import ProcessPoolExecutor, _core
+from loky._payload import SHARED_MIN
+
+N = SHARED_MIN // 8 * 4  # float64: travels through a shared segment
+most = 0
+with ProcessPoolExecutor(max_workers=1) as executor:
+    for value in range(8):
+        executor.submit(tasks.keep, np.full(N, value, dtype=np.float64)).result()
+        most = max(most, _core.segment_cache_usage()[0])
+    assert executor.submit(tasks.kept_sums).result() == [float(v * N) for v in range(8)]
+print(most)
+"""
+
+
+def test_the_cache_keeps_no_more_segments_than_a_share_of_the_descriptor_limit(tmp_path):
+    # 128 descriptors: 4 segments at most (a 32nd). The worker keeps every array it
+    # gets, so none of their segments is free to be written again.
+    result = helpers.run_script(
+        tmp_path,
+        CACHE_SHARE_OF_DESCRIPTORS,
+        env={"PYTHONPATH": os.path.dirname(helpers.__file__)},
+    )
+    assert result.returncode == 0, result.stderr
+    assert 1 <= int(result.stdout) <= 4
 
 
 STRAY_BEYOND_THE_LIMIT = """
