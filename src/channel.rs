@@ -3,7 +3,8 @@
 //! socket has nothing to give or no room.
 //!
 //! The descriptor is made close-on-exec, so the processes a task starts (with
-//! `subprocess`, `os.system`...) never inherit it.
+//! `subprocess`, `os.system`...) never inherit it; and a process a task forks without
+//! exec cannot use it: the end belongs to the process that took it (`crate::fork`).
 //!
 //! A worker's end watches for its next task for a moment after each result it sent,
 //! before it sleeps (`watch_after_send`, see `crate::watch`): a caller that waits for
@@ -15,6 +16,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
+use crate::fork::generation;
 use crate::watch::Watch;
 use crate::wire::{Frame, FrameReader, FrameWriter, OutFrame};
 
@@ -29,6 +31,8 @@ pub struct Channel {
     watch: Option<Watch>,
     /// With a watch: when the last frame went out, if no wait began since.
     sent_at: Option<Instant>,
+    /// Stamp of the process that took the socket: the only one that may use it.
+    owner: u64,
 }
 
 /// How long a worker's end watches for a task after a result.
@@ -95,7 +99,20 @@ impl Channel {
             closed: false,
             watch: None,
             sent_at: None,
+            owner: generation(),
         })
+    }
+
+    /// Refuse in a process forked from the owner: its frames would interleave with
+    /// the owner's on the same socket.
+    fn check_owner(&self) -> io::Result<()> {
+        if self.owner == generation() {
+            return Ok(());
+        }
+        Err(io::Error::other(
+            "this channel belongs to the process that opened it; a process forked from \
+             it may not use it",
+        ))
     }
 
     /// Watch for the next frame for up to `WATCH_AFTER_SEND` after each send, before
@@ -138,6 +155,7 @@ impl Channel {
     /// The next frame, waiting for it as long as needed; None once the peer closed (or
     /// broke the framing, which the peer's side reports).
     pub fn recv(&mut self) -> io::Result<Option<Frame>> {
+        self.check_owner()?;
         loop {
             if let Some(frame) = self.queued.pop_front() {
                 return Ok(Some(frame));
@@ -157,6 +175,7 @@ impl Channel {
 
     /// Write `frame` completely, waiting for room as needed.
     pub fn send(&mut self, frame: OutFrame) -> io::Result<()> {
+        self.check_owner()?;
         self.writer.push(frame);
         loop {
             self.writer.flush(self.fd())?;

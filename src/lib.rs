@@ -22,7 +22,6 @@ mod wire;
 
 use std::os::fd::IntoRawFd;
 
-use pyo3::exceptions::PyOSError;
 use pyo3::prelude::*;
 
 use bindings::buffers::{OutgoingSegment, Payload, SharedSegment};
@@ -31,12 +30,8 @@ use bindings::pool::{
     InitFailed, Pool, PoolClosed, StartFailed, TaskEnded, TaskResult, WorkerDied, WorkerExited,
     WorkerStarted, WorkerStat,
 };
-use bindings::InheritedPoolError;
+use bindings::{os_error, InheritedPoolError};
 use spawn::WorkerCommand;
-
-fn os_error(e: std::io::Error) -> PyErr {
-    PyOSError::new_err(e.to_string())
-}
 
 /// Fork+exec `program` with `args`, the environment overrides `env`, and `pass_fds`
 /// inherited. Returns (pid, sentinel): the caller owns the sentinel, which becomes
@@ -56,7 +51,7 @@ fn spawn_process(
         pass_fds,
     };
     let (pid, sentinel) = spawn::spawn_process(&cmd)
-        .map_err(|e| PyOSError::new_err(format!("could not start '{}': {e}", cmd.program)))?;
+        .map_err(|e| os_error(&format!("could not start '{}'", cmd.program), e))?;
     Ok((pid, sentinel.into_raw_fd()))
 }
 
@@ -73,7 +68,7 @@ fn descendants(pid: i32) -> Vec<i32> {
 fn template_wait(py: Python<'_>, fds: Vec<i32>, timeout: Option<f64>) -> PyResult<Vec<usize>> {
     let timeout = timeout.map(|t| std::time::Duration::from_secs_f64(t.max(0.0)));
     py.detach(|| template::wait_readable(&fds, timeout))
-        .map_err(|e| PyOSError::new_err(format!("template: {e}")))
+        .map_err(|e| os_error("template", e))
 }
 
 /// In a worker just forked by the template: a process group of its own. (It ends with
@@ -82,7 +77,7 @@ fn template_wait(py: Python<'_>, fds: Vec<i32>, timeout: Option<f64>) -> PyResul
 fn detach_forked_worker(template_pid: i32) -> PyResult<bool> {
     // SAFETY: setpgid on our own process.
     if unsafe { libc::setpgid(0, 0) } != 0 {
-        return Err(os_error(std::io::Error::last_os_error()));
+        return Err(os_error("", std::io::Error::last_os_error()));
     }
     // SAFETY: getppid has no preconditions.
     Ok(unsafe { libc::getppid() } == template_pid)
@@ -93,6 +88,13 @@ fn detach_forked_worker(template_pid: i32) -> PyResult<bool> {
 #[pyfunction]
 fn facilities() -> Vec<(&'static str, String)> {
     platform::facilities()
+}
+
+/// Whether the system reaps this process's children itself, discarding their exit
+/// status (SIGCHLD is ignored, or handled with SA_NOCLDWAIT).
+#[pyfunction]
+fn children_reaped_by_kernel() -> bool {
+    platform::children_reaped_by_kernel()
 }
 
 /// In a process this package started, first thing: close the descriptors numbered at
@@ -106,7 +108,7 @@ fn close_descriptors_beyond_limit() {
 /// process expected as its parent) is gone; at once if it already is.
 #[pyfunction]
 fn watch_parent(parent: i32) -> PyResult<()> {
-    watchdog::watch_parent(parent).map_err(os_error)
+    watchdog::watch_parent(parent).map_err(|e| os_error("watching the parent process", e))
 }
 
 /// Copy `buffers` (C-contiguous buffer objects) into a shared segment of this
@@ -194,6 +196,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
         wrap_pyfunction!(template_wait, m)?,
         wrap_pyfunction!(detach_forked_worker, m)?,
         wrap_pyfunction!(facilities, m)?,
+        wrap_pyfunction!(children_reaped_by_kernel, m)?,
         wrap_pyfunction!(watch_parent, m)?,
         wrap_pyfunction!(write_segment, m)?,
         wrap_pyfunction!(configure_segment_cache, m)?,

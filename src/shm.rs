@@ -35,8 +35,10 @@
 //! and one mapping per kept segment, at most `max_segments` of them and `max_bytes` in
 //! all; a segment unused for `IDLE` is let go at the next write. Segments are sized to
 //! their payload, plus a page per buffer (see `PAGE_PHASE`), rounded up to a page.
-//! When no segment can be made (descriptors or memory ran out), `write` fails and the
-//! caller sends the buffers in-band instead.
+//! A new segment's pages are reserved before it is mapped, so that a full tmpfs is an
+//! error and not a SIGBUS in the first process that writes it. When no segment can be
+//! made (descriptors or memory ran out), `write` fails and the caller sends the
+//! buffers in-band instead.
 
 use std::collections::HashMap;
 use std::io;
@@ -291,6 +293,8 @@ impl OutSegment {
     fn create(capacity: usize) -> io::Result<OutSegment> {
         let fd = crate::platform::segment_file()?;
         nix::unistd::ftruncate(&fd, capacity as libc::off_t).map_err(io::Error::from)?;
+        // Its pages exist before anything writes them (see `reserve`).
+        crate::platform::reserve(fd.as_raw_fd(), capacity)?;
         let ptr = map_shared(fd.as_fd(), capacity)?;
         Ok(OutSegment { fd, ptr, capacity })
     }

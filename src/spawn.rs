@@ -95,12 +95,7 @@ fn inheritable_strays(keep: &[RawFd]) -> Vec<RawFd> {
     platform::open_descriptors()
         .into_iter()
         .filter(|&fd| fd > 2 && (fd as u64) < limit && !keep.contains(&fd))
-        .filter(|&fd| {
-            // SAFETY: F_GETFD only reads the flags; a closed descriptor (the listing's
-            // own, now) yields -1.
-            let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
-            flags >= 0 && flags & libc::FD_CLOEXEC == 0
-        })
+        .filter(|&fd| is_inherited(fd))
         .collect()
 }
 
@@ -120,17 +115,29 @@ pub fn close_beyond_limit() {
     }
 }
 
-/// A close-on-exec duplicate of `fd` numbered above the standard descriptors and the
-/// worker's channel, so that dup2-ing it onto any of those numbers clears its
-/// close-on-exec flag (dup2 onto the same number would not).
-fn high_duplicate(fd: RawFd) -> io::Result<OwnedFd> {
+/// A close-on-exec duplicate of `fd` numbered above `floor` (every target of the
+/// spawn), so that dup2-ing it onto any target clears its close-on-exec flag (dup2
+/// onto the same number would not) and no duplicate sits where another one goes.
+fn high_duplicate(fd: RawFd, floor: RawFd) -> io::Result<OwnedFd> {
     // SAFETY: fcntl on a descriptor the caller keeps open; the result is checked.
-    let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10) };
+    let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, floor + 1) };
     if dup < 0 {
-        return Err(io::Error::last_os_error());
+        let err = io::Error::last_os_error();
+        // EINVAL: `floor` is at the descriptor limit; no descriptor is left above it.
+        return Err(match err.raw_os_error() {
+            Some(libc::EINVAL) => io::Error::from_raw_os_error(libc::EMFILE),
+            _ => err,
+        });
     }
     // SAFETY: a fresh descriptor that we now own.
     Ok(unsafe { OwnedFd::from_raw_fd(dup) })
+}
+
+/// Whether a child would inherit `fd`: open here, without close-on-exec.
+fn is_inherited(fd: RawFd) -> bool {
+    // SAFETY: F_GETFD only reads the flags of a descriptor number.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    flags >= 0 && flags & libc::FD_CLOEXEC == 0
 }
 
 /// posix_spawn `cmd`, with each (source, target) of `fds` available at `target` in the
@@ -159,10 +166,16 @@ fn spawn(cmd: &WorkerCommand, fds: &[(RawFd, RawFd)], own_group: bool) -> io::Re
     let targets: Vec<RawFd> = fds.iter().map(|&(_, target)| target).collect();
     let strays = inheritable_strays(&targets);
     // Sources duplicated out of the way first: a source may sit at another's target.
+    let floor = targets.iter().copied().fold(2, RawFd::max);
     let sources: Vec<OwnedFd> = fds
         .iter()
-        .map(|&(source, _)| high_duplicate(source))
+        .map(|&(source, _)| high_duplicate(source, floor))
         .collect::<io::Result<_>>()?;
+    // Output the child would not inherit (the parent was started with stdout or
+    // stderr closed, and may have reused the number since) goes to /dev/null: an
+    // interpreter without it fails to start its fault handler, and a file the child
+    // opens must not land there.
+    let closed_outputs: Vec<RawFd> = [1, 2].into_iter().filter(|&fd| !is_inherited(fd)).collect();
 
     // SAFETY: the file actions and attributes are initialized before use and destroyed
     // after; every pointer given to posix_spawn points into vectors alive until it
@@ -189,6 +202,15 @@ fn spawn(cmd: &WorkerCommand, fds: &[(RawFd, RawFd)], own_group: bool) -> io::Re
                 libc::O_RDONLY,
                 0,
             ))?;
+            for &fd in &closed_outputs {
+                check(libc::posix_spawn_file_actions_addopen(
+                    &mut actions,
+                    fd,
+                    c"/dev/null".as_ptr(),
+                    libc::O_WRONLY,
+                    0,
+                ))?;
+            }
             for (source, &(_, target)) in sources.iter().zip(fds) {
                 // dup2 clears close-on-exec on the target.
                 check(libc::posix_spawn_file_actions_adddup2(

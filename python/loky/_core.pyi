@@ -102,11 +102,12 @@ class TaskResult:
 
 class WorkerDied:
     """The worker running task `task_id` died. `reason` says why the manager killed it
-    (empty: it died by itself); `exitcode` is minus the signal number for a signal."""
+    (empty: it died by itself); `exitcode` is minus the signal number for a signal,
+    None when the exit status cannot be known (see `children_reaped_by_kernel`)."""
 
     task_id: int
     pid: int
-    exitcode: int
+    exitcode: int | None
     reason: str
 
 class TaskEnded:
@@ -142,7 +143,7 @@ class WorkerExited:
     terminated"."""
 
     pid: int
-    exitcode: int
+    exitcode: int | None
     reason: str
 
 class InitFailed:
@@ -153,11 +154,13 @@ class InitFailed:
     body: Payload
 
 class StartFailed:
-    """A worker could not start (`message`), or died before it was ready
-    (`exitcode`). No more workers start."""
+    """A worker could not be started (pid 0; `errno` and `message` say why the
+    system refused), or died before it was ready (`exitcode`, None if unknown). No
+    more workers start."""
 
     pid: int
-    exitcode: int
+    exitcode: int | None
+    errno: int | None
     message: str
 
 class PoolClosed:
@@ -327,6 +330,10 @@ def facilities() -> list[tuple[str, str]]:
     """Which way each operating-system facility used so far went: (name, "fast" or
     "portable (why)"): eventfd, pidfd, memfd, mremap. LOKY_PORTABLE=1 forces
     the portable POSIX way for all of them (see src/platform/mod.rs)."""
+
+def children_reaped_by_kernel() -> bool:
+    """Whether the system reaps this process's children itself, discarding their exit
+    status (SIGCHLD is ignored, or handled with SA_NOCLDWAIT)."""
 
 def close_descriptors_beyond_limit() -> None:
     """In a process this package started, first thing: close the descriptors numbered

@@ -7,7 +7,14 @@ from concurrent.futures.process import BrokenProcessPool as _StdBrokenProcessPoo
 from pickle import loads
 
 from ._payload import unpack
-from ._tasks import OK, RAISED, TASK_NOT_RECEIVED, TASK_UNPICKLE_FAILED
+from ._tasks import (
+    INITIALIZER,
+    MAIN_MODULE,
+    OK,
+    RAISED,
+    TASK_NOT_RECEIVED,
+    TASK_UNPICKLE_FAILED,
+)
 
 
 class LokyRecursionError(RuntimeError):
@@ -56,6 +63,8 @@ class _ExceptionWithTraceback:
 
 
 def _signal_name(exitcode):
+    if exitcode is None:
+        return "UNKNOWN"
     if exitcode < 0:
         import signal
 
@@ -67,7 +76,64 @@ def _signal_name(exitcode):
 
 
 def _format_exitcodes(exitcodes):
-    return "{" + ", ".join(f"{_signal_name(e)}({e})" for e in exitcodes) + "}"
+    codes = ", ".join("UNKNOWN" if e is None else f"{_signal_name(e)}({e})" for e in exitcodes)
+    note = _unknown_status_note() if None in exitcodes else ""
+    return "{" + codes + "}" + note
+
+
+def _unknown_status_note():
+    from . import _core
+
+    if _core.children_reaped_by_kernel():
+        why = "this process ignores SIGCHLD, so the system discards the exit status of its children"
+    else:
+        why = "other code in this process reaped the worker (os.wait() or waitpid(-1))"
+    return f" (exit status unknown: {why})"
+
+
+def _refusal_hint(err_no):
+    """What a refusal of the system means for the user, for the errors that come from
+    a limit; empty for the others."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        resource = None
+    if err_no in (errno.EMFILE, errno.ENFILE):
+        limit = "" if resource is None else (
+            f" (`ulimit -n`: {resource.getrlimit(resource.RLIMIT_NOFILE)[0]})"
+        )
+        return (
+            f": this process has no file descriptor left{limit}; each worker needs 3. "
+            "Raise the limit (`ulimit -n`, resource.setrlimit) or close descriptors"
+        )
+    if err_no == errno.EAGAIN:
+        limit = "" if resource is None else (
+            f" (`ulimit -u`: {resource.getrlimit(resource.RLIMIT_NPROC)[0]})"
+        )
+        return (
+            ": the system refused a new process or thread; the limit on the processes "
+            f"and threads of this user{limit} or of the system is reached"
+        )
+    if err_no == errno.ENOMEM:
+        return ": the system is out of memory"
+    return ""
+
+
+def _refused_error(exc):
+    """`exc` (an OSError the system raised while starting the pool) with what it means
+    for the user added to its text."""
+    if not isinstance(exc, OSError) or exc.errno is None:
+        return exc
+    error = OSError(exc.errno, f"{exc.strerror}{_refusal_hint(exc.errno)}")
+    error.__cause__ = exc.__cause__
+    return error
+
+
+def _thread_start_error(what, exc):
+    """A RuntimeError for a thread of the executor that could not start."""
+    return RuntimeError(
+        f"The executor could not start its {what} ({exc}){_refusal_hint(errno.EAGAIN)}."
+    )
 
 
 def _terminated_worker_error(pid, exitcode, reason):
@@ -162,24 +228,40 @@ def _inherited_error(owner_pid, what):
     )
 
 
-def _initializer_error(body):
-    from pickle import loads
-
-    exc, tb = loads(body)
-    error = BrokenProcessPool(
-        "A worker failed to run the executor's initializer, so the executor cannot "
-        f"run tasks: {exc!r}. Fix the initializer (its traceback is the cause of this "
-        "error) and create a new executor."
-    )
+def _worker_start_error(body):
+    """The error of a worker that could not get ready: `body` pickles (exception or
+    None, traceback text, stage)."""
+    exc, tb, stage = loads(body)
+    if stage == INITIALIZER:
+        text = (
+            "A worker failed to run the executor's initializer, so the executor cannot "
+            f"run tasks: {exc!r}. Fix the initializer (its traceback is the cause of "
+            "this error) and create a new executor."
+        )
+    elif stage == MAIN_MODULE:
+        text = (
+            "A worker failed to import this program's main module, which the "
+            f"executor's start method asks of it: {exc!r} (its traceback is the cause "
+            "of this error)."
+        )
+    else:
+        hint = _refusal_hint(exc.errno) if isinstance(exc, OSError) else ""
+        text = f"A worker could not set itself up, so the executor cannot run tasks: {exc!r}{hint}."
+    error = BrokenProcessPool(text)
     error.__cause__ = _RemoteTraceback(tb)
     if exc is not None:
         error.__cause__.__cause__ = exc
     return error
 
 
-def _start_error(pid, exitcode, message, has_initializer):
-    if message:
-        return BrokenProcessPool(f"The executor could not start its workers: {message}.")
+def _start_error(pid, exitcode, err_no, message, has_initializer):
+    if not pid:
+        # The system refused to start the process.
+        cause = os.strerror(err_no) if err_no else message
+        return BrokenProcessPool(
+            f"The executor could not start its workers ({sys.executable!r}): {cause}"
+            f"{_refusal_hint(err_no)}."
+        )
     status = _format_exitcodes([exitcode])
     if has_initializer:
         return BrokenProcessPool(
@@ -188,8 +270,14 @@ def _start_error(pid, exitcode, message, has_initializer):
             "Fix the initializer and create a new executor; the worker's stderr may "
             "say more."
         )
+    if exitcode is not None and exitcode < 0:
+        return BrokenProcessPool(
+            f"The executor could not start its workers: worker process {pid} was "
+            f"killed with status {status} before it was ready, by the system or "
+            "another process (an out-of-memory kill, a sandbox, a signal)."
+        )
     return BrokenProcessPool(
         f"The executor could not start its workers: worker process {pid} exited "
-        f"with status {status} before it was ready. Check that {sys.executable!r} "
-        "can import loky (its stderr may say more)."
+        f"with status {status} before its Python code ran. Check that "
+        f"{sys.executable!r} starts and can import loky (its stderr says why)."
     )

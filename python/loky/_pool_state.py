@@ -33,12 +33,12 @@ from ._errors import (
     _decode_result,
     _format_exitcodes,
     _inherited_error,
-    _initializer_error,
     _shut_down_error,
     _start_error,
     _terminated_worker_error,
     _timeout_error,
     _with_cause,
+    _worker_start_error,
 )
 
 _logger = logging.getLogger("loky")
@@ -248,12 +248,16 @@ class _PoolState:
             _log(logging.DEBUG, "loky worker %d exited (%s)", event.pid, event.reason)
 
     def _on_init_failed(self, event):
-        self._break(_initializer_error(event.body))
+        self._break(_worker_start_error(event.body))
 
     def _on_start_failed(self, event):
         if event.pid:  # 0: no process was started
             self._record_exit(event.pid, event.exitcode)
-        self._break(_start_error(event.pid, event.exitcode, event.message, self.has_initializer))
+        self._break(
+            _start_error(
+                event.pid, event.exitcode, event.errno, event.message, self.has_initializer
+            )
+        )
 
     def _on_closed(self, event):
         return False

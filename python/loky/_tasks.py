@@ -9,12 +9,20 @@ A RESULT body unpickles to one of::
     (RAISED, exception, worker traceback text)
     (TASK_UNPICKLE_FAILED, worker traceback text)
     (TASK_NOT_RECEIVED, why)     the worker ran out of a resource receiving the task
+
+A worker that cannot get ready sends INIT_FAILED, whose body unpickles to
+``(exception or None, traceback text, stage)``, the stage being what it was doing:
+its own SETUP, importing the parent's MAIN_MODULE, or running the INITIALIZER.
 """
 
 OK = 0
 RAISED = 1
 TASK_UNPICKLE_FAILED = 2
 TASK_NOT_RECEIVED = 3
+
+SETUP = "setup"
+MAIN_MODULE = "main module"
+INITIALIZER = "initializer"
 
 
 def run_chunk(fn, chunk):

@@ -67,7 +67,15 @@ from ._core import (
 )
 from ._callables import load as load_kept
 from ._payload import pack, unpack
-from ._tasks import OK, RAISED, TASK_NOT_RECEIVED, TASK_UNPICKLE_FAILED
+from ._tasks import (
+    INITIALIZER,
+    MAIN_MODULE,
+    OK,
+    RAISED,
+    SETUP,
+    TASK_NOT_RECEIVED,
+    TASK_UNPICKLE_FAILED,
+)
 
 # Nesting depth of this process; read by loky.process_executor.
 DEPTH = 0
@@ -96,6 +104,7 @@ class Runner:
     """Runs tasks and turns their outcome into bytes for the parent."""
 
     def __init__(self, pickler_name):
+        self.pid = os.getpid()
         self.pickler_name = pickler_name
         if pickler_name not in (None, "cloudpickle"):
             # Tasks that ask loky which pickler is in use must hear the parent's.
@@ -142,6 +151,8 @@ class Runner:
             outcome = (RAISED, exc, _traceback_text(exc))
         finally:
             _task_running = False
+        if os.getpid() != self.pid:
+            _end_forked_copy(outcome)
         # The arguments are released once the outcome is sent (main loop): collecting
         # them may run code that ends the process (a __del__), which must not cost the
         # result. Except those that live in a received segment: released now, so that
@@ -163,6 +174,24 @@ class Runner:
             return self.dumps((RAISED, exc, text))
         except BaseException:
             return self.dumps((RAISED, pickle.PicklingError(repr(exc)), text))
+
+
+def _end_forked_copy(outcome):
+    """In a process the task forked (os.fork() without exec), once the task has
+    returned there too: exit, as a forked child of multiprocessing does. The worker's
+    channel is the worker's own; its copy here must never speak on it."""
+    code = 0
+    if outcome[0] == RAISED:
+        exc = outcome[1]
+        code = 1
+        if isinstance(exc, SystemExit) and (exc.code is None or isinstance(exc.code, int)):
+            code = exc.code or 0
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (AttributeError, OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 class MemoryGuard:
@@ -217,7 +246,10 @@ def _setup(settings):
     if "PYTHONFAULTHANDLER" not in os.environ:
         import faulthandler
 
-        faulthandler.enable()
+        try:
+            faulthandler.enable()
+        except (RuntimeError, ValueError, OSError):
+            pass  # no usable stderr: the worker runs without the crash report
 
 
 def _lost_segment_text(message):
@@ -235,34 +267,34 @@ def _lost_segment_text(message):
 
 def main(parent_pid):
     close_descriptors_beyond_limit()
-    # From here on, the worker and everything its tasks start end with the parent.
-    watch_parent(parent_pid)
     channel = Channel(WORKER_FD, awaits_tasks=True)
-    message = channel.recv()
-    if message is None:
-        return
-    settings, initializer_blob = pickle.loads(message.body)
-    _setup(settings)
-    _signal.signal(_signal.SIGINT, _interrupt_the_task)
-    runner = Runner(settings.get("pickler"))
+    stage = SETUP
     try:
+        # From here on, the worker and everything its tasks start end with the parent.
+        watch_parent(parent_pid)
+        message = channel.recv()
+        if message is None:
+            return
+        settings, initializer_blob = pickle.loads(message.body)
+        del message
+        _setup(settings)
+        _signal.signal(_signal.SIGINT, _interrupt_the_task)
+        runner = Runner(settings.get("pickler"))
         if settings.get("main"):
             # "spawn" / "loky_init_main": the parent's __main__, as __mp_main__.
+            stage = MAIN_MODULE
             from ._inherit import import_main
 
             import_main(settings["main"])
+        stage = INITIALIZER
         initializer, initargs, runner.result_reducers = pickle.loads(initializer_blob)
+        del initializer_blob
         if initializer is not None:
             initializer(*initargs)
     except BaseException as exc:
-        try:
-            report = pickle.dumps((exc, _traceback_text(exc)))
-        except BaseException:
-            report = pickle.dumps((None, _traceback_text(exc)))
-        channel.send(KIND_INIT_FAILED, 0, report)
+        _report_start_failure(channel, exc, stage)
         sys.exit(1)
     channel.send(KIND_READY, 0, b"")
-    del message, initializer_blob
     memory = MemoryGuard()
     try:
         while (message := channel.recv()) is not None:
@@ -281,6 +313,19 @@ def main(parent_pid):
     except OSError:
         pass  # the parent is gone
     _exit_now()
+
+
+def _report_start_failure(channel, exc, stage):
+    """Tell the parent why this worker cannot get ready (it exits next)."""
+    text = _traceback_text(exc)
+    try:
+        report = pickle.dumps((exc, text, stage))
+    except BaseException:
+        report = pickle.dumps((None, text, stage))
+    try:
+        channel.send(KIND_INIT_FAILED, 0, report)
+    except OSError:
+        pass  # the parent is gone
 
 
 def _exit_now():

@@ -55,6 +55,8 @@ from ._errors import (
     _ExceptionWithTraceback,  # noqa: F401 (importable from here, as in loky)
     _RemoteTraceback,  # noqa: F401
     _inherited_error,
+    _refused_error,
+    _thread_start_error,
     _with_cause,
 )
 from ._map import executor_map
@@ -251,9 +253,35 @@ class ProcessPoolExecutor(Executor):
         return state
 
     def _start_state(self, pass_fds, init, start_fds):
+        try:
+            pool = self._new_core_pool(pass_fds, init, start_fds)
+        except OSError as exc:
+            raise _refused_error(exc) from None
+        _log(
+            logging.DEBUG,
+            "loky core facilities: %s",
+            ", ".join(f"{name} {how}" for name, how in _core.facilities()),
+        )
+        state = _PoolState(pool, self._initializer is not None, self._flags, start_fds)
+        state.thread = threading.Thread(
+            target=_run_results, args=(state,), name="loky-results", daemon=True
+        )
+        _live_pools.add(state)
+        try:
+            state.thread.start()
+        except RuntimeError as exc:
+            _live_pools.discard(state)
+            pool.shutdown("kill")
+            raise _thread_start_error("result thread", exc) from None
+        # An executor dropped without shutdown() finishes its work, then stops.
+        weakref.finalize(self, _shut_down_unreferenced, pool, self._flags).atexit = False
+        _pool_state.forward_interrupts()
+        return state
+
+    def _new_core_pool(self, pass_fds, init, start_fds):
         worker_code = _WORKER_BOOTSTRAP.format(pid=os.getpid())
         template_code = _TEMPLATE_BOOTSTRAP.format(pid=os.getpid())
-        pool = _core.Pool(
+        return _core.Pool(
             program=sys.executable,
             args=["-c", _inherit.python_code(worker_code)],
             env=list(self._env.items()),
@@ -271,21 +299,6 @@ class ProcessPoolExecutor(Executor):
             ),
             pass_fds=pass_fds + start_fds,
         )
-        _log(
-            logging.DEBUG,
-            "loky core facilities: %s",
-            ", ".join(f"{name} {how}" for name, how in _core.facilities()),
-        )
-        state = _PoolState(pool, self._initializer is not None, self._flags, start_fds)
-        state.thread = threading.Thread(
-            target=_run_results, args=(state,), name="loky-results", daemon=True
-        )
-        _live_pools.add(state)
-        state.thread.start()
-        # An executor dropped without shutdown() finishes its work, then stops.
-        weakref.finalize(self, _shut_down_unreferenced, pool, self._flags).atexit = False
-        _pool_state.forward_interrupts()
-        return state
 
     # -- public API ---------------------------------------------------------------
 

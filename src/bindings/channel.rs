@@ -2,11 +2,12 @@
 
 use std::os::fd::{AsFd, IntoRawFd};
 
-use pyo3::exceptions::{PyOSError, PyValueError};
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
 
 use super::buffers::{OutgoingSegment, Payload, SharedSegment};
+use super::os_error;
 use crate::channel::Channel as Blocking;
 use crate::shm::Mapping;
 use crate::wire::{Attached, Kind, OutFrame};
@@ -45,7 +46,7 @@ impl Channel {
     fn new(fd: i32, awaits_tasks: bool) -> PyResult<Channel> {
         // SAFETY: the caller hands the descriptor over (documented above).
         let mut inner = unsafe { Blocking::from_raw(fd) }
-            .map_err(|e| PyOSError::new_err(format!("channel on descriptor {fd}: {e}")))?;
+            .map_err(|e| os_error(&format!("channel on descriptor {fd}"), e))?;
         if awaits_tasks {
             inner.watch_after_send();
         }
@@ -67,10 +68,7 @@ impl Channel {
     /// The next message; None once the manager closed its end.
     fn recv(&mut self, py: Python<'_>) -> PyResult<Option<Message>> {
         let inner = &mut self.inner;
-        let Some(frame) = py
-            .detach(|| inner.recv())
-            .map_err(|e| PyOSError::new_err(e.to_string()))?
-        else {
+        let Some(frame) = py.detach(|| inner.recv()).map_err(|e| os_error("", e))? else {
             return Ok(None);
         };
         let mut message = Message {
@@ -129,7 +127,6 @@ impl Channel {
             frame = frame.with_fd(segment.segment.clone());
         }
         let inner = &mut self.inner;
-        py.detach(|| inner.send(frame))
-            .map_err(|e| PyOSError::new_err(e.to_string()))
+        py.detach(|| inner.send(frame)).map_err(|e| os_error("", e))
     }
 }

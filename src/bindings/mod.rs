@@ -17,6 +17,28 @@ use pyo3::pybacked::PyBackedBytes;
 use crate::shm::CACHE;
 use buffers::OutgoingSegment;
 
+/// `err` as the OSError Python raises for its errno (BlockingIOError for EAGAIN, and
+/// so on, with `errno` set), its text prefixed with `context` when there is one.
+pub fn os_error(context: &str, err: std::io::Error) -> PyErr {
+    // The system's text alone ("... (os error N)" without its tail), as Python words it.
+    let full = err.to_string();
+    let text = match err.raw_os_error() {
+        Some(_) => full
+            .rsplit_once(" (os error ")
+            .map_or(&*full, |(text, _)| text),
+        None => &full,
+    };
+    let text = if context.is_empty() {
+        text.to_string()
+    } else {
+        format!("{context}: {text}")
+    };
+    match err.raw_os_error() {
+        Some(code) => PyOSError::new_err((code, text)),
+        None => PyOSError::new_err(text),
+    }
+}
+
 create_exception!(
     _core,
     InheritedPoolError,
@@ -118,6 +140,6 @@ pub fn write_segment(
                 .collect();
             CACHE.write(&slices)
         })
-        .map_err(|e| PyOSError::new_err((e.raw_os_error().unwrap_or(0), e.to_string())))?;
+        .map_err(|e| os_error("", e))?;
     Ok((OutgoingSegment { segment }, offsets))
 }

@@ -3,12 +3,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pyo3::exceptions::{PyOSError, PyValueError};
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
 
 use super::buffers::{OutgoingSegment, Payload, SharedSegment};
-use super::{InheritedPoolError, PyBody, ReleasedBytes};
+use super::{os_error, InheritedPoolError, PyBody, ReleasedBytes};
 use crate::manager::{Config, EndCause, Event, Incoming, Manager, Shutdown};
 use crate::spawn::WorkerCommand;
 
@@ -34,7 +34,7 @@ pub struct TaskResult {
 pub struct WorkerDied {
     task_id: u64,
     pid: i32,
-    exitcode: i32,
+    exitcode: Option<i32>,
     reason: String,
 }
 
@@ -73,7 +73,7 @@ pub struct WorkerStarted {
 #[pyclass(module = "loky._core", frozen, get_all)]
 pub struct WorkerExited {
     pid: i32,
-    exitcode: i32,
+    exitcode: Option<i32>,
     reason: &'static str,
 }
 
@@ -85,12 +85,14 @@ pub struct InitFailed {
     body: Py<Payload>,
 }
 
-/// A worker could not start (`message`), or died before it was ready (`exitcode`).
-/// No more workers start.
+/// A worker could not be started (pid 0; `errno` and `message` say why the system
+/// refused), or died before it was ready (`exitcode`, None if unknown). No more
+/// workers start.
 #[pyclass(module = "loky._core", frozen, get_all)]
 pub struct StartFailed {
     pid: i32,
-    exitcode: i32,
+    exitcode: Option<i32>,
+    errno: Option<i32>,
     message: String,
 }
 
@@ -181,13 +183,14 @@ fn to_python(py: Python<'_>, event: Event) -> PyResult<Py<PyAny>> {
         Event::StartFailed {
             pid,
             exitcode,
-            message,
+            error,
         } => Py::new(
             py,
             StartFailed {
                 pid,
                 exitcode,
-                message,
+                errno: error.as_ref().and_then(std::io::Error::raw_os_error),
+                message: error.map(|e| e.to_string()).unwrap_or_default(),
             },
         )?
         .into_any(),
@@ -269,8 +272,8 @@ impl Pool {
             idle_timeout: seconds(idle_timeout),
             max_tasks_per_child,
         };
-        let manager = Manager::start(config)
-            .map_err(|e| PyOSError::new_err(format!("could not start the pool manager: {e}")))?;
+        let manager =
+            Manager::start(config).map_err(|e| os_error("could not start the pool manager", e))?;
         Ok(Pool { manager, released })
     }
 

@@ -24,6 +24,7 @@ use super::policy::{self, ExitReason, Load};
 use super::poll_io::receive_segment;
 use super::worker::{EndCause, State, Task, Worker};
 use super::{Config, Event, Shared, Shutdown, WorkerStat};
+use crate::platform::ExitStatus;
 use crate::procfs::kill_tree;
 use crate::spawn::{spawn_worker, Spawned};
 use crate::template::Template;
@@ -197,11 +198,8 @@ impl ManagerLoop {
                 self.broken = true;
                 self.shared.emit(Event::StartFailed {
                     pid: 0,
-                    exitcode: 0,
-                    message: format!(
-                        "could not start worker '{}': {err}",
-                        self.config.command.program
-                    ),
+                    exitcode: None,
+                    error: Some(err),
                 });
                 return;
             }
@@ -336,11 +334,18 @@ impl ManagerLoop {
     }
 
     /// Tasks past their time limit end their worker; workers ended and still alive
-    /// after the grace period are killed.
+    /// after the grace period are killed, as are workers that stopped in the middle
+    /// of a message.
     fn enforce_deadlines(&mut self, now: Instant) {
         for i in 0..self.workers.len() {
             if self.workers[i].task_deadline().is_some_and(|d| d <= now) {
                 self.end_worker(i, EndCause::Timeout);
+            }
+            if self.workers[i].stall_deadline().is_some_and(|d| d <= now) {
+                self.workers[i].fail(format!(
+                    "it began a message and sent nothing more of it for {} s",
+                    policy::FRAME_STALL.as_secs()
+                ));
             }
             let worker = &mut self.workers[i];
             if let Some(ending) = worker.ending.as_mut() {
@@ -498,7 +503,7 @@ impl ManagerLoop {
         }
     }
 
-    pub(super) fn on_exit(&mut self, mut worker: Worker, exitcode: i32) {
+    pub(super) fn on_exit(&mut self, mut worker: Worker, exitcode: ExitStatus) {
         if let Some(body) = worker.init_error.take() {
             self.broken = true;
             self.shared.emit(Event::InitFailed {
@@ -517,7 +522,7 @@ impl ManagerLoop {
             self.shared.emit(Event::StartFailed {
                 pid: worker.pid,
                 exitcode,
-                message: String::new(),
+                error: None,
             });
             return;
         }

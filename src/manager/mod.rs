@@ -39,7 +39,7 @@ use std::collections::HashSet;
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::{Condvar, Mutex};
 
-use crate::platform::Waker;
+use crate::platform::{ExitStatus, Waker};
 use crate::shm::{Mapping, OutSegment};
 use crate::spawn::WorkerCommand;
 use crate::wire::Body;
@@ -87,7 +87,7 @@ pub enum Event {
     WorkerDied {
         task_id: u64,
         pid: i32,
-        exitcode: i32,
+        exitcode: ExitStatus,
         reason: String,
     },
     /// The manager ended the worker running this task, with its process tree: the
@@ -102,16 +102,17 @@ pub enum Event {
     /// A worker that had been ready left the pool.
     WorkerExited {
         pid: i32,
-        exitcode: i32,
+        exitcode: ExitStatus,
         reason: ExitReason,
     },
     /// A worker's initializer failed; the body describes the error. No more workers start.
     InitFailed { pid: i32, body: Vec<u8> },
-    /// A worker could not start at all. No more workers start.
+    /// A worker could not be started (`error`: the system refused; pid 0), or died
+    /// before it was ready. No more workers start.
     StartFailed {
         pid: i32,
-        exitcode: i32,
-        message: String,
+        exitcode: ExitStatus,
+        error: Option<io::Error>,
     },
     /// The manager has stopped and every worker has exited.
     Closed,

@@ -8,6 +8,10 @@ pub const BATCH_BELOW: Duration = Duration::from_millis(1);
 pub const MAX_BATCH: usize = 64;
 /// How long a worker asked to end (SIGTERM) may take before it is killed (SIGKILL).
 pub const END_GRACE: Duration = Duration::from_secs(1);
+/// How long a message a worker began may stay incomplete with nothing more of it
+/// coming before the worker is killed: its own messages are written whole, so only a
+/// task's stray write (a header and no body) stalls one.
+pub const FRAME_STALL: Duration = Duration::from_secs(10);
 
 /// Why a worker leaves the pool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

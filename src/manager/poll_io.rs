@@ -53,9 +53,8 @@ impl ManagerLoop {
             }
         }
     }
-    /// Time until the next idle timeout, if any worker is idle.
     /// Time until the next deadline: an idle timeout, a task's time limit, the end of
-    /// an ended worker's grace period.
+    /// an ended worker's grace period, a stalled message's limit.
     fn next_deadline(&self) -> Option<Duration> {
         let idle = self.config.idle_timeout.map(|timeout| {
             self.workers
@@ -69,7 +68,13 @@ impl ManagerLoop {
             .iter()
             .filter_map(|w| w.ending.as_ref().filter(|e| !e.killed))
             .map(|e| e.since + policy::END_GRACE);
-        let all = idle.into_iter().flatten().chain(tasks).chain(grace);
+        let stalls = self.workers.iter().filter_map(Worker::stall_deadline);
+        let all = idle
+            .into_iter()
+            .flatten()
+            .chain(tasks)
+            .chain(grace)
+            .chain(stalls);
         policy::time_to_next(Instant::now(), all)
     }
 
@@ -158,10 +163,10 @@ impl ManagerLoop {
         // Remove from the back so earlier indices stay valid.
         for &i in maybe_exited.iter().rev() {
             let worker = &self.workers[i];
-            if let Ok(Some(exitcode)) = try_reap(worker.pid, &worker.exit) {
+            if let Some(status) = try_reap(worker.pid, &worker.exit) {
                 self.read_worker(i); // results written just before the exit
                 let worker = self.workers.remove(i);
-                self.on_exit(worker, exitcode);
+                self.on_exit(worker, status);
             }
         }
         if let [exit, chan] = fds[workers_end..] {
@@ -170,7 +175,7 @@ impl ManagerLoop {
             }
             let exited = self.template.as_ref().is_some_and(|t| {
                 (exit.revents != 0 || t.process.exit.needs_polling())
-                    && matches!(try_reap(t.process.pid, &t.process.exit), Ok(Some(_)))
+                    && try_reap(t.process.pid, &t.process.exit).is_some()
             });
             if exited {
                 self.on_template_exit();
@@ -200,7 +205,7 @@ impl ManagerLoop {
                     if let Some(i) = self.workers.iter().position(|w| w.pid == pid) {
                         self.read_worker(i); // results written just before the exit
                         let worker = self.workers.remove(i);
-                        self.on_exit(worker, code);
+                        self.on_exit(worker, Some(code));
                     }
                 }
                 _ => {}
@@ -229,7 +234,7 @@ impl ManagerLoop {
                 self.read_worker(i);
                 let worker = self.workers.remove(i);
                 kill_tree(worker.pid, libc::SIGKILL);
-                self.on_exit(worker, -libc::SIGKILL);
+                self.on_exit(worker, Some(-libc::SIGKILL));
             } else {
                 i += 1;
             }

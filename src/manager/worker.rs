@@ -5,7 +5,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::policy::ExitReason;
+use super::policy::{self, ExitReason};
 use crate::platform::ExitWatch;
 use crate::shm::{OutSegment, TaskLedger};
 use crate::spawn::Spawned;
@@ -170,6 +170,14 @@ impl Worker {
         }
         let timeout = self.inflight.front()?.timeout?;
         Some(self.busy_since + timeout)
+    }
+
+    /// When it is killed for a message it began and stopped sending, if it did.
+    pub fn stall_deadline(&self) -> Option<Instant> {
+        if self.channel_closed || self.fault.is_some() {
+            return None;
+        }
+        Some(self.reader.stalled_since()? + policy::FRAME_STALL)
     }
 
     /// Start ending it, with every process it started, for its running task: SIGTERM

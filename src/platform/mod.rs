@@ -33,7 +33,8 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 pub use posix::{
-    descriptor_limit, open_descriptors, pipe_nonblocking as pipe, set_cloexec, socketpair_cloexec,
+    descriptor_limit, open_descriptors, pipe_nonblocking as pipe, reserve, set_cloexec,
+    socketpair_cloexec,
 };
 
 /// How often exits are looked for where no pidfd reports them at once.
@@ -235,13 +236,38 @@ impl ExitWatch {
     }
 }
 
-/// Reap our child `pid` if it has exited: its exit code, or minus the signal that
-/// killed it; None while it runs. (A zombie child keeps its pid: no reuse race.)
-pub fn try_reap(pid: i32, watch: &ExitWatch) -> io::Result<Option<i32>> {
-    match watch {
+/// How a process ended: its exit code, or minus the signal that killed it; None when
+/// it cannot be known (the kernel reaped the child itself because this process ignores
+/// SIGCHLD, or other code of this process reaped it).
+pub type ExitStatus = Option<i32>;
+
+/// Reap our child `pid` if it has exited: Some(its status) once it has, None while it
+/// runs. (A zombie child keeps its pid: no reuse race.) A child that can no longer be
+/// waited for (ECHILD) has exited: it was ours, and only its exit reaps it.
+pub fn try_reap(pid: i32, watch: &ExitWatch) -> Option<ExitStatus> {
+    let reaped = match watch {
         #[cfg(target_os = "linux")]
         ExitWatch::Pidfd(fd) => linux::try_reap_pidfd(fd.as_raw_fd()),
         _ => posix::try_waitpid(pid),
+    };
+    match reaped {
+        Ok(None) => None,
+        Ok(Some(code)) => Some(Some(code)),
+        Err(_) => Some(None),
+    }
+}
+
+/// Whether the kernel reaps this process's children as they exit, discarding their
+/// exit status: SIGCHLD is ignored, or its handler was set with SA_NOCLDWAIT.
+pub fn children_reaped_by_kernel() -> bool {
+    // SAFETY: sigaction(2) with a null new action only reads the current one into a
+    // live, zeroed structure.
+    unsafe {
+        let mut current: libc::sigaction = std::mem::zeroed();
+        if libc::sigaction(libc::SIGCHLD, std::ptr::null(), &mut current) != 0 {
+            return false;
+        }
+        current.sa_sigaction == libc::SIG_IGN || current.sa_flags & libc::SA_NOCLDWAIT != 0
     }
 }
 
@@ -252,7 +278,7 @@ pub fn wait_for_exit(pid: i32, watch: &ExitWatch, child: bool, timeout: Option<D
     loop {
         let exited = match watch {
             ExitWatch::Pidfd(fd) => posix::poll_readable(fd.as_raw_fd(), Duration::ZERO),
-            ExitWatch::Poll if child => matches!(posix::try_waitpid(pid), Ok(Some(_)) | Err(_)),
+            ExitWatch::Poll if child => try_reap(pid, watch).is_some(),
             // Not ours to reap: a zombie counts as exited (its parent may be gone).
             ExitWatch::Poll => !crate::procfs::is_running(pid),
         };

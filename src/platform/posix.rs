@@ -158,6 +158,33 @@ pub fn unlinked_file() -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// Give the file `fd` its first `len` bytes of storage now, so that writing them
+/// through a mapping cannot fault: a full tmpfs (a container's small /dev/shm) is an
+/// error here instead of a SIGBUS in whatever process writes the mapping first.
+pub fn reserve(fd: RawFd, len: usize) -> io::Result<()> {
+    #[cfg(not(target_vendor = "apple"))]
+    {
+        // SAFETY: posix_fallocate on a descriptor the caller owns; it returns the error.
+        let ret = unsafe { libc::posix_fallocate(fd, 0, len as libc::off_t) };
+        if ret != 0 {
+            return Err(io::Error::from_raw_os_error(ret));
+        }
+    }
+    #[cfg(target_vendor = "apple")]
+    {
+        // No posix_fallocate: a byte written into each page allocates it.
+        let page = 4096;
+        for offset in (0..len).step_by(page) {
+            // SAFETY: writes one byte from a live buffer at an offset within the file.
+            let ret = unsafe { libc::pwrite(fd, [0u8].as_ptr().cast(), 1, offset as libc::off_t) };
+            if ret < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Replace the mapping at `base` with a private one holding the contents of the
 /// mapping `copy` (both `len` bytes), then drop `copy`.
 pub fn copy_over(copy: *mut u8, base: *mut u8, len: usize) -> io::Result<()> {

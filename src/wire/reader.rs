@@ -3,6 +3,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{OwnedFd, RawFd};
+use std::time::Instant;
 
 use super::{recv_with_fd, Attached, Frame, Header, Received, HAS_FD, HEADER_LEN};
 
@@ -10,22 +11,32 @@ pub struct FrameReader {
     stage: Vec<u8>,
     start: usize,
     end: usize,
-    /// A frame whose body is being read directly into its own buffer.
-    partial: Option<(Header, Vec<u8>, usize)>,
+    /// A frame whose body is being read directly into its own buffer: its length is
+    /// what came so far, its capacity the length announced (untouched until it comes,
+    /// so a header announcing much and sending nothing costs no memory).
+    partial: Option<(Header, Vec<u8>)>,
     /// Descriptors received, in order, for the frames flagged HAS_FD (None: dropped by
     /// the kernel).
     fds: VecDeque<Option<OwnedFd>>,
     /// Set once the framing broke; the reader stops there.
     corrupt: Option<String>,
+    /// While a frame is incomplete: when its last bytes came (see `stalled_since`).
+    last_progress: Option<Instant>,
+    /// Bytes came during the current `read_available` call.
+    progressed: bool,
 }
 
 const STAGE_LEN: usize = 256 * 1024;
 
-fn read_into(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+/// Read into the spare capacity of `body`, extending it by what came.
+fn read_into(fd: RawFd, body: &mut Vec<u8>) -> io::Result<usize> {
+    let spare = body.spare_capacity_mut();
     loop {
-        // SAFETY: buf is a valid writable slice of buf.len() bytes.
-        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        // SAFETY: `spare` is writable memory of spare.len() bytes, owned by `body`.
+        let n = unsafe { libc::read(fd, spare.as_mut_ptr().cast(), spare.len()) };
         if n >= 0 {
+            // SAFETY: read(2) initialized the first n bytes of the spare capacity.
+            unsafe { body.set_len(body.len() + n as usize) };
             return Ok(n as usize);
         }
         let err = io::Error::last_os_error();
@@ -53,6 +64,8 @@ impl Default for FrameReader {
             partial: None,
             fds: VecDeque::new(),
             corrupt: None,
+            last_progress: None,
+            progressed: false,
         }
     }
 }
@@ -70,25 +83,28 @@ impl FrameReader {
     pub fn read_available(&mut self, fd: RawFd) -> ReadOutcome {
         let mut frames = Vec::new();
         let mut drained = false;
+        self.progressed = false;
         loop {
             if self.corrupt.is_some() {
                 return self.outcome(frames, true);
             }
-            if let Some((header, mut body, filled)) = self.partial.take() {
+            if let Some((header, mut body)) = self.partial.take() {
                 // Large body: read straight into it.
                 // Only this body's bytes: no later frame (nor its descriptor) is touched.
-                match read_into(fd, &mut body[filled..]) {
+                let read = read_into(fd, &mut body);
+                self.progressed |= matches!(read, Ok(n) if n > 0);
+                match read {
                     Ok(0) => return self.outcome(frames, true),
-                    Ok(n) if filled + n == body.len() => {
+                    Ok(_) if body.len() as u64 == header.len => {
                         let fd = self.take_fd(&header);
                         frames.push(Frame { header, body, fd })
                     }
-                    Ok(n) => {
-                        self.partial = Some((header, body, filled + n));
+                    Ok(_) => {
+                        self.partial = Some((header, body));
                         return self.outcome(frames, false); // short: drained
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        self.partial = Some((header, body, filled));
+                        self.partial = Some((header, body));
                         return self.outcome(frames, false);
                     }
                     Err(_) => return self.outcome(frames, true),
@@ -112,6 +128,7 @@ impl FrameReader {
             match recv_with_fd(fd, &mut self.stage[self.end..]) {
                 Ok(Received { len: 0, .. }) => return self.outcome(frames, true),
                 Ok(received) => {
+                    self.progressed = true;
                     drained = received.len < room && received.fd.is_none() && !received.dropped;
                     self.end += received.len;
                     if received.fd.is_some() || received.dropped {
@@ -126,7 +143,20 @@ impl FrameReader {
         }
     }
 
-    fn outcome(&self, frames: Vec<Frame>, closed: bool) -> ReadOutcome {
+    /// While a frame has begun and not completed: since when no byte of it came. A peer
+    /// that writes its frames whole completes them at the pace the reader reads; one
+    /// stalled for long wrote a header and never its body.
+    pub fn stalled_since(&self) -> Option<Instant> {
+        self.last_progress
+    }
+
+    fn outcome(&mut self, frames: Vec<Frame>, closed: bool) -> ReadOutcome {
+        let incomplete = self.partial.is_some() || self.end > self.start;
+        self.last_progress = match self.last_progress {
+            _ if !incomplete => None,
+            Some(since) if !self.progressed => Some(since),
+            _ => Some(Instant::now()),
+        };
         ReadOutcome {
             frames,
             closed,
@@ -173,11 +203,10 @@ impl FrameReader {
                     self.corrupt = Some(format!("cannot allocate a frame of {len} bytes"));
                     return;
                 }
-                body.resize(len, 0);
-                body[..available].copy_from_slice(&self.stage[body_start..self.end]);
+                body.extend_from_slice(&self.stage[body_start..self.end]);
                 self.start = 0;
                 self.end = 0;
-                self.partial = Some((header, body, available));
+                self.partial = Some((header, body));
                 return;
             }
         }

@@ -117,7 +117,11 @@ class Popen:
                 try:
                     pid, status = os.waitpid(self.pid, flag)
                 except ChildProcessError:
-                    return None  # reaped by someone else
+                    # It exited and was reaped already: by the system, if this process
+                    # ignores SIGCHLD, or by other code. Its status is lost: 255, as
+                    # multiprocessing's forkserver reports a status it cannot know.
+                    self.returncode = 255
+                    return self.returncode
                 if pid == self.pid:
                     self.returncode = os.waitstatus_to_exitcode(status)
             return self.returncode
