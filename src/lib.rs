@@ -7,33 +7,60 @@
 //! shared segment's life and every wake-up between threads; Python owns every Python
 //! object and every message a user reads.
 
+#[cfg(unix)]
 mod bindings;
+#[cfg(unix)]
 mod channel;
+#[cfg(unix)]
 mod fork;
+#[cfg(unix)]
 mod manager;
+#[cfg(unix)]
 mod platform;
+/// On Windows only the platform's own facilities are built so far (see
+/// `platform/windows/mod.rs`); the pool reaches them through the same seam later.
+#[cfg(windows)]
+mod platform {
+    pub mod windows;
+}
+#[cfg(unix)]
 mod procfs;
+#[cfg(unix)]
 mod shm;
+#[cfg(unix)]
 mod spawn;
+#[cfg(unix)]
 mod template;
+#[cfg(unix)]
 mod watch;
+#[cfg(unix)]
 mod watchdog;
+#[cfg(unix)]
 mod wire;
 
+#[cfg(unix)]
 use std::os::fd::IntoRawFd;
 
+#[cfg(unix)]
 use pyo3::exceptions::PyOSError;
+#[cfg(unix)]
 use pyo3::prelude::*;
 
+#[cfg(unix)]
 use bindings::buffers::{OutgoingSegment, Payload, SharedSegment};
+#[cfg(unix)]
 use bindings::channel::{Channel, Message};
+#[cfg(unix)]
 use bindings::pool::{
     InitFailed, Pool, PoolClosed, StartFailed, TaskEnded, TaskResult, WorkerDied, WorkerExited,
     WorkerStarted, WorkerStat,
 };
+#[cfg(unix)]
 use bindings::InheritedPoolError;
+#[cfg(unix)]
 use spawn::WorkerCommand;
 
+#[cfg(unix)]
 fn os_error(e: std::io::Error) -> PyErr {
     PyOSError::new_err(e.to_string())
 }
@@ -41,6 +68,7 @@ fn os_error(e: std::io::Error) -> PyErr {
 /// Fork+exec `program` with `args`, the environment overrides `env`, and `pass_fds`
 /// inherited. Returns (pid, sentinel): the caller owns the sentinel, which becomes
 /// readable once the child exited, and reaps the child with `reap`.
+#[cfg(unix)]
 #[pyfunction]
 #[pyo3(signature = (program, args, env, pass_fds=Vec::new()))]
 fn spawn_process(
@@ -61,6 +89,7 @@ fn spawn_process(
 }
 
 /// Every live descendant of process `pid`, children before grandchildren.
+#[cfg(unix)]
 #[pyfunction]
 fn descendants(pid: i32) -> Vec<i32> {
     procfs::descendants(pid)
@@ -68,6 +97,7 @@ fn descendants(pid: i32) -> Vec<i32> {
 
 /// Template side: wait (without the GIL) up to `timeout` seconds (None: for ever)
 /// until one of `fds` is readable; the indices of those that are.
+#[cfg(unix)]
 #[pyfunction]
 #[pyo3(signature = (fds, timeout=None))]
 fn template_wait(py: Python<'_>, fds: Vec<i32>, timeout: Option<f64>) -> PyResult<Vec<usize>> {
@@ -78,6 +108,7 @@ fn template_wait(py: Python<'_>, fds: Vec<i32>, timeout: Option<f64>) -> PyResul
 
 /// In a worker just forked by the template: a process group of its own. (It ends with
 /// the template through its watchdog, `watch_parent`.) False if the template is gone.
+#[cfg(unix)]
 #[pyfunction]
 fn detach_forked_worker(template_pid: i32) -> PyResult<bool> {
     // SAFETY: setpgid on our own process.
@@ -90,6 +121,7 @@ fn detach_forked_worker(template_pid: i32) -> PyResult<bool> {
 
 /// Which way each operating-system facility used so far went: (name, "fast" or
 /// "portable (why)"). See `src/platform/mod.rs`.
+#[cfg(unix)]
 #[pyfunction]
 fn facilities() -> Vec<(&'static str, String)> {
     platform::facilities()
@@ -97,6 +129,7 @@ fn facilities() -> Vec<(&'static str, String)> {
 
 /// In a process this package started, first thing: close the descriptors numbered at
 /// or above the soft descriptor limit, which posix_spawn could not close for it.
+#[cfg(unix)]
 #[pyfunction]
 fn close_descriptors_beyond_limit() {
     spawn::close_beyond_limit();
@@ -104,6 +137,7 @@ fn close_descriptors_beyond_limit() {
 
 /// In a worker: end this process and everything it started as soon as `parent` (the
 /// process expected as its parent) is gone; at once if it already is.
+#[cfg(unix)]
 #[pyfunction]
 fn watch_parent(parent: i32) -> PyResult<()> {
     watchdog::watch_parent(parent).map_err(os_error)
@@ -113,6 +147,7 @@ fn watch_parent(parent: i32) -> PyResult<()> {
 /// process's sending cache. Returns the segment and each buffer's offset in it; raises
 /// OSError when no segment can be made (out of descriptors or memory), and the caller
 /// then sends the buffers in-band.
+#[cfg(unix)]
 #[pyfunction]
 fn write_segment(
     py: Python<'_>,
@@ -124,6 +159,7 @@ fn write_segment(
 /// Limit this process's sending cache of segments to `max_bytes` and `max_segments`
 /// (each kept segment holds a descriptor; None: a small share of what the process may
 /// open, so that the cache never runs it out of them).
+#[cfg(unix)]
 #[pyfunction]
 #[pyo3(signature = (max_bytes, max_segments=None, /))]
 fn configure_segment_cache(max_bytes: u64, max_segments: Option<u64>) {
@@ -133,33 +169,39 @@ fn configure_segment_cache(max_bytes: u64, max_segments: Option<u64>) {
 }
 
 /// (segments kept, bytes kept) by this process's sending cache.
+#[cfg(unix)]
 #[pyfunction]
 fn segment_cache_usage() -> (usize, u64) {
     shm::CACHE.usage()
 }
 
 /// Let go of every segment the sending cache keeps (receivers keep what they use).
+#[cfg(unix)]
 #[pyfunction]
 fn release_cached_segments() {
     shm::CACHE.clear();
 }
 
 /// `os.register_at_fork` hooks: received segments become private copies in the child.
+#[cfg(unix)]
 #[pyfunction]
 fn fork_prepare() {
     shm::fork_prepare();
 }
 
+#[cfg(unix)]
 #[pyfunction]
 fn fork_parent() {
     shm::fork_parent();
 }
 
+#[cfg(unix)]
 #[pyfunction]
 fn fork_child() {
     shm::fork_child();
 }
 
+#[cfg(unix)]
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     fork::register();
