@@ -1,0 +1,167 @@
+//! For the tests of this folder: child processes that are this test executable run
+//! again with a role (the `helper` test, ignored in normal runs), and a few handles.
+
+use std::io;
+use std::os::windows::io::{AsRawHandle, BorrowedHandle, FromRawHandle, OwnedHandle, RawHandle};
+use std::ptr::null;
+use std::time::Duration;
+
+use windows_sys::Win32::Foundation::HANDLE;
+use windows_sys::Win32::System::Threading::{
+    CreateEventW, OpenProcess, SetEvent, WaitForSingleObject, PROCESS_QUERY_LIMITED_INFORMATION,
+    PROCESS_SYNCHRONIZE,
+};
+
+use super::process::Command;
+use super::{check, owned};
+
+/// How long a helper that waits to be ended lives at most.
+const HELPER_LIFE: Duration = Duration::from_secs(60);
+
+/// A command that runs this executable's `helper` in the role `role`.
+pub fn child(role: &str) -> Command {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    for arg in [
+        "--exact",
+        "platform::windows::test_child::helper",
+        "--ignored",
+        "--quiet",
+        "--test-threads=1",
+    ] {
+        cmd.arg(arg);
+    }
+    cmd.env("LOKY_TEST_ROLE", role);
+    cmd
+}
+
+/// How many arguments `child` puts before the ones a test adds.
+const OWN_ARGS: usize = 6;
+
+/// A manual-reset event, unset, not inheritable.
+pub struct Event(OwnedHandle);
+
+impl Event {
+    pub fn new() -> io::Result<Event> {
+        // SAFETY: an unnamed event with default security; the result is checked.
+        Ok(Event(owned(unsafe { CreateEventW(null(), 1, 0, null()) })?))
+    }
+
+    pub fn as_handle(&self) -> BorrowedHandle<'_> {
+        std::os::windows::io::AsHandle::as_handle(&self.0)
+    }
+
+    pub fn is_set(&self) -> bool {
+        wait_for_event(self, 0)
+    }
+}
+
+pub fn wait_for_event(event: &Event, timeout_ms: u32) -> bool {
+    // SAFETY: waits on our live event.
+    unsafe { WaitForSingleObject(event.0.as_raw_handle() as HANDLE, timeout_ms) == 0 }
+}
+
+/// A handle to process `pid`, to wait for its exit and read its exit code.
+pub fn open_process(pid: u32) -> OwnedHandle {
+    // SAFETY: opens a process by id; the result is checked.
+    owned(unsafe {
+        OpenProcess(
+            PROCESS_SYNCHRONIZE | PROCESS_QUERY_LIMITED_INFORMATION,
+            0,
+            pid,
+        )
+    })
+    .unwrap()
+}
+
+/// The handle values listed in LOKY_TEST_EVENTS.
+fn handles_from_env() -> Vec<HANDLE> {
+    std::env::var("LOKY_TEST_EVENTS")
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|v| v.parse::<usize>().ok())
+        .map(|v| v as HANDLE)
+        .collect()
+}
+
+fn set_all(handles: &[HANDLE]) {
+    for &handle in handles {
+        // SAFETY: a handle value given by the parent; a wrong one only fails.
+        unsafe { SetEvent(handle) };
+    }
+}
+
+/// A child process's roles; never a test of its own (ignored, and a no-op without a role).
+#[test]
+#[ignore = "not a test: the body of the child processes that the tests start"]
+fn helper() {
+    let Ok(role) = std::env::var("LOKY_TEST_ROLE") else {
+        return;
+    };
+    let code = match role.as_str() {
+        "exit" => std::env::var("LOKY_TEST_CODE").unwrap().parse().unwrap(),
+        "echo_args" => {
+            let expected = std::env::var("LOKY_TEST_EXPECT").unwrap();
+            let expected: Vec<&str> = expected.split('\u{1f}').collect();
+            let got: Vec<String> = std::env::args().skip(OWN_ARGS).collect();
+            let case_kept = std::env::var("LOKY_TEST_MIXED_CASE").as_deref() == Ok("kept");
+            i32::from(got != expected || !case_kept)
+        }
+        "set_events" => {
+            set_all(&handles_from_env());
+            0
+        }
+        "sleep" => {
+            std::thread::sleep(HELPER_LIFE);
+            0
+        }
+        "grandparent" => {
+            let _grandchild = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "platform::windows::test_child::helper",
+                    "--ignored",
+                ])
+                .env("LOKY_TEST_ROLE", "sleep")
+                .spawn()
+                .unwrap();
+            set_all(&handles_from_env());
+            std::thread::sleep(HELPER_LIFE);
+            0
+        }
+        "holder" => {
+            let _worker = child("sleep").spawn().unwrap();
+            set_all(&handles_from_env());
+            std::thread::sleep(HELPER_LIFE);
+            0
+        }
+        "pipe_echo" => {
+            let value = std::env::var("LOKY_TEST_PIPE").unwrap().parse().unwrap();
+            // SAFETY: the pipe end the parent passed on, owned by nothing else here.
+            let end = unsafe { super::pipe::PipeEnd::from_raw(value) }.unwrap();
+            let mut buf = vec![0u8; 65536];
+            loop {
+                let n = end.read(&mut buf).unwrap();
+                if n == 0 {
+                    break 0;
+                }
+                buf[..n].iter_mut().for_each(|b| *b += 1);
+                end.write_all(&buf[..n]).unwrap();
+            }
+        }
+        other => panic!("unknown role {other}"),
+    };
+    std::process::exit(code);
+}
+
+/// Take ownership of a handle value received from a parent.
+///
+/// SAFETY (for callers): `value` must be a handle of this process that nothing else owns.
+pub unsafe fn take(value: usize) -> OwnedHandle {
+    // SAFETY: see the function's contract.
+    unsafe { OwnedHandle::from_raw_handle(value as RawHandle) }
+}
+
+pub fn set(handle: HANDLE) -> io::Result<()> {
+    // SAFETY: an event handle of this process.
+    check(unsafe { SetEvent(handle) })
+}
