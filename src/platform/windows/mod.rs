@@ -17,6 +17,7 @@
 
 pub mod pipe;
 pub mod process;
+pub mod section;
 #[cfg(test)]
 mod test_child;
 

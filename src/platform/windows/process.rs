@@ -30,7 +30,9 @@ use std::ffi::{OsStr, OsString};
 use std::io;
 use std::mem::size_of;
 use std::os::windows::ffi::OsStrExt;
-use std::os::windows::io::{AsRawHandle, BorrowedHandle, FromRawHandle, OwnedHandle, RawHandle};
+use std::os::windows::io::{
+    AsHandle, AsRawHandle, BorrowedHandle, FromRawHandle, OwnedHandle, RawHandle,
+};
 use std::ptr::{null, null_mut};
 
 use windows_sys::Win32::Foundation::{
@@ -87,11 +89,6 @@ impl Job {
 
     fn raw(&self) -> HANDLE {
         self.0.as_raw_handle() as HANDLE
-    }
-
-    pub fn as_handle(&self) -> BorrowedHandle<'_> {
-        // SAFETY: our handle, alive as long as the borrow.
-        unsafe { BorrowedHandle::borrow_raw(self.0.as_raw_handle()) }
     }
 
     pub fn assign(&self, process: BorrowedHandle<'_>) -> io::Result<()> {
@@ -325,16 +322,6 @@ impl Command {
         // A standard handle that cannot be duplicated (a console pseudo-handle of old
         // systems) is left out rather than failing the start.
         Ok(self.inherit(borrowed).unwrap_or(0))
-    }
-}
-
-trait AsHandleExt {
-    fn as_handle(&self) -> BorrowedHandle<'_>;
-}
-
-impl AsHandleExt for OwnedHandle {
-    fn as_handle(&self) -> BorrowedHandle<'_> {
-        std::os::windows::io::AsHandle::as_handle(self)
     }
 }
 

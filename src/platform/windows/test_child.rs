@@ -12,8 +12,8 @@ use windows_sys::Win32::System::Threading::{
     PROCESS_SYNCHRONIZE,
 };
 
+use super::owned;
 use super::process::Command;
-use super::{check, owned};
 
 /// How long a helper that waits to be ended lives at most.
 const HELPER_LIFE: Duration = Duration::from_secs(60);
@@ -148,6 +148,7 @@ fn helper() {
                 end.write_all(&buf[..n]).unwrap();
             }
         }
+        "section_peer" => section_peer(),
         other => panic!("unknown role {other}"),
     };
     std::process::exit(code);
@@ -161,7 +162,34 @@ pub unsafe fn take(value: usize) -> OwnedHandle {
     unsafe { OwnedHandle::from_raw_handle(value as RawHandle) }
 }
 
-pub fn set(handle: HANDLE) -> io::Result<()> {
-    // SAFETY: an event handle of this process.
-    check(unsafe { SetEvent(handle) })
+/// Maps the section whose handle value comes on the pipe, checks it, writes "reply",
+/// then hands over a section of its own ("mine") and waits for the parent's close.
+fn section_peer() -> i32 {
+    use super::section::{Section, View};
+    let value = std::env::var("LOKY_TEST_PIPE").unwrap().parse().unwrap();
+    // SAFETY: the pipe end the parent passed on, owned by nothing else here.
+    let end = unsafe { super::pipe::PipeEnd::from_raw(value) }.unwrap();
+    let mut raw = [0u8; 8];
+    let mut got = 0;
+    while got < 8 {
+        got += end.read(&mut raw[got..]).unwrap();
+    }
+    // SAFETY: the parent duplicated this handle into us for us to own.
+    let handle = unsafe { take(u64::from_le_bytes(raw) as usize) };
+    let view = View::of(std::os::windows::io::AsHandle::as_handle(&handle)).unwrap();
+    drop(handle);
+    // SAFETY: the parent does not touch the view until it hears back.
+    let bytes = unsafe { view.bytes_mut() };
+    if bytes.len() != 16 * 4096 || bytes.iter().enumerate().any(|(i, &b)| b != (i % 253) as u8) {
+        return 2;
+    }
+    bytes[..5].copy_from_slice(b"reply");
+    let mine = Section::new(4096).unwrap();
+    // SAFETY: our own fresh view.
+    unsafe { mine.map().unwrap().bytes_mut()[..4].copy_from_slice(b"mine") };
+    end.write_all(&(mine.into_raw() as u64).to_le_bytes())
+        .unwrap();
+    let mut rest = [0u8; 1];
+    while end.read(&mut rest).unwrap() != 0 {}
+    0
 }
