@@ -16,6 +16,7 @@
 #![cfg_attr(not(test), allow(dead_code))]
 
 pub mod pipe;
+pub mod port;
 pub mod process;
 pub mod section;
 #[cfg(test)]

@@ -56,7 +56,7 @@ pub struct PipeEnd {
 }
 
 /// A peer that closed its end: how the pipe's errors say it.
-fn is_closed(err: &io::Error) -> bool {
+pub(super) fn is_closed(err: &io::Error) -> bool {
     matches!(
         err.raw_os_error().map(|e| e as u32),
         Some(ERROR_BROKEN_PIPE | ERROR_NO_DATA | ERROR_PIPE_NOT_CONNECTED)

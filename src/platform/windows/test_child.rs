@@ -60,6 +60,10 @@ pub fn wait_for_event(event: &Event, timeout_ms: u32) -> bool {
     unsafe { WaitForSingleObject(event.0.as_raw_handle() as HANDLE, timeout_ms) == 0 }
 }
 
+pub fn set(event: &Event) {
+    set_all(&[event.0.as_raw_handle() as HANDLE]);
+}
+
 /// A handle to process `pid`, to wait for its exit and read its exit code.
 pub fn open_process(pid: u32) -> OwnedHandle {
     // SAFETY: opens a process by id; the result is checked.
