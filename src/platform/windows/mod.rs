@@ -15,6 +15,7 @@
 
 #![cfg_attr(not(test), allow(dead_code))]
 
+pub mod cpu;
 pub mod pipe;
 pub mod port;
 pub mod process;

@@ -21,10 +21,6 @@
 //!   that; POSIX needs one);
 //! - an unhandled exception (a segfault) ends the process at once instead of opening
 //!   the system's error-report dialog, which would keep a crashed worker alive.
-//!
-//! A child started with `own_group` is the root of a new console process group: the
-//! console's Ctrl-C reaches the parent only, which passes an interrupt on to busy
-//! workers itself, as on POSIX.
 
 use std::ffi::{OsStr, OsString};
 use std::io;
@@ -52,7 +48,7 @@ use windows_sys::Win32::System::JobObjects::{
 use windows_sys::Win32::System::Threading::{
     CreateProcessW, DeleteProcThreadAttributeList, GetCurrentProcess, GetExitCodeProcess,
     InitializeProcThreadAttributeList, ResumeThread, TerminateProcess, UpdateProcThreadAttribute,
-    WaitForSingleObject, CREATE_NEW_PROCESS_GROUP, CREATE_SUSPENDED, CREATE_UNICODE_ENVIRONMENT,
+    WaitForSingleObject, CREATE_SUSPENDED, CREATE_UNICODE_ENVIRONMENT,
     EXTENDED_STARTUPINFO_PRESENT, LPPROC_THREAD_ATTRIBUTE_LIST, PROCESS_INFORMATION,
     PROC_THREAD_ATTRIBUTE_HANDLE_LIST, STARTF_USESTDHANDLES, STARTUPINFOEXW,
 };
@@ -89,6 +85,10 @@ impl Job {
 
     fn raw(&self) -> HANDLE {
         self.0.as_raw_handle() as HANDLE
+    }
+
+    pub fn as_handle(&self) -> BorrowedHandle<'_> {
+        self.0.as_handle()
     }
 
     pub fn assign(&self, process: BorrowedHandle<'_>) -> io::Result<()> {
@@ -185,7 +185,6 @@ pub struct Command {
     env: Vec<(OsString, OsString)>,
     /// Inheritable duplicates of the handles the child inherits (closed when dropped).
     inherited: Vec<OwnedHandle>,
-    own_group: bool,
 }
 
 impl Command {
@@ -195,7 +194,6 @@ impl Command {
             args: Vec::new(),
             env: Vec::new(),
             inherited: Vec::new(),
-            own_group: false,
         }
     }
 
@@ -208,12 +206,6 @@ impl Command {
     pub fn env(&mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> &mut Command {
         self.env
             .push((key.as_ref().to_owned(), value.as_ref().to_owned()));
-        self
-    }
-
-    /// Make the child the root of a new console process group.
-    pub fn own_group(&mut self) -> &mut Command {
-        self.own_group = true;
         self
     }
 
@@ -253,11 +245,7 @@ impl Command {
         startup.StartupInfo.hStdOutput = stdout as HANDLE;
         startup.StartupInfo.hStdError = stderr as HANDLE;
         startup.lpAttributeList = attributes.ptr();
-        let mut flags =
-            CREATE_SUSPENDED | CREATE_UNICODE_ENVIRONMENT | EXTENDED_STARTUPINFO_PRESENT;
-        if self.own_group {
-            flags |= CREATE_NEW_PROCESS_GROUP;
-        }
+        let flags = CREATE_SUSPENDED | CREATE_UNICODE_ENVIRONMENT | EXTENDED_STARTUPINFO_PRESENT;
         // SAFETY: plain data for the call to fill.
         let mut info: PROCESS_INFORMATION = unsafe { std::mem::zeroed() };
         // SAFETY: every pointer is to a live NUL-terminated buffer or structure that
@@ -379,7 +367,7 @@ impl AttributeList {
         // SAFETY: asks for the size of a one-attribute list (fails with
         // ERROR_INSUFFICIENT_BUFFER by design, having set `size`).
         unsafe { InitializeProcThreadAttributeList(null_mut(), 1, 0, &mut size) };
-        let mut list = AttributeList {
+        let list = AttributeList {
             buffer: vec![0usize; size.div_ceil(size_of::<usize>())],
             _handles: handles.to_vec().into_boxed_slice(),
         };
@@ -559,6 +547,7 @@ mod tests {
         cmd.env("LOKY_TEST_CODE", "3");
         let child = cmd.spawn().unwrap();
         assert_eq!(child.wait(30_000).unwrap(), Some(3));
+        assert_eq!(child.try_wait().unwrap(), Some(3));
         assert_eq!(child.job.process_ids().unwrap(), Vec::<u32>::new());
     }
 

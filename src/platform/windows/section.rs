@@ -66,7 +66,7 @@ impl Section {
     }
 
     pub fn as_handle(&self) -> BorrowedHandle<'_> {
-        std::os::windows::io::AsHandle::as_handle(&self.handle)
+        self.handle.as_handle()
     }
 
     /// Map the whole section, readable and writable.
@@ -222,13 +222,16 @@ mod tests {
         let section = Section::new(3 * PAGE).unwrap();
         let a = section.map().unwrap();
         let b = View::of(section.as_handle()).unwrap();
+        assert_eq!(section.len(), 3 * PAGE);
         drop(section);
         assert_eq!((a.len(), b.len()), (3 * PAGE, 3 * PAGE));
         // SAFETY: this test is the only user of both views.
         unsafe {
             assert!(a.bytes().iter().all(|&x| x == 0), "a new section is zeroed");
             a.bytes_mut()[PAGE + 5] = 42;
+            a.as_ptr().add(7).write(9);
             assert_eq!(b.bytes()[PAGE + 5], 42);
+            assert_eq!(b.bytes()[7], 9);
         }
     }
 

@@ -27,6 +27,7 @@ pub fn child(role: &str) -> Command {
         "--ignored",
         "--quiet",
         "--test-threads=1",
+        "--nocapture",
     ] {
         cmd.arg(arg);
     }
@@ -35,7 +36,7 @@ pub fn child(role: &str) -> Command {
 }
 
 /// How many arguments `child` puts before the ones a test adds.
-const OWN_ARGS: usize = 6;
+const OWN_ARGS: usize = 7;
 
 /// A manual-reset event, unset, not inheritable.
 pub struct Event(OwnedHandle);
@@ -119,7 +120,7 @@ fn helper() {
             0
         }
         "grandparent" => {
-            let _grandchild = std::process::Command::new(std::env::current_exe().unwrap())
+            let mut grandchild = std::process::Command::new(std::env::current_exe().unwrap())
                 .args([
                     "--exact",
                     "platform::windows::test_child::helper",
@@ -130,6 +131,8 @@ fn helper() {
                 .unwrap();
             set_all(&handles_from_env());
             std::thread::sleep(HELPER_LIFE);
+            let _ = grandchild.kill();
+            let _ = grandchild.wait();
             0
         }
         "holder" => {
@@ -153,6 +156,7 @@ fn helper() {
             }
         }
         "section_peer" => section_peer(),
+        "cpu_capped" => cpu_capped(),
         other => panic!("unknown role {other}"),
     };
     std::process::exit(code);
@@ -196,4 +200,41 @@ fn section_peer() -> i32 {
     let mut rest = [0u8; 1];
     while end.read(&mut rest).unwrap() != 0 {}
     0
+}
+
+/// Puts this process in a job capped at a quarter of the machine: its cpu_count then;
+/// 255 if the cap could not be set, 254 if the process could not join the job.
+fn cpu_capped() -> i32 {
+    use windows_sys::Win32::System::JobObjects::{
+        JobObjectCpuRateControlInformation, SetInformationJobObject,
+        JOBOBJECT_CPU_RATE_CONTROL_INFORMATION, JOB_OBJECT_CPU_RATE_CONTROL_ENABLE,
+        JOB_OBJECT_CPU_RATE_CONTROL_HARD_CAP,
+    };
+    use windows_sys::Win32::System::Threading::GetCurrentProcess;
+    let job = super::process::Job::new().unwrap();
+    // SAFETY: plain data; zeroed, then the fields set.
+    let mut info: JOBOBJECT_CPU_RATE_CONTROL_INFORMATION = unsafe { std::mem::zeroed() };
+    info.ControlFlags = JOB_OBJECT_CPU_RATE_CONTROL_ENABLE | JOB_OBJECT_CPU_RATE_CONTROL_HARD_CAP;
+    info.Anonymous.CpuRate = 2_500;
+    // SAFETY: a live structure of the size given, for our own job.
+    let set = unsafe {
+        SetInformationJobObject(
+            job.as_handle().as_raw_handle() as HANDLE,
+            JobObjectCpuRateControlInformation,
+            (&info as *const JOBOBJECT_CPU_RATE_CONTROL_INFORMATION).cast(),
+            std::mem::size_of::<JOBOBJECT_CPU_RATE_CONTROL_INFORMATION>() as u32,
+        )
+    };
+    if set == 0 {
+        eprintln!("setting the CPU rate: {}", io::Error::last_os_error());
+        return 255;
+    }
+    // SAFETY: the pseudo-handle of this process, valid for its whole life.
+    let me = unsafe { BorrowedHandle::borrow_raw(GetCurrentProcess() as RawHandle) };
+    if job.assign(me).is_err() {
+        return 254;
+    }
+    let count = super::cpu::cpu_count() as i32;
+    std::mem::forget(job); // ends with this process
+    count
 }
