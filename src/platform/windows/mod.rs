@@ -9,6 +9,7 @@
 //! | shared segments | pagefile-backed sections, handles duplicated into the receiver | `section` |
 //! | wake a sleeping thread, see exits and I/O | an I/O completion port | `port` |
 //! | cpu count | active processors, affinity, the job's CPU rate cap | `cpu` |
+//! | other processes: running, memory, descendants | toolhelp snapshots, process handles | `processes` |
 //!
 //! The pool does not use them yet: they are the leaves the manager's wait and the
 //! worker's channel plug into (see notes in `process`, `port`).
@@ -19,6 +20,7 @@ pub mod cpu;
 pub mod pipe;
 pub mod port;
 pub mod process;
+pub mod processes;
 pub mod section;
 #[cfg(test)]
 mod test_child;
