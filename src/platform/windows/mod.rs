@@ -8,6 +8,7 @@
 //! | a worker's channel | a named pipe pair, both ends overlapped | `pipe` |
 //! | shared segments | pagefile-backed sections, handles duplicated into the receiver | `section` |
 //! | wake a sleeping thread, see exits and I/O | an I/O completion port | `port` |
+//! | Ctrl-C for a busy worker | an inherited event; the worker raises SIGINT itself | `interrupt` |
 //! | cpu count | active processors, affinity, the job's CPU rate cap | `cpu` |
 //! | other processes: running, memory, descendants | toolhelp snapshots, process handles | `processes` |
 //!
@@ -17,6 +18,7 @@
 #![cfg_attr(not(test), allow(dead_code))]
 
 pub mod cpu;
+pub mod interrupt;
 pub mod pipe;
 pub mod port;
 pub mod process;

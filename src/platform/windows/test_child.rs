@@ -157,6 +157,7 @@ fn helper() {
         }
         "section_peer" => section_peer(),
         "cpu_capped" => cpu_capped(),
+        "interrupted" => interrupted(),
         other => panic!("unknown role {other}"),
     };
     std::process::exit(code);
@@ -237,4 +238,36 @@ fn cpu_capped() -> i32 {
     let count = super::cpu::cpu_count() as i32;
     std::mem::forget(job); // ends with this process
     count
+}
+
+static SIGINTS: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn count_sigint(_: libc::c_int) {
+    SIGINTS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Listens for interrupts (the first handle of LOKY_TEST_EVENTS) with a SIGINT handler
+/// that counts, says so (the second), and exits with the count once there is one (or
+/// 0 after a while).
+fn interrupted() -> i32 {
+    let handles = handles_from_env();
+    // SAFETY: installs a handler that only adds to an atomic counter.
+    unsafe {
+        libc::signal(
+            libc::SIGINT,
+            count_sigint as *const () as libc::sighandler_t,
+        )
+    };
+    // SAFETY: the parent passed this event on for us to own.
+    let event = unsafe { take(handles[0] as usize) };
+    super::interrupt::listen(event, super::interrupt::raise_sigint).unwrap();
+    set_all(&handles[1..]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while SIGINTS.load(std::sync::atomic::Ordering::SeqCst) == 0
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    SIGINTS.load(std::sync::atomic::Ordering::SeqCst)
 }
