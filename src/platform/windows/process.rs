@@ -551,6 +551,13 @@ mod tests {
         assert_eq!(child.job.process_ids().unwrap(), Vec::<u32>::new());
     }
 
+    #[test]
+    fn a_crash_ends_the_child_at_once_with_its_exception_code() {
+        let child = child("crash").spawn().unwrap();
+        // STATUS_ACCESS_VIOLATION, with no error-report dialog holding the process.
+        assert_eq!(child.wait(30_000).unwrap(), Some(0xC000_0005));
+    }
+
     /// Start a child that starts a grandchild and sleeps; the grandchild's pid.
     fn tree() -> (Child, OwnedHandle) {
         let ready = Event::new().unwrap();

@@ -158,6 +158,11 @@ fn helper() {
         "section_peer" => section_peer(),
         "cpu_capped" => cpu_capped(),
         "interrupted" => interrupted(),
+        "crash" => {
+            // SAFETY: none: an access violation on purpose (address 8 is never mapped).
+            let byte = unsafe { std::ptr::read_volatile(8 as *const u8) };
+            i32::from(byte)
+        }
         other => panic!("unknown role {other}"),
     };
     std::process::exit(code);
