@@ -4,7 +4,7 @@
 //! | facility | Windows way | module |
 //! |---|---|---|
 //! | start a worker | CreateProcessW, inheriting only the handles named, in a Job object | `process` |
-//! | end a worker's tree, end with the parent | the Job object (terminate; kill on close) | `process` |
+//! | end a worker's tree, end with the parent | a Job object per worker (terminate; kill on close) | `job` |
 //! | a worker's channel | a named pipe pair, both ends overlapped | `pipe` |
 //! | shared segments | pagefile-backed sections, handles duplicated into the receiver | `section` |
 //! | wake a sleeping thread, see exits and I/O | an I/O completion port | `port` |
@@ -19,6 +19,7 @@
 
 pub mod cpu;
 pub mod interrupt;
+pub mod job;
 pub mod pipe;
 pub mod port;
 pub mod process;

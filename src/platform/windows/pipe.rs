@@ -260,7 +260,7 @@ impl PipeEnd {
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_child::child;
+    use super::super::test_child::with_channel;
     use super::*;
 
     #[test]
@@ -322,12 +322,7 @@ mod tests {
 
     #[test]
     fn a_child_process_talks_on_its_inherited_end() {
-        let (server, client) = pair().unwrap();
-        let mut cmd = child("pipe_echo");
-        let value = cmd.inherit(client.as_handle()).unwrap();
-        cmd.env("LOKY_TEST_PIPE", value.to_string());
-        let proc = cmd.spawn().unwrap();
-        drop(client); // the child holds the only client end now
+        let (server, proc) = with_channel("pipe_echo");
         let message: Vec<u8> = (0..100_000).map(|i| (i % 7) as u8).collect();
         server.write_all(&message).unwrap();
         let mut echoed = Vec::new();

@@ -123,17 +123,12 @@ pub fn descendants(root: u32) -> Vec<u32> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_child::{child, wait_for_event, Event};
+    use super::super::test_child::started;
     use super::*;
 
     #[test]
     fn a_child_and_its_child_are_found_in_order_and_end_as_not_running() {
-        let ready = Event::new().unwrap();
-        let mut cmd = child("grandparent");
-        let value = cmd.inherit(ready.as_handle()).unwrap();
-        cmd.env("LOKY_TEST_EVENTS", value.to_string());
-        let proc = cmd.spawn().unwrap();
-        assert!(wait_for_event(&ready, 30_000), "the grandchild started");
+        let proc = started("grandparent");
         let tree = descendants(std::process::id());
         let mine = tree.iter().position(|&p| p == proc.pid).expect("the child");
         let below = descendants(proc.pid);

@@ -207,8 +207,7 @@ impl Drop for View {
 
 #[cfg(test)]
 mod tests {
-    use super::super::pipe::pair;
-    use super::super::test_child::child;
+    use super::super::test_child::with_channel;
     use super::*;
 
     const PAGE: usize = 4096;
@@ -252,12 +251,7 @@ mod tests {
 
     #[test]
     fn a_section_shared_with_a_child_is_seen_and_written_there() {
-        let (server, client) = pair().unwrap();
-        let mut cmd = child("section_peer");
-        let value = cmd.inherit(client.as_handle()).unwrap();
-        cmd.env("LOKY_TEST_PIPE", value.to_string());
-        let proc = cmd.spawn().unwrap();
-        drop(client);
+        let (server, proc) = with_channel("section_peer");
         let section = Section::new(16 * PAGE).unwrap();
         let view = section.map().unwrap();
         // SAFETY: the child writes only after it got the handle, read below after.

@@ -35,6 +35,26 @@ pub fn child(role: &str) -> Command {
     cmd
 }
 
+/// Start `role`, which says it is ready by setting an event; return once it did.
+pub fn started(role: &str) -> super::process::Child {
+    let ready = Event::new().unwrap();
+    let mut cmd = child(role);
+    let value = cmd.inherit(ready.as_handle()).unwrap();
+    cmd.env("LOKY_TEST_EVENTS", value.to_string());
+    let started = cmd.spawn().unwrap();
+    assert!(wait_for_event(&ready, 30_000), "{role} is ready");
+    started
+}
+
+/// Start `role` with the client end of a new channel: (the server end, the child).
+pub fn with_channel(role: &str) -> (super::pipe::PipeEnd, super::process::Child) {
+    let (server, client) = super::pipe::pair().unwrap();
+    let mut cmd = child(role);
+    let value = cmd.inherit(client.as_handle()).unwrap();
+    cmd.env("LOKY_TEST_PIPE", value.to_string());
+    (server, cmd.spawn().unwrap()) // the child holds the only client end now
+}
+
 /// How many arguments `child` puts before the ones a test adds.
 const OWN_ARGS: usize = 7;
 
@@ -217,7 +237,7 @@ fn cpu_capped() -> i32 {
         JOB_OBJECT_CPU_RATE_CONTROL_HARD_CAP,
     };
     use windows_sys::Win32::System::Threading::GetCurrentProcess;
-    let job = super::process::Job::new().unwrap();
+    let job = super::job::Job::new().unwrap();
     // SAFETY: plain data; zeroed, then the fields set.
     let mut info: JOBOBJECT_CPU_RATE_CONTROL_INFORMATION = unsafe { std::mem::zeroed() };
     info.ControlFlags = JOB_OBJECT_CPU_RATE_CONTROL_ENABLE | JOB_OBJECT_CPU_RATE_CONTROL_HARD_CAP;
