@@ -2,6 +2,7 @@
 
 pub mod buffers;
 pub mod channel;
+pub mod module;
 pub mod pool;
 
 use std::mem::ManuallyDrop;
