@@ -412,8 +412,9 @@ def pids_of_all_workers(executor, n, timeout=30):
         round_timeout *= 2
 
 
-def run_script(tmp_path, source, timeout=60, env=None, name="script.py"):
-    """Run `source` as a script in a fresh interpreter; return the CompletedProcess."""
+def run_script(tmp_path, source, timeout=60, env=None, name="script.py", args=()):
+    """Run `source` as a script (given `args`) in a fresh interpreter; return the
+    CompletedProcess."""
     import subprocess
     import textwrap
 
@@ -424,7 +425,7 @@ def run_script(tmp_path, source, timeout=60, env=None, name="script.py"):
     if env:
         full_env.update(env)
     return subprocess.run(
-        [sys.executable, str(script)],
+        [sys.executable, str(script), *args],
         capture_output=True,
         text=True,
         timeout=timeout,
