@@ -252,3 +252,21 @@ def test_submit_keeps_its_standard_signature(executor_factory):
     # A keyword named `timeout` goes to the function, as with any executor.
     assert executor.submit(helpers.sleep_and_return, seconds=0, value="v").result(60) == "v"
     assert os.getpid() != executor.submit(os.getpid).result(timeout=60)
+
+
+def test_the_standard_executor_api_of_this_python_is_all_here():
+    # CPython 3.14 added map(buffersize=...) and terminate_workers()/kill_workers().
+    import concurrent.futures
+    import inspect
+
+    standard = inspect.signature(concurrent.futures.Executor.map).parameters
+    ours = inspect.signature(ProcessPoolExecutor.map).parameters
+    for name, parameter in standard.items():
+        assert name in ours, name
+        assert (ours[name].kind, ours[name].default) == (parameter.kind, parameter.default)
+    methods = [
+        name
+        for name in dir(concurrent.futures.ProcessPoolExecutor)
+        if not name.startswith("_") and not hasattr(ProcessPoolExecutor, name)
+    ]
+    assert methods == []
