@@ -412,10 +412,12 @@ def pids_of_all_workers(executor, n, timeout=30):
         round_timeout *= 2
 
 
-def run_script(tmp_path, source, timeout=60, env=None, name="script.py", shell_prefix=None):
-    """Run `source` as a script in a fresh interpreter; return the CompletedProcess.
-    `shell_prefix`: a shell command line that runs the interpreter, given as "$@" (to
-    close a descriptor or enter a namespace first)."""
+def run_script(
+    tmp_path, source, timeout=60, env=None, name="script.py", args=(), shell_prefix=None
+):
+    """Run `source` as a script (given `args`) in a fresh interpreter; return the
+    CompletedProcess. `shell_prefix`: a shell command line that runs the interpreter,
+    given as "$@" (to close a descriptor or enter a namespace first)."""
     import subprocess
     import textwrap
 
@@ -425,7 +427,7 @@ def run_script(tmp_path, source, timeout=60, env=None, name="script.py", shell_p
     full_env.pop("PYTHONFAULTHANDLER", None)
     if env:
         full_env.update(env)
-    command = [sys.executable, str(script)]
+    command = [sys.executable, str(script), *args]
     if shell_prefix is not None:
         command = ["sh", "-c", shell_prefix, "sh", *command]
     return subprocess.run(

@@ -440,6 +440,24 @@ def test_importing_loky_backend_does_not_set_the_start_method():
     assert out.split() == ["None", "loky", "LokyContext"]
 
 
+def test_multiprocessings_forkserver_default_leaves_lokys_start_method_alone():
+    # From CPython 3.14 multiprocessing's default on Linux is "forkserver": loky's own
+    # start method is still unset, its default context still "loky".
+    out, _ = run_python(
+        """
+        import multiprocessing as mp
+        mp.set_start_method("forkserver")
+        from loky import ProcessPoolExecutor
+        from loky.backend import context
+        print(context.get_start_method(), context.get_context().get_start_method())
+        with ProcessPoolExecutor(max_workers=1) as executor:
+            print(executor.submit(pow, 2, 5).result(timeout=60))
+        print(mp.get_start_method())
+        """
+    )
+    assert out.split() == ["None", "loky", "32", "forkserver"]
+
+
 def test_context_module_api():
     assert loky_context.START_METHODS == ["loky", "loky_init_main", "spawn", "forkserver"]
     assert loky.backend.get_context().get_start_method() == "loky"

@@ -182,6 +182,39 @@ def test_map_progress_bar_with_tqdm(executor_factory, capsys):
     assert "25/25" in err and "100%" in err
 
 
+def test_a_progress_bar_leaves_no_process_behind(tmp_path):
+    # Under "forkserver" (multiprocessing's default from CPython 3.14 on Linux) tqdm's
+    # usual lock starts multiprocessing's resource tracker, which outlives the pool.
+    pytest.importorskip("tqdm")
+    result = helpers.run_script(
+        tmp_path,
+        """
+        import multiprocessing
+        import time
+
+        import psutil
+        import tqdm.auto
+
+        from loky import ProcessPoolExecutor
+
+        if __name__ == "__main__":
+            multiprocessing.set_start_method("forkserver")
+            with ProcessPoolExecutor(max_workers=2) as executor:
+                squares = executor.map(pow, range(25), [2] * 25, progress=True)
+                assert list(squares) == [i * i for i in range(25)]
+            deadline = time.monotonic() + 10
+            while (left := psutil.Process().children()) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            print("left:", [" ".join(p.cmdline()) for p in left])
+            # The process's own bars still get tqdm's usual lock.
+            print("tqdm's lock made:", hasattr(tqdm.auto.tqdm, "_lock"))
+        """,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "25/25" in result.stderr
+    assert result.stdout.splitlines() == ["left: []", "tqdm's lock made: False"]
+
+
 def test_map_progress_bad_value(executor_factory):
     executor = executor_factory(max_workers=1)
     with pytest.raises(TypeError, match="progress must be True, False or a callable"):
@@ -219,3 +252,21 @@ def test_submit_keeps_its_standard_signature(executor_factory):
     # A keyword named `timeout` goes to the function, as with any executor.
     assert executor.submit(helpers.sleep_and_return, seconds=0, value="v").result(60) == "v"
     assert os.getpid() != executor.submit(os.getpid).result(timeout=60)
+
+
+def test_the_standard_executor_api_of_this_python_is_all_here():
+    # CPython 3.14 added map(buffersize=...) and terminate_workers()/kill_workers().
+    import concurrent.futures
+    import inspect
+
+    standard = inspect.signature(concurrent.futures.Executor.map).parameters
+    ours = inspect.signature(ProcessPoolExecutor.map).parameters
+    for name, parameter in standard.items():
+        assert name in ours, name
+        assert (ours[name].kind, ours[name].default) == (parameter.kind, parameter.default)
+    methods = [
+        name
+        for name in dir(concurrent.futures.ProcessPoolExecutor)
+        if not name.startswith("_") and not hasattr(ProcessPoolExecutor, name)
+    ]
+    assert methods == []

@@ -213,6 +213,17 @@ def submit_from_threads(plan, n_threads):
     return [task for share in results for task in share]
 
 
+def describe(pids):
+    """Each process's pid and command line (for a failure's message)."""
+    out = []
+    for pid in pids:
+        try:
+            out.append(f"{pid}: {' '.join(psutil.Process(pid).cmdline())[:200]}")
+        except psutil.Error:
+            out.append(f"{pid}: (gone)")
+    return out
+
+
 def open_descriptors():
     """What this process's descriptors point to (a set of "fd -> target")."""
     out = set()
@@ -300,7 +311,7 @@ def test_random_faults_never_hang_or_leak():
     gc.collect()
     children = psutil.Process().children(recursive=True)
     alive = helpers.wait_pids_gone([p.pid for p in children], timeout=10)
-    assert alive == [], f"seed={SEED}: processes left: {alive}"
+    assert alive == [], f"seed={SEED}: processes left: {describe(alive)}"
     # Channels, pidfds, eventfds, shared-memory files: none may leak (a little slack
     # for descriptors held by caches of the standard library).
     helpers.wait_until(lambda: not open_descriptors() - fds_before, timeout=5)

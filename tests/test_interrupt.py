@@ -25,7 +25,9 @@ mode, tmp = sys.argv[1], sys.argv[2]
 executor = get_reusable_executor(max_workers=2)
 workers = sorted(helpers.pids_of_all_workers(executor, 2))
 if mode == "own handler":
-    signal.signal(signal.SIGINT, lambda *a: print("own handler", flush=True))
+    # Not print(): the signal may come while the main thread is inside print() still,
+    # and a second print() into the same buffer from the handler then fails.
+    signal.signal(signal.SIGINT, lambda *a: os.write(1, b"own handler\\n"))
 futures = [executor.submit(helpers.pid_then_sleep, f"{tmp}/task{i}", 30) for i in range(2)]
 for i in range(2):
     helpers.wait_for_pid(f"{tmp}/task{i}")

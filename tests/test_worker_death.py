@@ -118,6 +118,16 @@ def test_many_crashes_in_a_row(executor_factory):
     assert len(executor._worker_pids()) <= 2
 
 
+def test_the_error_names_the_dead_workers_pid_and_exit_code(executor_factory):
+    # As much as CPython 3.15's own BrokenProcessPool says ("Process <pid> terminated
+    # abruptly with exit code <code>").
+    executor = executor_factory(max_workers=1)
+    pid = executor.submit(helpers.get_pid).result(timeout=30)
+    with pytest.raises(TerminatedWorkerError) as info:
+        executor.submit(helpers.exit_with, 7).result(timeout=30)
+    assert f"worker pid {pid}" in str(info.value) and "EXIT(7)" in str(info.value)
+
+
 @pytest.mark.parametrize("chunksize", [1, 3])
 def test_crash_during_map_raises_when_iterating(executor_factory, chunksize):
     executor = executor_factory(max_workers=2)

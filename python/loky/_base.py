@@ -6,15 +6,11 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 from concurrent.futures import Future as _StdFuture
-from concurrent.futures._base import (
-    CANCELLED,
-    CANCELLED_AND_NOTIFIED,
-    FINISHED,
-    LOGGER,
-    PENDING,
-    RUNNING,
-    InvalidStateError,
-)
+from concurrent.futures import InvalidStateError
+
+from ._cpython import future_states
+
+PENDING, RUNNING, CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, LOGGER = future_states()
 
 _T = TypeVar("_T")
 

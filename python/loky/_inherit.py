@@ -60,10 +60,9 @@ def _mp_tracker_fd():
     created here and unlinked in a child is not reported as leaked."""
     if "multiprocessing.resource_tracker" not in sys.modules:
         return None
-    from multiprocessing import resource_tracker  # as above: the import may be under way
+    from ._cpython import mp_tracker_fd
 
-    resource_tracker.ensure_running()
-    return resource_tracker._resource_tracker._fd
+    return mp_tracker_fd()
 
 
 def _joblib_switched():
@@ -74,19 +73,16 @@ def _joblib_switched():
 def _main_module_info():
     """How a child can import this process's ``__main__``: a dict for `import_main`,
     empty when there is nothing to import (interactive session, ``python -c``)."""
-    from multiprocessing import spawn as mp_spawn
+    from ._cpython import main_module_info
 
-    data = mp_spawn.get_preparation_data("loky")
-    keys = ("init_main_from_name", "init_main_from_path")
-    return {key: data[key] for key in keys if key in data}
+    return main_module_info("loky")
 
 
 def _mp_log_level():
-    from multiprocessing import util
+    from ._cpython import mp_logger
 
-    if util._log_to_stderr and util._logger is not None:
-        return util._logger.getEffectiveLevel()
-    return None
+    logger = mp_logger()
+    return None if logger is None else logger.getEffectiveLevel()
 
 
 def _viztracer_settings():
@@ -150,11 +146,11 @@ class _SpawningScope:
 def dumps_at_start(dumps):
     """``dumps()`` run as if processes were being started; returns its result and the
     descriptors the new processes must inherit (duplicates the caller must close)."""
-    from multiprocessing import context
+    from ._cpython import get_spawning_popen, set_spawning_popen
 
     scope = _SpawningScope()
-    outer = context.get_spawning_popen()
-    context.set_spawning_popen(scope)
+    outer = get_spawning_popen()
+    set_spawning_popen(scope)
     try:
         return dumps(), list(scope.duplicates.values())
     except BaseException:
@@ -162,14 +158,17 @@ def dumps_at_start(dumps):
             os.close(fd)
         raise
     finally:
-        context.set_spawning_popen(outer)
+        set_spawning_popen(outer)
 
 
 def multiprocessing_reducers():
     """The reducers multiprocessing registered for its own pickler (connections,
     sockets, ...), which its objects need to travel at process start."""
-    reduction = sys.modules.get("multiprocessing.reduction")
-    return {} if reduction is None else dict(reduction.ForkingPickler._extra_reducers)
+    if "multiprocessing.reduction" not in sys.modules:
+        return {}
+    from ._cpython import mp_reducers
+
+    return mp_reducers()
 
 
 # -- child side -----------------------------------------------------------------------
@@ -183,9 +182,9 @@ def apply(settings):
     if tracker is not None and TRACKER_FD is not None:
         tracker._resource_tracker._fd = TRACKER_FD
     if settings.get("mp_tracker_fd") is not None:
-        from multiprocessing import resource_tracker as mp_tracker
+        from ._cpython import set_mp_tracker_fd
 
-        mp_tracker._resource_tracker._fd = settings["mp_tracker_fd"]
+        set_mp_tracker_fd(settings["mp_tracker_fd"])
     if settings.get("joblib"):
         # Before anything that names joblib.externals.loky is unpickled.
         from ._joblib import install
@@ -215,9 +214,9 @@ def import_main(info):
     """Import the parent's ``__main__`` module as ``__mp_main__`` (it also becomes this
     process's ``__main__``), with multiprocessing's own machinery."""
     if info:
-        from multiprocessing import spawn as mp_spawn
+        from ._cpython import import_main as prepare
 
-        mp_spawn.prepare(info)
+        prepare(info)
 
 
 class _MultiprocessingIdentity:

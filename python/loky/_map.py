@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -36,6 +37,38 @@ def _total(iterables):
         return None
 
 
+_bar_class = None
+
+
+def _progress_bar_class():
+    """tqdm's bar (None without tqdm), with a lock of threads only unless tqdm has made
+    its usual lock already.
+
+    tqdm's usual lock also holds a ``multiprocessing.RLock``, for bars written from
+    several processes. Where multiprocessing's start method is "forkserver" or "spawn"
+    (by default from CPython 3.14 on Linux), making such a lock starts multiprocessing's
+    resource tracker, a process that lasts as long as the interpreter. A bar that only
+    this process writes needs no such lock, and `map` must not leave a process behind."""
+    global _bar_class
+    if _bar_class is None:
+        try:
+            from tqdm.auto import tqdm
+            from tqdm.std import TqdmDefaultWriteLock
+        except ImportError:
+            return None
+
+        class _ProgressBar(tqdm):
+            pass
+
+        if not hasattr(tqdm, "_lock"):
+            # The lock of threads every usual tqdm lock holds, so that this bar and the
+            # process's other bars still take turns.
+            lock = getattr(TqdmDefaultWriteLock, "th_lock", None)
+            _ProgressBar.set_lock(lock if lock is not None else threading.RLock())
+        _bar_class = _ProgressBar
+    return _bar_class
+
+
 def _progress_reporter(progress, total) -> tuple[Progress | None, Callable[[], None]]:
     """(report(done, total), close()) for the `progress` argument of `map`."""
     if progress is False or progress is None:
@@ -46,11 +79,10 @@ def _progress_reporter(progress, total) -> tuple[Progress | None, Callable[[], N
         raise TypeError(
             f"progress must be True, False or a callable(done, total), got {progress!r}"
         )
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
+    bar_class = _progress_bar_class()
+    if bar_class is None:
         return None, lambda: None  # no tqdm: no bar, and no error
-    bar = tqdm(total=total)
+    bar = bar_class(total=total)
 
     def report(done, _total):
         bar.update(done - bar.n)

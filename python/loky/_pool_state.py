@@ -27,7 +27,7 @@ import warnings
 import weakref
 from time import monotonic
 
-from . import _core
+from . import _core, _cpython
 from ._errors import (
     BrokenProcessPool,
     _decode_result,
@@ -49,9 +49,9 @@ def _log(level, message, *args):
     """Log a lifecycle event to the "loky" logger, and to multiprocessing's when
     ``multiprocessing.util.log_to_stderr()`` turned it on."""
     _logger.log(level, message, *args)
-    mp_util = sys.modules.get("multiprocessing.util")
-    if mp_util is not None and mp_util._logger is not None:
-        mp_util._logger.log(level, message, *args)
+    mp_logger = _cpython.mp_logger()
+    if mp_logger is not None:
+        mp_logger.log(level, message, *args)
 
 
 def _fail(future, error):
@@ -371,7 +371,7 @@ def _on_interpreter_exit():
             thread.join()
 
 
-threading._register_atexit(_on_interpreter_exit)
+_cpython.register_before_threads_join(_on_interpreter_exit)
 
 
 # -- Ctrl-C ----------------------------------------------------------------------------

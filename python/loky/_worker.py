@@ -332,17 +332,9 @@ def _exit_now():
     """Exit without tearing the interpreter down module by module (which takes longer
     than the rest of a shutdown), but after what a normal exit owes the user: their
     threads joined, their atexit functions run, their output flushed."""
-    if "threading" in sys.modules:
-        sys.modules["threading"]._shutdown()
-    import atexit
+    from ._cpython import exit_quickly
 
-    atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (AttributeError, OSError, ValueError):
-            pass
-    os._exit(0)
+    exit_quickly()
 
 
 def serve_template(parent_pid):

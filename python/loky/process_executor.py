@@ -45,7 +45,7 @@ from multiprocessing.context import BaseContext
 from pickle import PicklingError
 from typing import Any, ParamSpec, TypeVar
 
-from . import _core, _inherit, _pool_state
+from . import _core, _cpython, _inherit, _pool_state
 from ._base import Future
 from ._errors import (
     BrokenProcessPool,
@@ -131,8 +131,7 @@ _executors: weakref.WeakSet[ProcessPoolExecutor] = weakref.WeakSet()
 
 def _release_submit_locks_in_child() -> None:
     for executor in list(_executors):
-        # As the standard library does with its own locks (typeshed does not list it).
-        executor._submit_lock._at_fork_reinit()  # type: ignore[attr-defined]
+        _cpython.reinit_after_fork(executor._submit_lock)
 
 
 os.register_at_fork(after_in_child=_release_submit_locks_in_child)

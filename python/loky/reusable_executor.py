@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from multiprocessing.context import BaseContext
 from typing import Any, Literal
 
+from . import _cpython
 from ._options import ExecutorOptions
 from .process_executor import ProcessPoolExecutor, _log
 
@@ -29,7 +30,7 @@ __all__ = ["get_reusable_executor"]
 _executor_lock = threading.RLock()
 # Released in the child of a fork(), whichever thread of the parent held it (see
 # process_executor._release_submit_locks_in_child).
-os.register_at_fork(after_in_child=_executor_lock._at_fork_reinit)  # type: ignore[attr-defined]
+os.register_at_fork(after_in_child=lambda: _cpython.reinit_after_fork(_executor_lock))
 _local = threading.local()  # .executor: this thread's reusable executor
 _executor_ids = iter(range(1 << 62))
 

@@ -255,6 +255,7 @@ _MAX_WINDOWS_WORKERS = 61
 import multiprocessing
 import multiprocessing.context as _mp_context
 
+from .. import _cpython
 from .process import LokyInitMainProcess, LokyProcess
 
 # The start methods an executor accepts. All of them start workers as fresh
@@ -404,5 +405,8 @@ class LokyInitMainContext(LokyContext):
 _CONTEXTS = {"loky": LokyContext(), "loky_init_main": LokyInitMainContext()}
 for _name, _context in _CONTEXTS.items():
     # Another copy of loky (joblib's) may have registered the names first: keep it.
-    _mp_context._concrete_contexts.setdefault(_name, _context)
+    if not _cpython.register_mp_context(_name, _context):
+        # A process started by name sets that start method in the child, which only
+        # a registered name allows: these keep multiprocessing's default instead.
+        _context.Process._start_method = None
 del _name, _context

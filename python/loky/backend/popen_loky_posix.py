@@ -22,10 +22,8 @@ import threading
 import weakref
 from multiprocessing import process as mp_process
 from multiprocessing.connection import wait
-from multiprocessing.context import set_spawning_popen
-from multiprocessing.reduction import ForkingPickler
 
-from .. import _core, _inherit
+from .. import _core, _cpython, _inherit
 from . import reduction
 
 __all__ = ["Popen"]
@@ -79,14 +77,12 @@ class Popen:
         settings["name"] = process_obj.name
         settings["sys_path"] = list(sys.path)
         payload = io.BytesIO()
-        set_spawning_popen(self)
+        _cpython.set_spawning_popen(self)
         try:
             pickle.dump(settings, payload, protocol=pickle.HIGHEST_PROTOCOL)
-            reduction.dump(
-                process_obj, payload, reducers=dict(ForkingPickler._extra_reducers)
-            )
+            reduction.dump(process_obj, payload, reducers=_cpython.mp_reducers())
         finally:
-            set_spawning_popen(None)
+            _cpython.set_spawning_popen(None)
 
         child_r, parent_w = os.pipe()
         code = _inherit.python_code(
