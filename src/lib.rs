@@ -30,6 +30,8 @@ mod shm;
 #[cfg(unix)]
 mod spawn;
 #[cfg(unix)]
+mod sys;
+#[cfg(unix)]
 mod template;
 #[cfg(unix)]
 mod watch;

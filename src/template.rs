@@ -17,48 +17,9 @@
 //! reaps them with waitpid, and looks at its parent every quarter second where no
 //! parent-death signal ends it: the same on every POSIX system.
 
-use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::Arc;
+use std::os::fd::RawFd;
 use std::time::Duration;
-
-use crate::spawn::{channel_pair, spawn_worker, Spawned, WorkerCommand};
-use crate::wire::{empty_body, FrameReader, FrameWriter, Kind, OutFrame};
-
-pub struct Template {
-    pub process: Spawned,
-    pub reader: FrameReader,
-    pub writer: FrameWriter,
-    pub ready: bool,
-    /// Our ends of the sockets of workers asked for and not yet forked, in order.
-    pub requested: VecDeque<OwnedFd>,
-}
-
-impl Template {
-    pub fn start(command: &WorkerCommand) -> io::Result<Template> {
-        Ok(Template {
-            process: spawn_worker(command)?,
-            reader: FrameReader::default(),
-            writer: FrameWriter::default(),
-            ready: false,
-            requested: VecDeque::new(),
-        })
-    }
-
-    pub fn fd(&self) -> RawFd {
-        self.process.channel.as_raw_fd()
-    }
-
-    /// Ask for one more worker; its socket's other end travels with the request.
-    pub fn request(&mut self) -> io::Result<()> {
-        let (ours, theirs) = channel_pair()?;
-        self.writer
-            .push(OutFrame::new(0, Kind::Fork, empty_body()).with_fd(Arc::new(theirs)));
-        self.requested.push_back(ours);
-        Ok(())
-    }
-}
 
 /// Template side: wait up to `timeout` (None: for ever) until one of `fds` is readable;
 /// the indices of those that are (none on timeout).

@@ -112,6 +112,21 @@ def test_cancel_keeps_its_standard_meaning(executor_factory, tmp_path):
     assert running.result(timeout=60) == "ran"
 
 
+def test_running_is_true_exactly_while_the_task_runs(executor_factory, tmp_path):
+    executor = executor_factory(max_workers=1)
+    gate = tmp_path / "gate"
+    first = executor.submit(helpers.check_in_then_wait_for_path, tmp_path / "in", gate, 1)
+    second = executor.submit(helpers.square, 3)
+    helpers.wait_for_lines(tmp_path / "in", 1)
+    # The first runs (no cancel() was tried to learn it); the second waits its turn.
+    assert first.running() and not first.done()
+    assert not second.running()
+    assert first.cancel() is False and first.running()
+    gate.touch()
+    assert first.result(timeout=60) == 1 and second.result(timeout=60) == 9
+    assert not first.running() and not second.running()
+
+
 @pytest.mark.parametrize("how", ["terminate_workers", "kill_workers"])
 def test_pool_wide_ends_cancel_pending_futures(how, tmp_path):
     executor = ProcessPoolExecutor(max_workers=2)

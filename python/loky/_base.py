@@ -41,8 +41,9 @@ class Future(_StdFuture[_T]):
     _waiter_list = None
     _done_callbacks = ()  # a list once a callback is added
     # Set by the executor: `_queue.unqueue(_task_id)` takes the task back from the
-    # queue (False once a worker may hold it); `_queue.await_outcome(future, timeout)`
-    # waits for the outcome in this thread.
+    # queue (False once a worker may hold it); `_queue.task_running(_task_id)` tells
+    # whether a worker runs it now; `_queue.await_outcome(future, timeout)` waits for
+    # the outcome in this thread.
     _queue = None
     _task_id = None
     # Set by the executor too: the callable (for `worker_stats`) and the time limit of
@@ -137,7 +138,11 @@ class Future(_StdFuture[_T]):
         return self._state in (CANCELLED, CANCELLED_AND_NOTIFIED)
 
     def running(self) -> bool:
-        return self._state == RUNNING
+        state = self._state
+        if state == PENDING and self._queue is not None:
+            # The core owns the task's state: running from its start on a worker.
+            return self._queue.task_running(self._task_id)
+        return state == RUNNING
 
     def result(self, timeout: float | None = None) -> _T:
         # The outcome is written before the state turns FINISHED.

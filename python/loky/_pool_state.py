@@ -113,6 +113,14 @@ class _PoolState:
             self.futures.pop(task_id, None)
         return taken
 
+    def task_running(self, task_id):
+        """Whether a worker runs the task now (or is being ended for it)."""
+        try:
+            state = self.pool.task_state(task_id)
+        except _core.InheritedPoolError:
+            return False
+        return state is _core.TaskState.RUNNING or state is _core.TaskState.ENDING
+
     def terminate(self, task_id):
         """End the task (see `Future.terminate`); True if it was still queued."""
         try:

@@ -2,6 +2,7 @@
 
 pub mod buffers;
 pub mod channel;
+pub mod enums;
 pub mod module;
 pub mod pool;
 

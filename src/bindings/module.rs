@@ -151,6 +151,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     for class in [
         m.py().get_type::<Pool>(),
+        m.py().get_type::<super::enums::TaskState>(),
         m.py().get_type::<TaskResult>(),
         m.py().get_type::<WorkerDied>(),
         m.py().get_type::<TaskEnded>(),

@@ -8,6 +8,7 @@ use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
 
 use super::buffers::{OutgoingSegment, Payload, SharedSegment};
+use super::enums::TaskState;
 use super::{os_error, InheritedPoolError, PyBody, ReleasedBytes};
 use crate::manager::{Config, EndCause, Event, Incoming, Manager, Shutdown};
 use crate::spawn::WorkerCommand;
@@ -332,6 +333,11 @@ impl Pool {
     /// Take a task back if no worker can have received it yet.
     fn cancel(&self, task_id: u64) -> PyResult<bool> {
         Ok(self.owned()?.cancel(task_id))
+    }
+
+    /// Where task `task_id` is in its life; None once it is done (or taken back).
+    fn task_state(&self, task_id: u64) -> PyResult<Option<TaskState>> {
+        Ok(self.owned()?.task_state(task_id).and_then(Into::into))
     }
 
     fn resize(&self, max_workers: usize) -> PyResult<()> {

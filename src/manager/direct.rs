@@ -4,8 +4,9 @@
 //! every round trip).
 //!
 //! ```text
-//!  manager, before it sleeps:  offer(idle worker's pid and channel)
-//!  submitting thread:          take the offer (lock) ─► write the frame ─► note it as sent
+//!  manager, before it sleeps:  offer(idle worker and its channel)
+//!  submitting thread:          take the offer (lock) ─► record the task as running on
+//!                              that worker in the task table ─► write the frame
 //!  manager, after it wakes:    withdraw(): the offer ends; tasks sent that way are
 //!                              recorded as that worker's, in order
 //! ```
@@ -17,10 +18,13 @@
 //! may take the offer (the handle checks before it comes here).
 
 use std::os::fd::RawFd;
+use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use super::worker::Task;
+use super::tasks::{Task, TaskTable};
+use super::worker::WorkerId;
+use crate::sys::{poll, pollfd};
 use crate::wire::{FrameWriter, Kind, OutFrame};
 
 /// Larger tasks, and tasks with a segment, go through the manager, which writes
@@ -30,10 +34,10 @@ pub const DIRECT_MAX: usize = 64 * 1024;
 
 #[derive(Default)]
 struct Offer {
-    /// (pid, channel) of the offered worker.
-    worker: Option<(i32, RawFd)>,
-    /// Tasks sent that way, for the manager to record as in flight.
-    sent: Vec<(i32, Task)>,
+    /// The offered worker and its channel.
+    worker: Option<(WorkerId, RawFd)>,
+    /// (worker, task id) sent that way, for the manager to record as the worker's.
+    sent: Vec<(WorkerId, u64)>,
 }
 
 #[derive(Default)]
@@ -43,21 +47,21 @@ pub struct Direct {
 
 impl Direct {
     /// Manager, before it sleeps: offer this idle worker.
-    pub fn offer(&self, pid: i32, channel: RawFd) {
-        self.offer.lock().worker = Some((pid, channel));
+    pub fn offer(&self, worker: WorkerId, channel: RawFd) {
+        self.offer.lock().worker = Some((worker, channel));
     }
 
     /// Manager, after it wakes: end the offer; the tasks sent meanwhile, in order.
-    pub fn withdraw(&self) -> Vec<(i32, Task)> {
+    pub fn withdraw(&self) -> Vec<(WorkerId, u64)> {
         let mut offer = self.offer.lock();
         offer.worker = None;
         std::mem::take(&mut offer.sent)
     }
 
     /// Write `task` to the offered worker, if there is one; gives the task back
-    /// otherwise. `mark_sent` runs before the write (the task cannot be cancelled once
-    /// a worker may hold it).
-    pub fn try_send(&self, task: Task, mark_sent: impl FnOnce(u64)) -> Option<Task> {
+    /// otherwise (the manager then takes it). The task is recorded in `tasks` before
+    /// the write: once a worker may hold it, it cannot be taken back.
+    pub fn try_send(&self, task: Task, tasks: &Mutex<TaskTable>) -> Option<Task> {
         if task.segment.is_some()
             || task.timeout.is_some()
             || (*task.body).as_ref().len() > DIRECT_MAX
@@ -65,33 +69,33 @@ impl Direct {
             return Some(task);
         }
         let mut offer = self.offer.lock();
-        let Some((pid, channel)) = offer.worker else {
+        let Some((worker, channel)) = offer.worker else {
             return Some(task);
         };
-        mark_sent(task.id);
+        if !tasks.lock().sent_directly(&task, worker) {
+            return None; // taken back while on its way: it must not run
+        }
         let mut writer = FrameWriter::default();
         writer.push(OutFrame::new(task.id, Kind::Task, task.body.clone()));
         if writer.flush(channel).is_err() {
             // The worker is going away: leave the task to the manager.
+            tasks.lock().finish(task.id);
             offer.worker = None;
             return Some(task);
         }
         // The socket was empty (the worker idle), so a small frame went out whole; if
         // not, finish it before anything else can write there.
         while !writer.is_empty() {
-            let mut out = libc::pollfd {
-                fd: channel,
-                events: libc::POLLOUT,
-                revents: 0,
-            };
-            // SAFETY: polls one live pollfd.
-            unsafe { libc::poll(&mut out, 1, 100) };
+            let _ = poll(
+                &mut [pollfd(channel, libc::POLLOUT)],
+                Some(Duration::from_millis(100)),
+            );
             if writer.flush(channel).is_err() {
                 break; // dead worker: its exit handling re-queues or fails the task
             }
         }
         offer.worker = None;
-        offer.sent.push((pid, task));
+        offer.sent.push((worker, task.id));
         None
     }
 }

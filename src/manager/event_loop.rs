@@ -1,43 +1,43 @@
-//! The manager thread's loop: gather the inputs, decide (policy.rs), do the I/O.
+//! The manager thread's loop: gather the inputs, decide (policy.rs), do the I/O
+//! (poll_io.rs).
 //!
 //! ```text
 //!  loop:
-//!    take new submissions; read control (size, shutdown)
-//!    kill shutdown ─► kill every tree, stop
+//!    take new submissions into the task table; read control (size, shutdown)
+//!    kill shutdown ─► end every tree, stop
+//!    deadlines: tasks past their time limit, ended workers past their grace, stalls
 //!    adjust the pool: start workers (exec, or forked by the template), retire surplus
 //!    dispatch queued tasks to ready workers; retire idle ones; flush channels
 //!    shutdown and nothing left ─► stop
-//!    offer an idle worker for direct sends, then poll(): wake-up fd, channels, pidfds
-//!    withdraw the offer; read channels (results first), then handle exits
+//!    offer an idle worker for direct sends, then wait (poll_io.rs)
+//!    withdraw the offer; handle what the wait found (events.rs)
 //!  stop: end the template, emit Closed, close the claims
 //! ```
 
-use std::collections::VecDeque;
-use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 
+use super::forking::Template;
 use super::policy::{self, ExitReason, Load};
-use super::poll_io::receive_segment;
-use super::worker::{EndCause, State, Task, Worker};
+use super::poll_io::{ManagerIo, Token};
+use super::tasks::{EndCause, Task, TaskState};
+use super::worker::{Phase, Worker, WorkerId};
 use super::{Config, Event, Shared, Shutdown, WorkerStat};
-use crate::platform::ExitStatus;
-use crate::procfs::kill_tree;
 use crate::spawn::{spawn_worker, Spawned};
-use crate::template::Template;
 use crate::watch::Watch;
-use crate::wire::{Frame, Kind};
+use crate::wire::{Kind, OutFrame};
 
 pub(super) struct ManagerLoop {
     pub(super) config: Config,
     pub(super) shared: Arc<Shared>,
     pub(super) submitted: Receiver<Task>,
-    /// Tasks waiting for a worker, oldest first (re-queued ones go to the front).
-    pub(super) pending: VecDeque<Task>,
+    pub(super) io: ManagerIo,
+    /// In the order they started.
     pub(super) workers: Vec<Worker>,
+    next_worker: u64,
     /// Workers to start even with no work queued: replacements for workers that left
     /// unplanned, and at first the whole pool (it is made for a task on its way, so its
     /// workers start while that task is being pickled).
@@ -52,27 +52,30 @@ pub(super) struct ManagerLoop {
     /// Moving average of how long a task keeps a worker busy.
     pub(super) service_time: Option<Duration>,
     /// The pids last copied to `Control::pids`.
-    pub(super) published_pids: Vec<i32>,
+    published_pids: Vec<i32>,
     pub(super) template: Option<Template>,
     /// The template could not start or died: start workers with exec only.
     pub(super) template_failed: bool,
     /// How the loop waits while results are due (see `crate::watch`).
-    pub(super) watch: Watch,
+    watch: Watch,
 }
 
 /// How long the manager watches for results before it sleeps: tiny tasks' results come
 /// every few µs; a longer watch found little more and cost throughput on two processors.
 const RESULTS_WATCH: Duration = Duration::from_micros(20);
+/// How long the template may take to exit once told to.
+const TEMPLATE_EXIT_GRACE: Duration = Duration::from_secs(2);
 
 impl ManagerLoop {
     pub(super) fn new(config: Config, shared: Arc<Shared>, submitted: Receiver<Task>) -> Self {
         let pool_size = config.max_workers;
         ManagerLoop {
+            io: ManagerIo::new(shared.wake.clone()),
             config,
             shared,
             submitted,
-            pending: VecDeque::new(),
             workers: Vec::new(),
+            next_worker: 0,
             starts_owed: pool_size,
             broken: false,
             ready_since_start_death: false,
@@ -88,7 +91,7 @@ impl ManagerLoop {
         loop {
             // Clear the flag before looking, so a later submit wakes us again.
             self.shared.notified.store(false, Ordering::SeqCst);
-            self.pending.extend(self.submitted.try_iter());
+            self.receive_submissions();
             let (shutdown, max_workers, terminate, interrupt) = {
                 let mut control = self.shared.control.lock();
                 let terminate = std::mem::take(&mut control.terminate);
@@ -97,11 +100,11 @@ impl ManagerLoop {
             };
             match shutdown {
                 Some(Shutdown::Kill) => {
-                    self.kill_all(libc::SIGKILL);
+                    self.end_all(libc::SIGKILL);
                     break;
                 }
                 Some(Shutdown::Terminate) => {
-                    self.kill_all(libc::SIGTERM);
+                    self.end_all(libc::SIGTERM);
                     break;
                 }
                 _ => {}
@@ -117,7 +120,7 @@ impl ManagerLoop {
             }
             self.dispatch();
             self.retire_idle(shutdown.is_some());
-            self.flush_all();
+            self.io.flush();
             self.publish_pids();
             // After this turn's starts: a snapshot asked for after a submit shows the
             // workers started for it.
@@ -138,9 +141,18 @@ impl ManagerLoop {
                 // After the look at the queue: an offer must not outlive the sleep.
                 self.offer_idle_worker();
             }
-            self.wait_and_handle();
+            // While results are due, watch for a moment before sleeping.
+            let results_due = self.workers.iter().any(Worker::is_busy);
+            let deadline = self.next_deadline();
+            let watch = results_due.then_some(&mut self.watch);
+            let events = self.io.wait(deadline, watch);
+            self.withdraw_offer();
+            self.handle(events);
         }
-        self.stop_template();
+        if let Some(template) = self.template.take() {
+            drop(template);
+            self.io.close_and_reap(Token::Template, TEMPLATE_EXIT_GRACE);
+        }
         self.publish_pids();
         self.shared.emit(Event::Closed);
         self.shared.claims.close();
@@ -149,13 +161,25 @@ impl ManagerLoop {
         done.notify_all();
     }
 
+    fn receive_submissions(&mut self) {
+        let mut arrived = self.submitted.try_iter().peekable();
+        if arrived.peek().is_some() {
+            let mut tasks = self.shared.tasks.lock();
+            arrived.for_each(|task| tasks.receive(task));
+        }
+    }
+
     pub(super) fn live_count(&self) -> usize {
         let forking = self.template.as_ref().map_or(0, |t| t.requested.len());
         self.workers.iter().filter(|w| w.is_live()).count() + forking
     }
 
     pub(super) fn nothing_pending(&self) -> bool {
-        self.broken || self.pending.is_empty()
+        self.broken || self.shared.tasks.lock().queued() == 0
+    }
+
+    pub(super) fn position(&self, id: WorkerId) -> Option<usize> {
+        self.workers.iter().position(|w| w.id == id)
     }
 
     // ---- pool size -----------------------------------------------------------------
@@ -170,14 +194,14 @@ impl ManagerLoop {
                 .collect();
             let busy: Vec<bool> = live_workers
                 .iter()
-                .map(|&i| !self.workers[i].inflight.is_empty())
+                .map(|&i| !self.workers[i].held.is_empty())
                 .collect();
             for (j, now) in policy::shrink_choice(&busy, live - target) {
-                let worker = &mut self.workers[live_workers[j]];
+                let i = live_workers[j];
                 if now {
-                    worker.request_exit(ExitReason::Shrink);
+                    self.ask_to_leave(i, ExitReason::Shrink);
                 } else {
-                    worker.drain(ExitReason::Shrink);
+                    self.workers[i].drain(ExitReason::Shrink);
                 }
             }
             return;
@@ -185,13 +209,9 @@ impl ManagerLoop {
         if self.broken {
             return;
         }
-        let wanted = policy::workers_to_start(
-            self.pending.len(),
-            live,
-            target,
-            self.starts_owed,
-            shutting_down,
-        );
+        let queued = self.shared.tasks.lock().queued();
+        let wanted =
+            policy::workers_to_start(queued, live, target, self.starts_owed, shutting_down);
         self.starts_owed = 0;
         for _ in 0..wanted {
             if let Err(err) = self.start_worker() {
@@ -207,19 +227,31 @@ impl ManagerLoop {
     }
 
     /// Start one worker: forked by the template when it is ready, else exec'd.
-    fn start_worker(&mut self) -> io::Result<()> {
+    fn start_worker(&mut self) -> std::io::Result<()> {
         if let Some(template) = self.template.as_mut().filter(|t| t.ready) {
-            return template.request();
+            let frame = template.request()?;
+            self.io.queue(Token::Template, frame);
+            return Ok(());
         }
         let spawned = spawn_worker(&self.config.command)?;
         self.add_worker(spawned, false);
         Ok(())
     }
 
+    /// A new worker: its first message carries the settings, the initializer and its
+    /// ledger.
     pub(super) fn add_worker(&mut self, spawned: Spawned, forked: bool) {
         let pid = spawned.pid;
-        self.workers
-            .push(Worker::new(spawned, &self.config.init, forked));
+        let worker = Worker::new(WorkerId(self.next_worker), pid, forked);
+        self.next_worker += 1;
+        let token = Token::Worker(worker.id);
+        self.io.add(token, spawned, !forked);
+        let mut init = OutFrame::new(0, Kind::Init, self.config.init.clone());
+        if let Some(ledger) = &worker.ledger {
+            init = init.with_fd(ledger.clone());
+        }
+        self.io.queue(token, init);
+        self.workers.push(worker);
         self.shared.emit(Event::WorkerStarted { pid, forked });
     }
 
@@ -232,55 +264,72 @@ impl ManagerLoop {
         if self.template.is_some() || self.template_failed || self.broken {
             return;
         }
-        let starting = self.workers.iter().any(|w| w.state == State::Starting);
-        let ready = self.workers.iter().any(|w| w.state == State::Ready);
+        let starting = self.workers.iter().any(|w| w.phase == Phase::Starting);
+        let ready = self.workers.iter().any(|w| w.phase == Phase::Ready);
         if starting || !ready {
             return;
         }
-        match Template::start(command) {
-            Ok(template) => self.template = Some(template),
+        match spawn_worker(command) {
+            Ok(spawned) => {
+                self.io.add(Token::Template, spawned, true);
+                self.template = Some(Template::default());
+            }
             Err(_) => self.template_failed = true,
         }
+    }
+
+    /// Ask worker `i` to leave once it has read everything sent to it.
+    pub(super) fn ask_to_leave(&mut self, i: usize, reason: ExitReason) {
+        let worker = &mut self.workers[i];
+        worker.leave(reason);
+        self.io.close_write(Token::Worker(worker.id));
     }
 
     // ---- tasks ---------------------------------------------------------------------
 
     fn dispatch(&mut self) {
-        if self.pending.is_empty() {
-            return;
-        }
         let ready: Vec<usize> = (0..self.workers.len())
-            .filter(|&i| self.workers[i].state == State::Ready)
+            .filter(|&i| self.workers[i].phase == Phase::Ready)
             .collect();
         if ready.is_empty() {
+            return;
+        }
+        let mut tasks = self.shared.tasks.lock();
+        if tasks.queued() == 0 {
             return;
         }
         let budget = self.config.max_tasks_per_child;
         let loads: Vec<Load> = ready
             .iter()
             .map(|&i| Load {
-                inflight: self.workers[i].inflight.len(),
+                inflight: self.workers[i].held.len(),
                 budget_left: budget.map(|b| b.saturating_sub(self.workers[i].tasks_sent)),
             })
             .collect();
-        let limit = policy::batch_limit(self.pending.len(), ready.len(), self.service_time);
-        for (j, count) in policy::dispatch_plan(&loads, self.pending.len(), limit) {
+        let limit = policy::batch_limit(tasks.queued(), ready.len(), self.service_time);
+        for (j, count) in policy::dispatch_plan(&loads, tasks.queued(), limit) {
             let worker = &mut self.workers[ready[j]];
-            let mut sent = 0;
-            while sent < count {
-                let Some(front) = self.pending.front() else {
+            let token = Token::Worker(worker.id);
+            for _ in 0..count {
+                let Some(next_timed) = tasks.next_queued().map(|t| t.timeout.is_some()) else {
                     break;
                 };
-                let holds_timed = worker.inflight.iter().any(|t| t.timeout.is_some());
-                let batched = !worker.inflight.is_empty();
-                if batched && (holds_timed || !policy::may_batch(front.timeout.is_some())) {
+                let holds_timed = worker.held.iter().any(|&id| tasks.has_time_limit(id));
+                let batched = !worker.held.is_empty();
+                if batched && (holds_timed || !policy::may_batch(next_timed)) {
                     break; // a timed task starts when its worker takes it
                 }
-                let task = self.pending.pop_front().expect("looked at just above");
-                if self.shared.take_for_sending(task.id) {
-                    worker.send(task);
-                    sent += 1;
+                let starts = worker.held.is_empty();
+                let task = tasks
+                    .dispatch_next(worker.id, starts)
+                    .expect("looked at just above");
+                let mut frame = OutFrame::new(task.id, Kind::Task, task.body.clone());
+                if let Some(segment) = &task.segment {
+                    frame = frame.with_fd(segment.clone());
                 }
+                let id = task.id;
+                self.io.queue(token, frame);
+                worker.hold(id);
             }
             if budget.is_some_and(|b| worker.tasks_sent >= b) {
                 // Spent: finish what it holds, then make room for a fresh one.
@@ -291,46 +340,60 @@ impl ManagerLoop {
 
     /// Ctrl-C: SIGINT to the process group of every worker running a task.
     fn interrupt_busy_workers(&self) {
-        for worker in &self.workers {
-            let busy = matches!(worker.state, State::Ready | State::Draining)
-                && !worker.inflight.is_empty();
-            if busy {
-                // SAFETY: a signal to the group our worker leads.
-                unsafe { libc::killpg(worker.pid, libc::SIGINT) };
+        for worker in self.workers.iter().filter(|w| w.is_busy()) {
+            if let Phase::Ready | Phase::Draining(_) = worker.phase {
+                self.io.interrupt(Token::Worker(worker.id));
             }
         }
     }
 
-    /// End the workers running the tasks in `ids` (terminated by the caller); a task a
-    /// worker holds unstarted ends its worker when it starts, if it ever does.
+    /// End the tasks in `ids` (terminated by the caller, who could not take them
+    /// back): a running task ends its worker now, one its worker holds unstarted when
+    /// it starts, one put back in the queue (its worker died) is dropped.
     fn terminate_tasks(&mut self, ids: &[u64]) {
         for &id in ids {
-            let found = self.workers.iter().enumerate().find_map(|(i, w)| {
-                w.inflight
-                    .iter()
-                    .position(|t| t.id == id)
-                    .map(|pos| (i, pos))
-            });
-            match found {
-                Some((i, 0)) if self.workers[i].ending.is_none() => {
-                    self.end_worker(i, EndCause::Terminated)
+            let state = self.shared.tasks.lock().state(id);
+            match state {
+                Some(TaskState::Running { worker, .. }) => {
+                    if let Some(i) = self.position(worker) {
+                        self.end_worker(i, EndCause::Terminated);
+                    }
                 }
-                Some((i, _)) => self.workers[i].terminate_on_start.push(id),
-                None => {} // finished meanwhile
+                Some(TaskState::Sent { .. }) => {
+                    self.shared.tasks.lock().terminate_on_start(id);
+                }
+                Some(TaskState::Queued) => {
+                    self.shared.tasks.lock().cancel(id);
+                }
+                _ => {} // ending already, or finished meanwhile
             }
         }
     }
 
-    /// End worker `i` for its running task, with its process tree; the tasks it holds
-    /// unstarted run elsewhere (but those terminated meanwhile, which never run).
-    fn end_worker(&mut self, i: usize, cause: EndCause) {
+    /// End worker `i` for its running task, with its process tree: SIGTERM now,
+    /// SIGKILL after the grace period. The tasks it holds unstarted run elsewhere (but
+    /// those terminated meanwhile, which never run).
+    pub(super) fn end_worker(&mut self, i: usize, cause: EndCause) {
         let worker = &mut self.workers[i];
-        let running = worker.inflight.pop_front();
-        let terminated = std::mem::take(&mut worker.terminate_on_start);
-        worker.inflight.retain(|t| !terminated.contains(&t.id));
-        Self::requeue_unstarted(&mut self.pending, worker);
-        worker.inflight.extend(running);
-        worker.end(cause);
+        if matches!(worker.phase, Phase::Ending { .. }) {
+            return;
+        }
+        let running = worker.held.pop_front();
+        let unstarted: Vec<u64> = worker.held.drain(..).collect();
+        worker.held.extend(running);
+        worker.phase = Phase::Ending {
+            cause,
+            since: Instant::now(),
+            killed: false,
+        };
+        let token = Token::Worker(worker.id);
+        let mut tasks = self.shared.tasks.lock();
+        if let Some(id) = running {
+            tasks.end(id, cause);
+        }
+        tasks.give_back(unstarted);
+        drop(tasks);
+        self.io.kill(token, libc::SIGTERM);
     }
 
     /// Tasks past their time limit end their worker; workers ended and still alive
@@ -338,23 +401,85 @@ impl ManagerLoop {
     /// of a message.
     fn enforce_deadlines(&mut self, now: Instant) {
         for i in 0..self.workers.len() {
-            if self.workers[i].task_deadline().is_some_and(|d| d <= now) {
+            let overdue = self.task_deadline(i).is_some_and(|d| d <= now);
+            if overdue {
                 self.end_worker(i, EndCause::Timeout);
             }
-            if self.workers[i].stall_deadline().is_some_and(|d| d <= now) {
-                self.workers[i].fail(format!(
-                    "it began a message and sent nothing more of it for {} s",
-                    policy::FRAME_STALL.as_secs()
-                ));
-            }
             let worker = &mut self.workers[i];
-            if let Some(ending) = worker.ending.as_mut() {
-                if !ending.killed && now.duration_since(ending.since) >= policy::END_GRACE {
-                    ending.killed = true;
-                    kill_tree(worker.pid, libc::SIGKILL);
+            let token = Token::Worker(worker.id);
+            if let Phase::Ending { since, killed, .. } = &mut worker.phase {
+                if !*killed && now.duration_since(*since) >= policy::END_GRACE {
+                    *killed = true;
+                    self.io.kill(token, libc::SIGKILL);
                 }
             }
+            if self.stall_deadline(i).is_some_and(|d| d <= now) {
+                self.fail(
+                    i,
+                    format!(
+                        "it began a message and sent nothing more of it for {} s",
+                        policy::FRAME_STALL.as_secs()
+                    ),
+                );
+            }
         }
+    }
+
+    /// When worker `i`'s running task must end, if it has a time limit.
+    fn task_deadline(&self, i: usize) -> Option<Instant> {
+        let worker = &self.workers[i];
+        if let Phase::Starting | Phase::Ending { .. } = worker.phase {
+            return None;
+        }
+        self.shared.tasks.lock().deadline(*worker.held.front()?)
+    }
+
+    /// When worker `i` is killed for a message it began and stopped sending, if it did.
+    fn stall_deadline(&self, i: usize) -> Option<Instant> {
+        let worker = &self.workers[i];
+        if let Phase::Faulted(_) | Phase::Ending { .. } = worker.phase {
+            return None;
+        }
+        Some(self.io.stalled_since(Token::Worker(worker.id))? + policy::FRAME_STALL)
+    }
+
+    /// Worker `i` broke the protocol (garbage on its channel, say): kill it. Its exit
+    /// is then handled like any death, with the reason.
+    pub(super) fn fail(&mut self, i: usize, reason: String) {
+        let worker = &mut self.workers[i];
+        if let Phase::Faulted(_) | Phase::Ending { .. } = worker.phase {
+            return;
+        }
+        worker.phase = Phase::Faulted(reason);
+        self.io.kill(Token::Worker(worker.id), libc::SIGKILL);
+    }
+
+    /// Time until the next deadline: an idle timeout, a task's time limit, the end of
+    /// an ended worker's grace period, a stalled message's limit.
+    fn next_deadline(&self) -> Option<Duration> {
+        let idle = self.config.idle_timeout.map(|timeout| {
+            self.workers
+                .iter()
+                .filter(|w| w.is_idle())
+                .map(move |w| w.idle_since + timeout)
+        });
+        let tasks = (0..self.workers.len()).filter_map(|i| self.task_deadline(i));
+        let grace = self.workers.iter().filter_map(|w| match w.phase {
+            Phase::Ending {
+                since,
+                killed: false,
+                ..
+            } => Some(since + policy::END_GRACE),
+            _ => None,
+        });
+        let stalls = (0..self.workers.len()).filter_map(|i| self.stall_deadline(i));
+        let all = idle
+            .into_iter()
+            .flatten()
+            .chain(tasks)
+            .chain(grace)
+            .chain(stalls);
+        policy::time_to_next(Instant::now(), all)
     }
 
     /// Publish a snapshot of the workers if a caller asked for one.
@@ -364,21 +489,26 @@ impl ManagerLoop {
             return;
         }
         let now = Instant::now();
+        let tasks = self.shared.tasks.lock();
         let stats = self
             .workers
             .iter()
             .map(|w| {
-                let running = w.inflight.front().filter(|_| w.state != State::Starting);
+                let running = w
+                    .held
+                    .front()
+                    .filter(|_| w.phase != Phase::Starting)
+                    .and_then(|&id| Some((id, now.duration_since(tasks.running_since(id)?))));
                 WorkerStat {
                     pid: w.pid,
-                    state: match w.state {
-                        State::Starting => "starting",
-                        State::Exiting => "exiting",
-                        _ if running.is_some() => "busy",
-                        _ => "idle",
+                    state: match w.phase {
+                        Phase::Starting => "starting",
+                        Phase::Ready | Phase::Draining(_) if running.is_some() => "busy",
+                        Phase::Ready | Phase::Draining(_) => "idle",
+                        _ => "exiting",
                     },
                     tasks_done: w.tasks_done,
-                    running: running.map(|t| (t.id, now.duration_since(w.busy_since))),
+                    running,
                 }
             })
             .collect();
@@ -392,13 +522,14 @@ impl ManagerLoop {
     fn retire_idle(&mut self, shutting_down: bool) {
         let now = Instant::now();
         let nothing_pending = self.nothing_pending();
-        for worker in self.workers.iter_mut() {
-            if !worker.inflight.is_empty() {
+        for i in 0..self.workers.len() {
+            let worker = &self.workers[i];
+            if !worker.held.is_empty() {
                 continue;
             }
-            let reason = match worker.state {
-                State::Draining => worker.exit_reason,
-                State::Ready => policy::idle_exit(
+            let reason = match worker.phase {
+                Phase::Draining(reason) => Some(reason),
+                Phase::Ready => policy::idle_exit(
                     now.duration_since(worker.idle_since),
                     self.config.idle_timeout,
                     shutting_down,
@@ -407,173 +538,45 @@ impl ManagerLoop {
                 _ => None,
             };
             if let Some(reason) = reason {
-                worker.request_exit(reason);
+                self.ask_to_leave(i, reason);
             }
         }
     }
 
     /// Offer one idle worker for direct sends while the manager sleeps.
     fn offer_idle_worker(&mut self) {
-        if !self.pending.is_empty() {
+        if self.shared.tasks.lock().queued() > 0 {
             return;
         }
         let budget = self.config.max_tasks_per_child;
-        let idle = self.workers.iter().find(|w| {
-            w.is_idle()
-                && w.writer.is_empty()
-                && !w.channel_closed
-                && budget.is_none_or(|b| w.tasks_sent + 1 < b)
-        });
-        if let Some(worker) = idle {
-            self.shared.direct.offer(worker.pid, worker.fd());
+        for worker in &self.workers {
+            let spent = budget.is_some_and(|b| worker.tasks_sent + 1 >= b);
+            if !worker.is_idle() || spent {
+                continue;
+            }
+            if let Some(fd) = self.io.writable_now(Token::Worker(worker.id)) {
+                self.shared.direct.offer(worker.id, fd);
+                return;
+            }
         }
     }
 
     /// End the offer and record what was sent directly meanwhile.
-    pub(super) fn withdraw_offer(&mut self) {
-        for (pid, task) in self.shared.direct.withdraw() {
-            match self.workers.iter_mut().find(|w| w.pid == pid) {
-                Some(worker) => worker.record_sent(task),
-                None => self.pending.push_front(task), // cannot happen: it was offered
+    fn withdraw_offer(&mut self) {
+        for (worker_id, task_id) in self.shared.direct.withdraw() {
+            if let Some(i) = self.position(worker_id) {
+                self.workers[i].hold(task_id);
             }
         }
     }
 
-    /// Put the tasks `worker` received but did not start back at the head of the queue.
-    pub(super) fn requeue_unstarted(pending: &mut VecDeque<Task>, worker: &mut Worker) {
-        for task in worker.inflight.drain(..).rev() {
-            pending.push_front(task);
-        }
-    }
-
-    // ---- I/O -----------------------------------------------------------------------
-
-    pub(super) fn on_frame(&mut self, i: usize, frame: Frame) {
-        let worker = &mut self.workers[i];
-        if worker.fault.is_some() {
-            return;
-        }
-        let task_id = frame.header.task_id;
-        match Kind::from_u32(frame.header.kind) {
-            Some(Kind::Result) if worker.inflight.front().map(|t| t.id) != Some(task_id) => {
-                worker.fail(format!(
-                    "it answered task {task_id} which it was not running"
-                ));
-            }
-            Some(Kind::Result) => {
-                let now = Instant::now();
-                worker.inflight.pop_front();
-                worker.tasks_done += 1;
-                let spent = now.duration_since(worker.busy_since);
-                worker.busy_since = now;
-                if worker.inflight.is_empty() {
-                    worker.idle_since = now;
-                }
-                let pid = worker.pid;
-                let next = worker.inflight.front().map(|t| t.id);
-                if next.is_some_and(|id| worker.terminate_on_start.contains(&id)) {
-                    // A terminated task starts now: end its worker.
-                    worker.terminate_on_start.retain(|&id| Some(id) != next);
-                    self.end_worker(i, EndCause::Terminated);
-                }
-                self.service_time = Some(policy::update_service_time(self.service_time, spent));
-                self.shared.emit(Event::Result {
-                    task_id,
-                    pid,
-                    body: frame.body,
-                    segment: receive_segment(frame.fd),
-                });
-            }
-            Some(Kind::Ready) => {
-                // Once asked to leave (the pool shrank meanwhile), it stays on its way.
-                if worker.state == State::Starting {
-                    worker.state = State::Ready;
-                    worker.idle_since = Instant::now();
-                    self.ready_since_start_death = true;
-                }
-            }
-            Some(Kind::InitFailed) => worker.init_error = Some(frame.body),
-            Some(Kind::Retiring) => {
-                // It exits after this message: give its queued tasks to others.
-                worker.state = State::Exiting;
-                worker.exit_reason = Some(ExitReason::MemoryGrowth);
-                Self::requeue_unstarted(&mut self.pending, worker);
-            }
-            _ => worker.fail(format!("unexpected message kind {}", frame.header.kind)),
-        }
-    }
-
-    pub(super) fn on_exit(&mut self, mut worker: Worker, exitcode: ExitStatus) {
-        if let Some(body) = worker.init_error.take() {
-            self.broken = true;
-            self.shared.emit(Event::InitFailed {
-                pid: worker.pid,
-                body,
-            });
-            return;
-        }
-        // A starting worker's death breaks the pool unless it is forgiven (see
-        // `ready_since_start_death`); a forgiven one is replaced as any death is.
-        if worker.state == State::Starting
-            && worker.exit_reason.is_none()
-            && !std::mem::take(&mut self.ready_since_start_death)
-        {
-            self.broken = true;
-            self.shared.emit(Event::StartFailed {
-                pid: worker.pid,
-                exitcode,
-                error: None,
-            });
-            return;
-        }
-        let planned = worker.state == State::Exiting && worker.inflight.is_empty();
-        let reason = match (planned, worker.exit_reason, &worker.fault) {
-            (true, Some(reason), _) => reason,
-            (_, _, Some(_)) => ExitReason::Killed,
-            _ => ExitReason::Died,
-        };
-        if reason.owes_replacement() {
-            self.starts_owed += 1;
-        }
-        // A task it never took did not run: it goes back to the queue with the others
-        // (a worker dying idle may be sent one before the manager sees its death).
-        let running = if worker.took_front_task() {
-            worker.inflight.pop_front()
-        } else {
-            if worker
-                .ending
-                .as_ref()
-                .is_some_and(|e| e.cause == EndCause::Terminated)
-            {
-                worker.inflight.pop_front(); // terminated before it began: never runs
-            }
-            None
-        };
-        if let Some(running) = running {
-            self.shared.emit(match &worker.ending {
-                Some(ending) => Event::TaskEnded {
-                    task_id: running.id,
-                    pid: worker.pid,
-                    cause: ending.cause,
-                },
-                None => Event::WorkerDied {
-                    task_id: running.id,
-                    pid: worker.pid,
-                    exitcode,
-                    reason: worker.fault.take().unwrap_or_default(),
-                },
-            });
-        }
-        // Terminated tasks it held unstarted never run.
-        let terminated = std::mem::take(&mut worker.terminate_on_start);
-        worker.inflight.retain(|t| !terminated.contains(&t.id));
-        // Tasks it had received but not started run elsewhere.
-        Self::requeue_unstarted(&mut self.pending, &mut worker);
-        self.shared.emit(Event::WorkerExited {
-            pid: worker.pid,
-            exitcode,
-            reason,
-        });
+    /// End every worker (and the template) with their process trees; queued work is
+    /// dropped.
+    fn end_all(&mut self, signal: libc::c_int) {
+        self.template = None;
+        self.io.end_all(signal);
+        self.workers.clear();
+        self.shared.tasks.lock().clear();
     }
 
     /// Make the current worker pids visible to callers, when they changed.

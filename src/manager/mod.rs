@@ -1,13 +1,14 @@
 //! The manager: one thread per executor that owns the workers, and the handle callers
-//! hold. Every path a task can take:
+//! hold. Every path a task can take (its states are the task table's, `tasks.rs`):
 //!
 //! ```text
 //!  submit(task) ─┬─ direct.rs: an idle worker offered while the manager sleeps ──────┐
-//!                └─ submissions queue ─(wake-up)─► event loop: dispatch (policy.rs) ─┴─► worker
-//!  cancel(id) ──── taken back while no worker can hold it yet; its claimer is woken
+//!                └─ submissions queue ─(wake-up)─► task table: Queued ─► dispatch ───┴─► worker
+//!  cancel(id) ──── taken back while no worker can hold it (task table); its claimer is
+//!                  woken
 //!
-//!  worker ─► RESULT ─► event loop ─► claims.rs: offer ─┬─► the thread blocked on it
-//!                                                      └─► events queue ─► next_events()
+//!  worker ─► RESULT ─► events.rs ─► claims.rs: offer ─┬─► the thread blocked on it
+//!                                                     └─► events queue ─► next_events()
 //!  worker exits (pidfd, or the template's EXITED) ─► its running task fails
 //!        (WorkerDied); tasks it held unstarted go back to the queue; a replacement is
 //!        owed unless the pool meant it to leave; WorkerExited says why it left
@@ -16,25 +17,28 @@
 //! ```
 //!
 //! The thread never touches Python: callers hand it pickled tasks and receive raw
-//! outcomes, which the Python side turns into future results. It waits in poll(2) on the
-//! wake-up eventfd, every worker's channel and every worker's pidfd (`event_loop.rs`).
-//! The handle is stamped with the process that started it (`crate::fork`): a process
-//! forked from that one must not use it, and the glue refuses before it gets here.
+//! outcomes, which the Python side turns into future results. Its loop
+//! (`event_loop.rs`) decides; its I/O (`poll_io.rs`) waits in poll(2) on the wake-up
+//! eventfd and every worker's channel and pidfd, addressed by token; what it finds is
+//! handled in `events.rs`. The handle is stamped with the process that started it
+//! (`crate::fork`): a process forked from that one must not use it, and the glue
+//! refuses before it gets here.
 
 mod claims;
 mod direct;
 mod event_loop;
+mod events;
+mod forking;
 pub mod policy;
 mod poll_io;
+mod tasks;
 mod worker;
 
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-
-use std::collections::HashSet;
 
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::{Condvar, Mutex};
@@ -47,8 +51,8 @@ use claims::Claims;
 use direct::Direct;
 use event_loop::ManagerLoop;
 pub use policy::ExitReason;
-pub use worker::EndCause;
-use worker::Task;
+pub use tasks::{EndCause, TaskState};
+use tasks::{Task, TaskTable};
 
 pub struct Config {
     pub command: WorkerCommand,
@@ -185,14 +189,8 @@ struct Shared {
     stats_ready: Condvar,
     /// New tasks; lock-free, so a submitting thread never waits for the manager.
     submissions: Sender<Task>,
-    /// Tasks taken back before any worker could receive them.
-    cancelled: Mutex<HashSet<u64>>,
-    /// Mirrors `cancelled.len()`, so dispatch takes the lock only when needed.
-    cancelled_count: AtomicUsize,
-    /// One more than the highest task id a worker may have received. Task ids grow in
-    /// submission order and tasks are sent in that order, so a task may have reached
-    /// a worker iff its id is below this mark.
-    sent_mark: AtomicU64,
+    /// Every task the manager received, and its state (see `tasks.rs`).
+    tasks: Mutex<TaskTable>,
     /// Set when the manager has been woken and has not yet looked at its inputs.
     notified: AtomicBool,
     /// Set while the manager sleeps with room for a task right away (see
@@ -200,7 +198,7 @@ struct Shared {
     hungry: AtomicBool,
     /// Set (and signalled) when the manager thread has finished.
     finished: (Mutex<bool>, Condvar),
-    wake: Waker,
+    wake: Arc<Waker>,
     direct: Direct,
     claims: Claims<Event>,
     /// Where outcomes go when nobody claims them.
@@ -217,26 +215,6 @@ impl Shared {
         if !self.notified.swap(true, Ordering::AcqRel) {
             self.wake();
         }
-    }
-
-    /// A worker may receive task `id` from now on: it can no longer be taken back.
-    fn mark_sent(&self, id: u64) {
-        self.sent_mark.fetch_max(id + 1, Ordering::SeqCst);
-    }
-
-    /// Manager side, just before it sends a task: false if the task was cancelled
-    /// (then it is dropped). Pairs with `Manager::cancel`.
-    fn take_for_sending(&self, id: u64) -> bool {
-        self.mark_sent(id);
-        if self.cancelled_count.load(Ordering::SeqCst) == 0 {
-            return true;
-        }
-        let mut cancelled = self.cancelled.lock();
-        if cancelled.remove(&id) {
-            self.cancelled_count.fetch_sub(1, Ordering::SeqCst);
-            return false;
-        }
-        true
     }
 
     /// Hand an outcome to its claimer, or queue it for the result thread.
@@ -266,7 +244,7 @@ impl Manager {
     pub fn start(config: Config) -> io::Result<Manager> {
         crate::fork::register();
         crate::platform::reread_settings();
-        let wake = Waker::new()?;
+        let wake = Arc::new(Waker::new()?);
         let (submissions, submitted) = crossbeam_channel::unbounded();
         let (sender, events) = crossbeam_channel::unbounded();
         let shared = Arc::new(Shared {
@@ -281,9 +259,7 @@ impl Manager {
             }),
             stats_ready: Condvar::new(),
             submissions,
-            cancelled: Mutex::new(HashSet::new()),
-            cancelled_count: AtomicUsize::new(0),
-            sent_mark: AtomicU64::new(0),
+            tasks: Mutex::new(TaskTable::default()),
             notified: AtomicBool::new(false),
             hungry: AtomicBool::new(true),
             finished: (Mutex::new(false), Condvar::new()),
@@ -325,7 +301,7 @@ impl Manager {
             timeout,
         };
         let shared = &self.shared;
-        let Some(task) = shared.direct.try_send(task, |id| shared.mark_sent(id)) else {
+        let Some(task) = shared.direct.try_send(task, &shared.tasks) else {
             return;
         };
         // The receiver lives as long as the manager thread; after it ended, the task is
@@ -341,18 +317,16 @@ impl Manager {
 
     /// Take back a task no worker can have received yet. False if it may have been.
     pub fn cancel(&self, id: u64) -> bool {
-        let shared = &self.shared;
-        let mut cancelled = shared.cancelled.lock();
-        shared.cancelled_count.fetch_add(1, Ordering::SeqCst);
-        cancelled.insert(id);
-        if id < shared.sent_mark.load(Ordering::SeqCst) {
-            cancelled.remove(&id);
-            shared.cancelled_count.fetch_sub(1, Ordering::SeqCst);
+        if !self.shared.tasks.lock().cancel(id) {
             return false;
         }
-        drop(cancelled);
-        shared.claims.wake(id); // no outcome will come
+        self.shared.claims.wake(id); // no outcome will come
         true
+    }
+
+    /// Where task `id` is in its life; None once it is done (or unknown).
+    pub fn task_state(&self, id: u64) -> Option<TaskState> {
+        self.shared.tasks.lock().state(id)
     }
 
     /// End task `id` whatever its state: taken back if no worker can hold it yet (true);

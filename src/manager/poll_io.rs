@@ -1,300 +1,294 @@
-//! The manager thread's I/O: the poll set (wake-up fd, every worker's channel and
-//! pidfd, the template's), reading frames from the workers and the template, writing
-//! what is queued for them, and the ends of processes.
+//! The manager thread's I/O, addressed by token: each worker's channel and exit, the
+//! template's, and the wake-up. Only system calls live here; what the frames and exits
+//! mean is the event loop's.
+//!
+//! ```text
+//!  wait(): poll(2) on the wake-up fd, every open channel (and POLLOUT while frames
+//!          are queued for it), every exit watch (pidfd)
+//!     ─► Frames { token, frames, closed }   channels first: results written just
+//!     ─► Exited { token, status }           before an exit come before it
+//!  queue(token, frame) ─► flush(): written without blocking, the rest when writable
+//! ```
+//!
+//! Where no pidfd reports an exit, exits are looked for every `EXIT_POLL`. A worker
+//! forked by the template is the template's child: its exit comes from the template,
+//! not from here.
 
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::event_loop::ManagerLoop;
 use super::policy;
-use super::worker::{State, Worker};
-use super::Incoming;
-use crate::platform::{try_reap, wait_for_exit, ExitWatch, EXIT_POLL};
+use super::worker::WorkerId;
+use crate::platform::{try_reap, wait_for_exit, ExitStatus, ExitWatch, Waker, EXIT_POLL};
 use crate::procfs::kill_tree;
-use crate::shm::Mapping;
 use crate::spawn::Spawned;
-use crate::wire::{Attached, Kind};
+use crate::sys::{poll, pollfd};
+use crate::watch::Watch;
+use crate::wire::{Frame, FrameReader, FrameWriter, OutFrame};
 
-/// How long the template may take to exit once told to.
-const TEMPLATE_EXIT_GRACE: Duration = Duration::from_secs(2);
+/// What the manager does I/O with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Token {
+    Worker(WorkerId),
+    Template,
+}
 
-impl ManagerLoop {
-    pub(super) fn stop_template(&mut self) {
-        let Some(template) = self.template.take() else {
-            return;
-        };
-        // Its workers are gone; EOF on its socket makes it exit. shutdown(2), not just
-        // close: a process forked from ours may hold a copy of the socket.
-        // SAFETY: plain shutdown(2) on a socket we own.
-        unsafe { libc::shutdown(template.process.channel.as_raw_fd(), libc::SHUT_RDWR) };
-        let process = &template.process;
-        if !wait_for_exit(process.pid, &process.exit, true, Some(TEMPLATE_EXIT_GRACE)) {
-            kill_tree(process.pid, libc::SIGKILL);
-            wait_for_exit(process.pid, &process.exit, true, None);
+/// What a wait found.
+pub enum IoEvent {
+    /// Frames read from `token`'s channel, in order; `corrupt`: the peer broke the
+    /// framing (nothing more is read). A channel that ended is left alone: the exit of
+    /// its process follows.
+    Frames {
+        token: Token,
+        frames: Vec<Frame>,
+        corrupt: Option<String>,
+    },
+    /// The process exited and was reaped.
+    Exited { token: Token, status: ExitStatus },
+}
+
+struct Endpoint {
+    pid: i32,
+    exit: ExitWatch,
+    channel: OwnedFd,
+    reader: FrameReader,
+    writer: FrameWriter,
+    /// Nothing more can be read or written.
+    closed: bool,
+    /// Close the writing side once the queued frames are out.
+    close_after_flush: bool,
+    /// Its exit is seen here (not reported by the template).
+    ours: bool,
+}
+
+pub struct ManagerIo {
+    wake: Arc<Waker>,
+    endpoints: HashMap<Token, Endpoint>,
+}
+
+impl ManagerIo {
+    pub fn new(wake: Arc<Waker>) -> ManagerIo {
+        ManagerIo {
+            wake,
+            endpoints: HashMap::new(),
         }
     }
-    pub(super) fn flush_all(&mut self) {
-        if let Some(template) = self.template.as_mut() {
-            if template.writer.flush(template.fd()).is_err() {
-                self.template_failed = true; // its exit is handled when it is seen
+
+    /// Watch a started process and its channel; `ours`: its exit is seen here.
+    pub fn add(&mut self, token: Token, spawned: Spawned, ours: bool) {
+        let endpoint = Endpoint {
+            pid: spawned.pid,
+            exit: spawned.exit,
+            channel: spawned.channel,
+            reader: FrameReader::default(),
+            writer: FrameWriter::default(),
+            closed: false,
+            close_after_flush: false,
+            ours,
+        };
+        self.endpoints.insert(token, endpoint);
+    }
+
+    /// Forget a process that exited: its channel and exit watch are closed.
+    pub fn remove(&mut self, token: Token) {
+        self.endpoints.remove(&token);
+    }
+
+    pub fn queue(&mut self, token: Token, frame: OutFrame) {
+        if let Some(endpoint) = self.endpoints.get_mut(&token) {
+            endpoint.writer.push(frame);
+        }
+    }
+
+    /// Whether nothing is queued for `token` and its channel is open: a direct send
+    /// may write there.
+    pub fn writable_now(&self, token: Token) -> Option<RawFd> {
+        let endpoint = self.endpoints.get(&token)?;
+        (!endpoint.closed && endpoint.writer.is_empty()).then(|| endpoint.channel.as_raw_fd())
+    }
+
+    /// Tell the process to leave once it has read what is queued for it: it reads EOF.
+    pub fn close_write(&mut self, token: Token) {
+        if let Some(endpoint) = self.endpoints.get_mut(&token) {
+            endpoint.close_after_flush = true;
+            if endpoint.writer.is_empty() {
+                shut(&endpoint.channel, libc::SHUT_WR);
             }
         }
-        for worker in self.workers.iter_mut() {
-            if worker.channel_closed || worker.writer.is_empty() {
+    }
+
+    /// Write what is queued, without blocking. A channel that fails is closed; the
+    /// exit of its process is handled when it is seen.
+    pub fn flush(&mut self) {
+        for endpoint in self.endpoints.values_mut() {
+            if endpoint.closed || endpoint.writer.is_empty() {
                 continue;
             }
-            if worker.writer.flush(worker.fd()).is_err() {
-                // The worker is going away; its exit is handled when it is seen.
-                worker.channel_closed = true;
+            if endpoint.writer.flush(endpoint.channel.as_raw_fd()).is_err() {
+                endpoint.closed = true;
                 continue;
             }
-            if worker.state == State::Exiting && worker.writer.is_empty() {
-                worker.close_write();
+            if endpoint.close_after_flush && endpoint.writer.is_empty() {
+                shut(&endpoint.channel, libc::SHUT_WR);
             }
         }
     }
-    /// Time until the next deadline: an idle timeout, a task's time limit, the end of
-    /// an ended worker's grace period, a stalled message's limit.
-    fn next_deadline(&self) -> Option<Duration> {
-        let idle = self.config.idle_timeout.map(|timeout| {
-            self.workers
-                .iter()
-                .filter(|w| w.is_idle())
-                .map(move |w| w.idle_since + timeout)
-        });
-        let tasks = self.workers.iter().filter_map(Worker::task_deadline);
-        let grace = self
-            .workers
-            .iter()
-            .filter_map(|w| w.ending.as_ref().filter(|e| !e.killed))
-            .map(|e| e.since + policy::END_GRACE);
-        let stalls = self.workers.iter().filter_map(Worker::stall_deadline);
-        let all = idle
-            .into_iter()
-            .flatten()
-            .chain(tasks)
-            .chain(grace)
-            .chain(stalls);
-        policy::time_to_next(Instant::now(), all)
+
+    /// Since when the frame `token` began to send stalls, if one does.
+    pub fn stalled_since(&self, token: Token) -> Option<Instant> {
+        let endpoint = self.endpoints.get(&token)?;
+        if endpoint.closed {
+            return None;
+        }
+        endpoint.reader.stalled_since()
     }
 
-    pub(super) fn wait_and_handle(&mut self) {
-        // poll set: wake fd, then per worker its exit watch and (while open) its
-        // channel, then the template's.
-        let pollfd = |fd: RawFd, events: libc::c_short| libc::pollfd {
-            fd,
-            events,
-            revents: 0,
-        };
-        let wants = |empty: bool| {
-            if empty {
+    /// Send `signal` to the process of `token` and everything it started.
+    pub fn kill(&self, token: Token, signal: libc::c_int) {
+        if let Some(endpoint) = self.endpoints.get(&token) {
+            kill_tree(endpoint.pid, signal);
+        }
+    }
+
+    /// SIGINT to the process group `token` leads (Ctrl-C for its task).
+    pub fn interrupt(&self, token: Token) {
+        if let Some(endpoint) = self.endpoints.get(&token) {
+            // SAFETY: a signal to the group our worker leads.
+            unsafe { libc::killpg(endpoint.pid, libc::SIGINT) };
+        }
+    }
+
+    /// Read what `token`'s channel holds now (before handling an exit the template
+    /// reported: results written just before it come first).
+    pub fn read(&mut self, token: Token) -> Option<IoEvent> {
+        let endpoint = self.endpoints.get_mut(&token)?;
+        read_endpoint(token, endpoint)
+    }
+
+    /// Wait for I/O (up to `timeout`; watching first when `watch` is given, see
+    /// `crate::watch`), then do it: the frames read and the exits seen, in order.
+    pub fn wait(&mut self, timeout: Option<Duration>, watch: Option<&mut Watch>) -> Vec<IoEvent> {
+        let mut tokens = Vec::with_capacity(self.endpoints.len());
+        let mut fds = vec![pollfd(self.wake.fd(), libc::POLLIN)];
+        let mut polled_exits = false;
+        for (&token, endpoint) in &self.endpoints {
+            let exit = if endpoint.ours {
+                endpoint.exit.poll_fd()
+            } else {
+                -1
+            };
+            polled_exits |= endpoint.ours && endpoint.exit.needs_polling();
+            let channel = if endpoint.closed {
+                -1
+            } else {
+                endpoint.channel.as_raw_fd()
+            };
+            let events = if endpoint.writer.is_empty() {
                 libc::POLLIN
             } else {
                 libc::POLLIN | libc::POLLOUT
-            }
-        };
-        let mut fds = vec![pollfd(self.shared.wake.fd(), libc::POLLIN)];
-        for worker in &self.workers {
-            // The template reports the exit of the workers it forked.
-            let exit = if worker.from_template {
-                -1
-            } else {
-                worker.exit.poll_fd()
             };
+            tokens.push(token);
             fds.push(pollfd(exit, libc::POLLIN));
-            let channel = if worker.channel_closed {
-                -1
-            } else {
-                worker.fd()
-            };
-            fds.push(pollfd(channel, wants(worker.writer.is_empty())));
+            fds.push(pollfd(channel, events));
         }
-        let workers_end = fds.len();
-        if let Some(template) = &self.template {
-            fds.push(pollfd(template.process.exit.poll_fd(), libc::POLLIN));
-            fds.push(pollfd(template.fd(), wants(template.writer.is_empty())));
-        }
-        // Exits no descriptor reports are looked for every EXIT_POLL.
-        let polled_exits = self
-            .workers
-            .iter()
-            .filter(|w| !w.from_template)
-            .map(|w| &w.exit)
-            .chain(self.template.as_ref().map(|t| &t.process.exit))
-            .any(ExitWatch::needs_polling);
-        let mut wait = self.next_deadline();
-        if polled_exits {
-            wait = Some(wait.map_or(EXIT_POLL, |d| d.min(EXIT_POLL)));
-        }
-        let timeout_ms = wait.map_or(-1, |d| d.as_millis().min(i32::MAX as u128) as i32 + 1);
-        // SAFETY: fds is a valid array of fds.len() pollfd structures.
-        let mut poll = |wait: bool| unsafe {
-            let timeout = if wait { timeout_ms } else { 0 };
-            libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout)
-        };
-        // While results are due, watch for a moment before sleeping (`crate::watch`).
-        let n = if self.workers.iter().any(|w| !w.inflight.is_empty()) {
-            self.watch.wait(Instant::now(), poll, |&n| n != 0)
+        let timeout = if polled_exits {
+            Some(timeout.map_or(EXIT_POLL, |t| t.min(EXIT_POLL)))
         } else {
-            poll(true)
+            timeout
         };
-        self.withdraw_offer();
-        if n < 0 {
-            return; // EINTR: the loop re-evaluates everything
+        let ready = match watch {
+            Some(watch) => watch.wait(
+                Instant::now(),
+                |wait| poll(&mut fds, if wait { timeout } else { Some(Duration::ZERO) }),
+                |seen| !matches!(seen, Ok(0)),
+            ),
+            None => poll(&mut fds, timeout),
+        };
+        if ready.is_err() {
+            return Vec::new(); // EINTR: the loop looks at everything again
         }
         if fds[0].revents != 0 {
-            self.shared.wake.drain();
+            self.wake.drain();
         }
-        // Read channels first, so results written just before an exit are not lost.
+        let mut events = Vec::new();
         let mut maybe_exited = Vec::new();
-        for (i, worker_fds) in fds[1..workers_end].chunks(2).enumerate() {
-            let (exit, chan) = (worker_fds[0], worker_fds[1]);
-            let worker = &self.workers[i];
-            let polled = !worker.from_template && worker.exit.needs_polling();
-            if chan.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0
-                || exit.revents != 0
-            {
-                self.read_worker(i);
+        for (token, pair) in tokens.iter().zip(fds[1..].chunks(2)) {
+            let (exit, channel) = (pair[0], pair[1]);
+            let Some(endpoint) = self.endpoints.get_mut(token) else {
+                continue;
+            };
+            let readable = libc::POLLIN | libc::POLLHUP | libc::POLLERR;
+            if channel.revents & readable != 0 || exit.revents != 0 {
+                events.extend(read_endpoint(*token, endpoint));
             }
-            if exit.revents != 0 || polled {
-                maybe_exited.push(i);
-            }
-        }
-        // Remove from the back so earlier indices stay valid.
-        for &i in maybe_exited.iter().rev() {
-            let worker = &self.workers[i];
-            if let Some(status) = try_reap(worker.pid, &worker.exit) {
-                self.read_worker(i); // results written just before the exit
-                let worker = self.workers.remove(i);
-                self.on_exit(worker, status);
+            if exit.revents != 0 || (endpoint.ours && endpoint.exit.needs_polling()) {
+                maybe_exited.push(*token);
             }
         }
-        if let [exit, chan] = fds[workers_end..] {
-            if chan.revents != 0 {
-                self.read_template();
+        for token in maybe_exited {
+            let Some(endpoint) = self.endpoints.get_mut(&token) else {
+                continue;
+            };
+            if let Some(status) = try_reap(endpoint.pid, &endpoint.exit) {
+                events.extend(read_endpoint(token, endpoint)); // written just before
+                events.push(IoEvent::Exited { token, status });
             }
-            let exited = self.template.as_ref().is_some_and(|t| {
-                (exit.revents != 0 || t.process.exit.needs_polling())
-                    && try_reap(t.process.pid, &t.process.exit).is_some()
-            });
-            if exited {
-                self.on_template_exit();
+        }
+        events
+    }
+
+    /// End every process (with its tree): `signal` now, then SIGKILL for any still
+    /// alive after the grace period (at once if `signal` is SIGKILL); wait for them all.
+    pub fn end_all(&mut self, signal: libc::c_int) {
+        let endpoints: Vec<Endpoint> = self.endpoints.drain().map(|(_, e)| e).collect();
+        for endpoint in &endpoints {
+            kill_tree(endpoint.pid, signal);
+        }
+        let deadline = Instant::now() + policy::END_GRACE;
+        for endpoint in &endpoints {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let (pid, exit) = (endpoint.pid, &endpoint.exit);
+            if signal == libc::SIGKILL || !wait_for_exit(pid, exit, endpoint.ours, Some(left)) {
+                kill_tree(pid, libc::SIGKILL);
+                wait_for_exit(pid, exit, endpoint.ours, None);
             }
         }
     }
 
-    fn read_template(&mut self) {
-        let Some(template) = self.template.as_mut() else {
+    /// Let `token`'s process (our child) exit by itself within `grace` once its
+    /// channel is closed, else kill it; reap it.
+    pub fn close_and_reap(&mut self, token: Token, grace: Duration) {
+        let Some(endpoint) = self.endpoints.remove(&token) else {
             return;
         };
-        let outcome = template.reader.read_available(template.fd());
-        for frame in outcome.frames {
-            let pid = frame.header.task_id as i32;
-            match Kind::from_u32(frame.header.kind) {
-                Some(Kind::Ready) => {
-                    if let Some(t) = self.template.as_mut() {
-                        t.ready = true;
-                    }
-                }
-                Some(Kind::Forked) => self.on_forked(pid),
-                Some(Kind::Exited) => {
-                    let code = frame
-                        .body
-                        .get(..8)
-                        .map_or(-1, |b| i64::from_le_bytes(b.try_into().unwrap()) as i32);
-                    if let Some(i) = self.workers.iter().position(|w| w.pid == pid) {
-                        self.read_worker(i); // results written just before the exit
-                        let worker = self.workers.remove(i);
-                        self.on_exit(worker, Some(code));
-                    }
-                }
-                _ => {}
-            }
+        // shutdown(2), not just close: a process forked from ours may hold a copy.
+        shut(&endpoint.channel, libc::SHUT_RDWR);
+        if !wait_for_exit(endpoint.pid, &endpoint.exit, true, Some(grace)) {
+            kill_tree(endpoint.pid, libc::SIGKILL);
+            wait_for_exit(endpoint.pid, &endpoint.exit, true, None);
         }
-    }
-    fn on_forked(&mut self, pid: i32) {
-        let Some(channel) = self.template.as_mut().and_then(|t| t.requested.pop_front()) else {
-            return;
-        };
-        // Its exit is reported by the template (its parent), which reaps it; the watch
-        // serves to wait for it when the pool is killed.
-        let exit = ExitWatch::open(pid);
-        self.add_worker(Spawned { pid, exit, channel }, true);
-    }
-    /// The template died (it should not; it was reaped): its workers die with it (their
-    /// watchdog). Count them as killed and go on with exec'd workers.
-    fn on_template_exit(&mut self) {
-        if self.template.take().is_none() {
-            return;
-        }
-        self.template_failed = true;
-        let mut i = 0;
-        while i < self.workers.len() {
-            if self.workers[i].from_template {
-                self.read_worker(i);
-                let worker = self.workers.remove(i);
-                kill_tree(worker.pid, libc::SIGKILL);
-                self.on_exit(worker, Some(-libc::SIGKILL));
-            } else {
-                i += 1;
-            }
-        }
-    }
-    pub(super) fn read_worker(&mut self, i: usize) {
-        let worker = &mut self.workers[i];
-        if worker.channel_closed {
-            return;
-        }
-        let outcome = worker.reader.read_available(worker.fd());
-        if outcome.closed {
-            worker.channel_closed = true;
-        }
-        for frame in outcome.frames {
-            self.on_frame(i, frame);
-        }
-        if let Some(reason) = outcome.corrupt {
-            self.workers[i].fail(reason);
-        }
-    }
-    /// End every worker (and the template) with their process trees: `signal` now,
-    /// then SIGKILL for any still alive after the grace period (at once if `signal`
-    /// is SIGKILL). Queued work is dropped.
-    pub(super) fn kill_all(&mut self, signal: libc::c_int) {
-        let template = self.template.take().map(|t| t.process);
-        // (pid, exit watch, our child?)
-        let mut procs: Vec<(i32, &ExitWatch, bool)> = self
-            .workers
-            .iter()
-            .map(|w| (w.pid, &w.exit, !w.from_template))
-            .collect();
-        if let Some(process) = &template {
-            procs.push((process.pid, &process.exit, true));
-        }
-        for &(pid, _, _) in &procs {
-            kill_tree(pid, signal);
-        }
-        let deadline = Instant::now() + policy::END_GRACE;
-        for &(pid, exit, child) in &procs {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if signal == libc::SIGKILL || !wait_for_exit(pid, exit, child, Some(left)) {
-                kill_tree(pid, libc::SIGKILL);
-                wait_for_exit(pid, exit, child, None);
-            }
-        }
-        self.workers.clear();
-        self.pending.clear();
     }
 }
 
-/// Map the segment that came with a result at once, so that no descriptor waits in
-/// the event queue (results that queue up hold none).
-pub(super) fn receive_segment(fd: Attached) -> Incoming {
-    match fd {
-        Attached::None => Incoming::None,
-        Attached::Dropped => Incoming::Dropped,
-        Attached::Fd(fd) => match Mapping::new(fd.as_fd()) {
-            Ok(mapping) => Incoming::Mapped(mapping),
-            Err(err) => Incoming::Unmappable(err),
-        },
+fn shut(channel: &OwnedFd, how: libc::c_int) {
+    // SAFETY: plain shutdown(2) on a socket we own.
+    unsafe { libc::shutdown(channel.as_raw_fd(), how) };
+}
+
+fn read_endpoint(token: Token, endpoint: &mut Endpoint) -> Option<IoEvent> {
+    if endpoint.closed {
+        return None;
     }
+    let outcome = endpoint.reader.read_available(endpoint.channel.as_raw_fd());
+    if outcome.closed {
+        endpoint.closed = true;
+    }
+    Some(IoEvent::Frames {
+        token,
+        frames: outcome.frames,
+        corrupt: outcome.corrupt,
+    })
 }
