@@ -16,6 +16,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 
 use crate::platform::{self, socketpair_cloexec, ExitWatch};
+use crate::sys::check;
 
 /// The descriptor number a worker finds its channel on.
 pub const WORKER_FD: RawFd = 3;
@@ -37,8 +38,8 @@ pub struct Spawned {
     pub channel: OwnedFd,
 }
 
-fn check(ret: libc::c_int) -> io::Result<()> {
-    // posix_spawn functions return the error number instead of setting errno.
+/// posix_spawn's functions return the error number instead of setting errno.
+fn spawn_check(ret: libc::c_int) -> io::Result<()> {
     if ret != 0 {
         return Err(io::Error::from_raw_os_error(ret));
     }
@@ -73,9 +74,7 @@ pub fn channel_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     let (parent_end, child_end) = socketpair_cloexec()?;
     // The manager multiplexes with poll: its end never blocks.
     // SAFETY: fcntl on a descriptor we own.
-    if unsafe { libc::fcntl(parent_end.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    check(unsafe { libc::fcntl(parent_end.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) })?;
     set_buffer_sizes(parent_end.as_raw_fd());
     set_buffer_sizes(child_end.as_raw_fd());
     Ok((parent_end, child_end))
@@ -120,15 +119,14 @@ pub fn close_beyond_limit() {
 /// onto the same number would not) and no duplicate sits where another one goes.
 fn high_duplicate(fd: RawFd, floor: RawFd) -> io::Result<OwnedFd> {
     // SAFETY: fcntl on a descriptor the caller keeps open; the result is checked.
-    let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, floor + 1) };
-    if dup < 0 {
-        let err = io::Error::last_os_error();
-        // EINVAL: `floor` is at the descriptor limit; no descriptor is left above it.
-        return Err(match err.raw_os_error() {
-            Some(libc::EINVAL) => io::Error::from_raw_os_error(libc::EMFILE),
-            _ => err,
-        });
-    }
+    let dup =
+        check(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, floor + 1) }).map_err(|err| {
+            // EINVAL: `floor` is at the descriptor limit; no descriptor is left above it.
+            match err.raw_os_error() {
+                Some(libc::EINVAL) => io::Error::from_raw_os_error(libc::EMFILE),
+                _ => err,
+            }
+        })?;
     // SAFETY: a fresh descriptor that we now own.
     Ok(unsafe { OwnedFd::from_raw_fd(dup) })
 }
@@ -182,9 +180,9 @@ fn spawn(cmd: &WorkerCommand, fds: &[(RawFd, RawFd)], own_group: bool) -> io::Re
     // returns; the descriptors named stay open meanwhile.
     unsafe {
         let mut actions: libc::posix_spawn_file_actions_t = std::mem::zeroed();
-        check(libc::posix_spawn_file_actions_init(&mut actions))?;
+        spawn_check(libc::posix_spawn_file_actions_init(&mut actions))?;
         let mut attr: libc::posix_spawnattr_t = std::mem::zeroed();
-        if let Err(err) = check(libc::posix_spawnattr_init(&mut attr)) {
+        if let Err(err) = spawn_check(libc::posix_spawnattr_init(&mut attr)) {
             libc::posix_spawn_file_actions_destroy(&mut actions);
             return Err(err);
         }
@@ -193,9 +191,9 @@ fn spawn(cmd: &WorkerCommand, fds: &[(RawFd, RawFd)], own_group: bool) -> io::Re
             // descriptor another thread closed since the listing; other libcs may
             // fail the start with EBADF in that race.)
             for &fd in &strays {
-                check(libc::posix_spawn_file_actions_addclose(&mut actions, fd))?;
+                spawn_check(libc::posix_spawn_file_actions_addclose(&mut actions, fd))?;
             }
-            check(libc::posix_spawn_file_actions_addopen(
+            spawn_check(libc::posix_spawn_file_actions_addopen(
                 &mut actions,
                 0,
                 c"/dev/null".as_ptr(),
@@ -203,7 +201,7 @@ fn spawn(cmd: &WorkerCommand, fds: &[(RawFd, RawFd)], own_group: bool) -> io::Re
                 0,
             ))?;
             for &fd in &closed_outputs {
-                check(libc::posix_spawn_file_actions_addopen(
+                spawn_check(libc::posix_spawn_file_actions_addopen(
                     &mut actions,
                     fd,
                     c"/dev/null".as_ptr(),
@@ -213,7 +211,7 @@ fn spawn(cmd: &WorkerCommand, fds: &[(RawFd, RawFd)], own_group: bool) -> io::Re
             }
             for (source, &(_, target)) in sources.iter().zip(fds) {
                 // dup2 clears close-on-exec on the target.
-                check(libc::posix_spawn_file_actions_adddup2(
+                spawn_check(libc::posix_spawn_file_actions_adddup2(
                     &mut actions,
                     source.as_raw_fd(),
                     target,
@@ -226,20 +224,20 @@ fn spawn(cmd: &WorkerCommand, fds: &[(RawFd, RawFd)], own_group: bool) -> io::Re
             for signal in [libc::SIGPIPE, libc::SIGINT, libc::SIGTERM, libc::SIGCHLD] {
                 libc::sigaddset(&mut defaults, signal);
             }
-            check(libc::posix_spawnattr_setsigdefault(&mut attr, &defaults))?;
+            spawn_check(libc::posix_spawnattr_setsigdefault(&mut attr, &defaults))?;
             let mut empty: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut empty);
-            check(libc::posix_spawnattr_setsigmask(&mut attr, &empty))?;
+            spawn_check(libc::posix_spawnattr_setsigmask(&mut attr, &empty))?;
             let mut flags = libc::POSIX_SPAWN_SETSIGDEF | libc::POSIX_SPAWN_SETSIGMASK;
             if own_group {
                 // Killing the group takes the worker's children with it; a terminal's
                 // Ctrl-C goes to the parent, which passes it on to busy workers.
-                check(libc::posix_spawnattr_setpgroup(&mut attr, 0))?;
+                spawn_check(libc::posix_spawnattr_setpgroup(&mut attr, 0))?;
                 flags |= libc::POSIX_SPAWN_SETPGROUP;
             }
-            check(libc::posix_spawnattr_setflags(&mut attr, flags as _))?;
+            spawn_check(libc::posix_spawnattr_setflags(&mut attr, flags as _))?;
             let mut pid: libc::pid_t = 0;
-            check(libc::posix_spawn(
+            spawn_check(libc::posix_spawn(
                 &mut pid,
                 program.as_ptr(),
                 &actions,

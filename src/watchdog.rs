@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use crate::platform;
 use crate::procfs::kill_tree;
+use crate::sys::{poll, pollfd};
 
 /// How often the parent is looked at where no pidfd says at once that it exited.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
@@ -43,15 +44,11 @@ pub fn watch_parent(parent: i32) -> io::Result<()> {
         .name("loky-watchdog".into())
         .spawn(move || loop {
             match &pidfd {
-                Some(fd) => {
-                    let mut pfd = libc::pollfd {
-                        fd: fd.as_raw_fd(),
-                        events: libc::POLLIN,
-                        revents: 0,
-                    };
-                    // SAFETY: polls one live pollfd; readable once the parent exited.
-                    unsafe { libc::poll(&mut pfd, 1, POLL_INTERVAL.as_millis() as i32) };
-                }
+                // Readable once the parent exited.
+                Some(fd) => drop(poll(
+                    &mut [pollfd(fd.as_raw_fd(), libc::POLLIN)],
+                    Some(POLL_INTERVAL),
+                )),
                 None => std::thread::sleep(POLL_INTERVAL),
             }
             if !parent_is(parent) {

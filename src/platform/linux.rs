@@ -4,10 +4,10 @@
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
+use crate::sys::check;
+
 fn owned(fd: libc::c_long) -> io::Result<OwnedFd> {
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let fd = check(fd)?;
     // SAFETY: the call returned a fresh descriptor that we now own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
@@ -35,9 +35,7 @@ pub fn try_reap_pidfd(pidfd: RawFd) -> io::Result<Option<i32>> {
             libc::WEXITED | libc::WNOHANG,
         )
     };
-    if ret < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    check(ret)?;
     // SAFETY: waitid filled info (or left it zeroed, which si_pid() == 0 reports).
     let (pid, status) = unsafe { (info.si_pid(), info.si_status()) };
     if pid == 0 {

@@ -4,13 +4,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
-fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
-}
+use crate::sys::{check, poll, pollfd};
 
 /// This process's soft limit on open descriptors; None when unlimited or unknown. No
 /// descriptor numbered at or above it can be opened, duplicated to, or named in
@@ -49,17 +43,17 @@ pub fn open_descriptors() -> Vec<RawFd> {
 /// Set close-on-exec on `fd` (where the kernel has no flag to do it at creation).
 pub fn set_cloexec(fd: RawFd) -> io::Result<()> {
     // SAFETY: fcntl on a descriptor number; an invalid one only returns an error.
-    let flags = cvt(unsafe { libc::fcntl(fd, libc::F_GETFD) })?;
+    let flags = check(unsafe { libc::fcntl(fd, libc::F_GETFD) })?;
     // SAFETY: as above.
-    cvt(unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) })?;
+    check(unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) })?;
     Ok(())
 }
 
 fn set_nonblocking(fd: RawFd) -> io::Result<()> {
     // SAFETY: fcntl on a descriptor number; an invalid one only returns an error.
-    let flags = cvt(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
+    let flags = check(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
     // SAFETY: as above.
-    cvt(unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) })?;
+    check(unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) })?;
     Ok(())
 }
 
@@ -76,7 +70,7 @@ pub fn socketpair_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
     #[cfg(not(target_os = "linux"))]
     let kind = libc::SOCK_STREAM;
     // SAFETY: fds is a valid two-element array for socketpair to fill.
-    cvt(unsafe { libc::socketpair(libc::AF_UNIX, kind, 0, fds.as_mut_ptr()) })?;
+    check(unsafe { libc::socketpair(libc::AF_UNIX, kind, 0, fds.as_mut_ptr()) })?;
     let (a, b) = owned_pair(fds);
     if !cfg!(target_os = "linux") {
         set_cloexec(a.as_raw_fd())?;
@@ -89,7 +83,7 @@ pub fn socketpair_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
 pub fn pipe_nonblocking() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as RawFd; 2];
     // SAFETY: fds is a valid two-element array for pipe to fill.
-    cvt(unsafe { libc::pipe(fds.as_mut_ptr()) })?;
+    check(unsafe { libc::pipe(fds.as_mut_ptr()) })?;
     let (read, write) = owned_pair(fds);
     for fd in [&read, &write] {
         set_cloexec(fd.as_raw_fd())?;
@@ -100,14 +94,7 @@ pub fn pipe_nonblocking() -> io::Result<(OwnedFd, OwnedFd)> {
 
 /// Whether `fd` becomes readable within `timeout` (EINTR counts as not yet).
 pub fn poll_readable(fd: RawFd, timeout: Duration) -> bool {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-    // SAFETY: polls one live pollfd.
-    unsafe { libc::poll(&mut pfd, 1, ms) > 0 }
+    matches!(poll(&mut [pollfd(fd, libc::POLLIN)], Some(timeout)), Ok(n) if n > 0)
 }
 
 /// waitpid(pid, WNOHANG) on our child: its exit code (minus the signal number when a
@@ -116,16 +103,11 @@ pub fn try_waitpid(pid: i32) -> io::Result<Option<i32>> {
     let mut status = 0;
     loop {
         // SAFETY: status points to a live c_int.
-        let ret = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-        if ret == 0 {
-            return Ok(None);
-        }
-        if ret > 0 {
-            break;
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
+        match check(unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) }) {
+            Ok(0) => return Ok(None),
+            Ok(_) => break,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(err),
         }
     }
     Ok(Some(if libc::WIFSIGNALED(status) {
@@ -149,11 +131,11 @@ pub fn unlinked_file() -> io::Result<OwnedFd> {
         .map_err(io::Error::other)?
         .into_bytes_with_nul();
     // SAFETY: `path` is a writable NUL-terminated template that mkstemp fills in.
-    let fd = cvt(unsafe { libc::mkstemp(path.as_mut_ptr().cast()) })?;
+    let fd = check(unsafe { libc::mkstemp(path.as_mut_ptr().cast()) })?;
     // SAFETY: mkstemp returned a fresh descriptor that we now own.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     // SAFETY: unlinks the file mkstemp just made (the path it filled in).
-    cvt(unsafe { libc::unlink(path.as_ptr().cast()) })?;
+    check(unsafe { libc::unlink(path.as_ptr().cast()) })?;
     set_cloexec(fd.as_raw_fd())?;
     Ok(fd)
 }
@@ -176,10 +158,7 @@ pub fn reserve(fd: RawFd, len: usize) -> io::Result<()> {
         let page = 4096;
         for offset in (0..len).step_by(page) {
             // SAFETY: writes one byte from a live buffer at an offset within the file.
-            let ret = unsafe { libc::pwrite(fd, [0u8].as_ptr().cast(), 1, offset as libc::off_t) };
-            if ret < 0 {
-                return Err(io::Error::last_os_error());
-            }
+            check(unsafe { libc::pwrite(fd, [0u8].as_ptr().cast(), 1, offset as libc::off_t) })?;
         }
     }
     Ok(())
