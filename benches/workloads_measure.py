@@ -64,14 +64,28 @@ class Timer:
 
 
 def run_map(pool, fn, items, *, init=None, initargs=(), mpire=None, max_tasks=None,
-            chunksize=None):
-    """Make a pool of 2 workers, map `fn` over `items`, shut the pool down.
+            chunksize=None, again=True):
+    """Make a pool of 2 workers, map `fn` over `items` (with `again`, a second time on
+    the same pool), shut the pool down.
 
     `mpire`: (fn, worker_init, use_worker_state, shared_objects) in mpire's calling
     convention. `max_tasks`: recycle a worker after that many tasks (None: never).
     `chunksize`: None leaves each API's default. Returns (results, Timer) with stamps
-    "results" (all results in hand) and "exit" (pool shut down, workers joined)."""
+    "results" (all results of the first map in hand), "again_s" (how long the second
+    map took) and "exit" (pool shut down, workers joined)."""
     timer = Timer()
+
+    def mapped(map_once):
+        """The first map's results; stamps "results", and "again_s" for the second."""
+        results = map_once()
+        timer.mark("results")
+        if again:
+            t0 = perf_counter()
+            if len(map_once()) != len(results):
+                raise AssertionError("the second map gave other results")
+            timer.stamps["again_s"] = perf_counter() - t0
+        return results
+
     if pool in ("this", "loky370"):
         import loky
 
@@ -80,8 +94,7 @@ def run_map(pool, fn, items, *, init=None, initargs=(), mpire=None, max_tasks=No
         extra = {} if max_tasks is None else {"max_tasks_per_child": max_tasks}
         executor = loky.get_reusable_executor(
             max_workers=N_WORKERS, initializer=init, initargs=initargs, **extra)
-        results = list(executor.map(fn, items, chunksize=chunksize or 1))
-        timer.mark("results")
+        results = mapped(lambda: list(executor.map(fn, items, chunksize=chunksize or 1)))
         executor.shutdown(wait=True)
     elif pool == "joblib":
         from joblib import Parallel, delayed
@@ -91,8 +104,8 @@ def run_map(pool, fn, items, *, init=None, initargs=(), mpire=None, max_tasks=No
             raise NotSupported("joblib's loky backend cannot recycle workers by task count")
         extra = {} if init is None else {"initializer": init, "initargs": initargs}
         batch = {} if chunksize is None else {"batch_size": chunksize}
-        results = Parallel(n_jobs=N_WORKERS, **batch, **extra)(delayed(fn)(x) for x in items)
-        timer.mark("results")
+        results = mapped(lambda: Parallel(n_jobs=N_WORKERS, **batch, **extra)(
+            delayed(fn)(x) for x in items))
         get_reusable_executor().shutdown(wait=True)
     elif pool == "stdlib":
         from concurrent.futures import ProcessPoolExecutor
@@ -105,34 +118,33 @@ def run_map(pool, fn, items, *, init=None, initargs=(), mpire=None, max_tasks=No
         extra = {} if max_tasks is None else {"max_tasks_per_child": max_tasks}
         with ProcessPoolExecutor(N_WORKERS, initializer=init, initargs=initargs,
                                  **extra) as executor:
-            results = list(executor.map(fn, items, chunksize=chunksize or 1))
-            timer.mark("results")
+            results = mapped(lambda: list(executor.map(fn, items, chunksize=chunksize or 1)))
     elif pool == "mp_pool":
         import multiprocessing
 
         with multiprocessing.Pool(N_WORKERS, initializer=init, initargs=initargs,
                                   maxtasksperchild=max_tasks) as mp_pool:
-            results = mp_pool.map(fn, items, chunksize=chunksize)
-            timer.mark("results")
+            results = mapped(lambda: mp_pool.map(fn, items, chunksize=chunksize))
             mp_pool.close()
             mp_pool.join()
     elif pool == "mpire":
         from mpire import WorkerPool
 
         fn, worker_init, use_state, shared = mpire or (fn, None, False, None)
+        # keep_alive: the second map reuses the workers (and their state), as mpire's
+        # documentation shows for consecutive maps.
         with WorkerPool(n_jobs=N_WORKERS, use_worker_state=use_state,
-                        shared_objects=shared) as mpire_pool:
-            results = mpire_pool.map(fn, items, worker_init=worker_init,
-                                     worker_lifespan=max_tasks, chunk_size=chunksize,
-                                     concatenate_numpy_output=False)
-            timer.mark("results")
+                        shared_objects=shared, keep_alive=again) as mpire_pool:
+            results = mapped(lambda: mpire_pool.map(
+                fn, items, worker_init=worker_init, worker_lifespan=max_tasks,
+                chunk_size=chunksize, concatenate_numpy_output=False))
     elif pool == "pebble":
         from pebble import ProcessPool
 
         with ProcessPool(max_workers=N_WORKERS, max_tasks=max_tasks or 0, initializer=init,
                          initargs=initargs) as pebble_pool:
-            results = list(pebble_pool.map(fn, items, chunksize=chunksize or 1).result())
-            timer.mark("results")
+            results = mapped(lambda: list(
+                pebble_pool.map(fn, items, chunksize=chunksize or 1).result()))
     else:
         raise ValueError(f"unknown pool {pool!r}")
     timer.mark("exit")
@@ -209,7 +221,8 @@ def w_init_shared(pool, params):
     results, timer = run_map(
         pool, init_table.lookup, keys, init=init_table.set_table, initargs=(table,),
         mpire=(init_table.mpire_lookup_shared, None, False, table))
-    timer.stamps = {k: v + built_s for k, v in timer.stamps.items()}
+    for moment in ("results", "exit"):
+        timer.stamps[moment] += built_s
     timer.stamps["built"] = built_s
     _check_lookups(results, keys)
     return timer
@@ -220,7 +233,7 @@ def w_recycle(pool, params):
 
     n, per_child = params["recycle_tasks"], params["max_tasks"]
     results, timer = run_map(pool, small.square_pid, range(n), max_tasks=per_child,
-                             chunksize=1)
+                             chunksize=1, again=False)
     if [r[0] for r in results] != [i * i for i in range(n)]:
         raise AssertionError("recycled pool answered wrong")
     timer.stamps["workers_used"] = len({r[1] for r in results})
@@ -290,9 +303,25 @@ def w_shutdown(pool, params):
     else:
         raise ValueError(f"unknown pool {pool!r}")
     timer.mark("stopped")
-    timer.stamps["shutdown_start_monotonic"] = time.monotonic() - timer.stamps["stopped"]
+    _wait_ended(up, deadline=time.monotonic() + 10)
+    timer.mark("workers_ended")
+    timer.stamps["shutdown_start_monotonic"] = (time.monotonic()
+                                                - (perf_counter() - timer.t0))
     timer.stamps["workers_before"] = up
     return timer
+
+
+def _wait_ended(pids, deadline):
+    """Wait until none of `pids` runs any more (exited, reaped or not)."""
+    for pid in pids:
+        while time.monotonic() < deadline:
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    if f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                        break
+            except (FileNotFoundError, ProcessLookupError):
+                break
+            time.sleep(0.0002)
 
 
 class _MpFuture:
