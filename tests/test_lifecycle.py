@@ -315,3 +315,21 @@ def test_recycled_workers_fork_from_the_template(executor_factory):
 
     template = psutil.Process(parent)
     assert template.ppid() == os.getpid()
+
+
+def test_template_starts_while_a_worker_is_starting(executor_factory, tmp_path):
+    # Under steady recycling a replacement is nearly always starting; the template
+    # must start all the same once a worker has spent its tasks. One worker here never
+    # finishes starting, so there is always one.
+    executor = executor_factory(
+        max_workers=2,
+        max_tasks_per_child=2,
+        initializer=tasks.first_one_stays_starting,
+        initargs=(str(tmp_path / "marker"),),
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        pid, parent = executor.submit(tasks.pid_and_parent).result(timeout=30)
+        if parent != os.getpid() or time.monotonic() > deadline:
+            break
+    assert parent != os.getpid(), "no worker was forked by the template"

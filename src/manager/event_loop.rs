@@ -56,6 +56,8 @@ pub(super) struct ManagerLoop {
     pub(super) template: Option<Template>,
     /// The template could not start or died: start workers with exec only.
     pub(super) template_failed: bool,
+    /// A worker has spent its task budget: replacements are routine from now on.
+    recycling: bool,
     /// How the loop waits while results are due (see `crate::watch`).
     watch: Watch,
 }
@@ -83,6 +85,7 @@ impl ManagerLoop {
             published_pids: Vec::new(),
             template: None,
             template_failed: false,
+            recycling: false,
             watch: Watch::new(RESULTS_WATCH),
         }
     }
@@ -256,7 +259,9 @@ impl ManagerLoop {
     }
 
     /// Start the template once the first workers are up, so it does not compete with
-    /// them for the CPU during a cold start.
+    /// them for the CPU during a cold start; or once a worker is ready and another has
+    /// spent its tasks, even if a worker is starting: when replacements follow each other,
+    /// one is nearly always starting, and the template would never start.
     fn maybe_start_template(&mut self) {
         let Some(command) = &self.config.template else {
             return;
@@ -266,7 +271,7 @@ impl ManagerLoop {
         }
         let starting = self.workers.iter().any(|w| w.phase == Phase::Starting);
         let ready = self.workers.iter().any(|w| w.phase == Phase::Ready);
-        if starting || !ready {
+        if !ready || (starting && !self.recycling) {
             return;
         }
         match spawn_worker(command) {
@@ -334,6 +339,7 @@ impl ManagerLoop {
             if budget.is_some_and(|b| worker.tasks_sent >= b) {
                 // Spent: finish what it holds, then make room for a fresh one.
                 worker.drain(ExitReason::TaskLimit);
+                self.recycling = true;
             }
         }
     }
