@@ -31,7 +31,7 @@ IMPORTS = {
     "numpy, argparse, json": "import argparse\nimport json\n\nimport numpy as np\n",
 }
 
-SCRIPT = '''{imports}from time import perf_counter
+SCRIPT = '''{imports}from time import perf_counter, process_time
 
 from loky import get_reusable_executor
 {task_import}
@@ -39,16 +39,24 @@ from loky import get_reusable_executor
 {task_def}
 if __name__ == "__main__":
     t0 = perf_counter()
+    cpu0 = process_time()
     print("CLOCK_STARTS", flush=True)
     executor = get_reusable_executor(max_workers=2)
-    executor.submit(inc, 1).result()
+    worker_cpu = executor.submit(inc, 1).result()
     elapsed = perf_counter() - t0
+    parent_cpu = process_time() - cpu0
     print("CLOCK_STOPS", flush=True)
-    print(f"FIRST_RESULT_MS {{elapsed * 1e3:.3f}}")
+    print(f"FIRST_RESULT_MS {{elapsed * 1e3:.3f}} {{worker_cpu * 1e3:.3f}} "
+          f"{{parent_cpu * 1e3:.3f}}")
 '''
 
-TASK_MODULE = '''def inc(x):
-    return x + 1
+# The task returns the CPU time its worker has used so far (all its threads): the
+# worker's start, counted in a way the machine's load does not inflate.
+TASK_MODULE = '''import time
+
+
+def inc(x):
+    return time.process_time()
 '''
 
 
@@ -77,7 +85,7 @@ def run_script(python, path, env=None):
                          text=True, timeout=120, env=env)
     for line in out.stdout.splitlines():
         if line.startswith("FIRST_RESULT_MS "):
-            return float(line.split()[1]) / 1e3, out
+            return [float(v) / 1e3 for v in line.split()[1:]], out
     raise RuntimeError(f"{path} failed:\n{out.stderr[-3000:]}")
 
 
@@ -85,6 +93,13 @@ def bare_start(python):
     t0 = time.perf_counter()
     subprocess.run([python, "-c", "pass"], check=True, timeout=60)
     return time.perf_counter() - t0
+
+
+def bare_cpu(python):
+    """CPU time an interpreter has used once it has started (site included)."""
+    out = subprocess.run([python, "-c", "import time; print(time.process_time())"],
+                         check=True, timeout=60, capture_output=True, text=True)
+    return float(out.stdout)
 
 
 def importtime_report(python, path):
@@ -113,17 +128,26 @@ def main():
 
     with tempfile.TemporaryDirectory(prefix="loky-first-result-") as directory:
         scripts = write_scripts(directory)
-        for path in scripts.values():  # compile tasks.py once, as a user's second run
+        # tasks.py byte-compiled, as a user's module is after its first run (even where
+        # PYTHONDONTWRITEBYTECODE keeps the interpreter from writing it).
+        subprocess.run([args.python, "-m", "py_compile", os.path.join(directory, "tasks.py")],
+                       check=True, timeout=60)
+        for path in scripts.values():  # warm the page cache
             run_script(args.python, path)
         bare, firsts = [], {key: [] for key in scripts}
+        cpus = {key: [] for key in scripts}
+        bare_cpus = []
         loads = []
         for rep in range(args.repeat):
             loads.append(os.getloadavg()[0])
             order = list(scripts)
             order = order[rep % len(order):] + order[:rep % len(order)]
             bare.append(bare_start(args.python))
+            bare_cpus.append(bare_cpu(args.python))
             for key in order:
-                firsts[key].append(run_script(args.python, scripts[key])[0])
+                (first, worker_cpu, parent_cpu), _ = run_script(args.python, scripts[key])
+                firsts[key].append(first)
+                cpus[key].append((worker_cpu, parent_cpu))
             bare.append(bare_start(args.python))
         bare_median = statistics.median(bare)
         print(f"python: {args.python}; {args.repeat} runs each; load average "
@@ -140,6 +164,15 @@ def main():
             print(f"| {label} | {where} | {median * 1e3:.1f} ({min(values) * 1e3:.1f}–"
                   f"{max(values) * 1e3:.1f}) | {(median - bare_median) * 1e3:+.1f} | "
                   f"{(min(values) - min(bare)) * 1e3:+.1f} |")
+        print(f"\nCPU time, median: a bare interpreter once started "
+              f"{statistics.median(bare_cpus) * 1e3:.1f} ms")
+        print("| script imports | task defined in | worker CPU at its first task, ms | "
+              "parent CPU, create → first result, ms |")
+        print("|---|---|---|---|")
+        for (label, where), values in cpus.items():
+            worker = statistics.median(v[0] for v in values)
+            parent = statistics.median(v[1] for v in values)
+            print(f"| {label} | {where} | {worker * 1e3:.1f} | {parent * 1e3:.1f} |")
         if args.importtime:
             for key, path in scripts.items():
                 print(f"\n== imports after the clock started: {key}")
