@@ -483,6 +483,9 @@ def main():
     machine = machine_info()
 
     snapshot, this_fingerprint = snapshot_this_package()
+    # The task module byte-compiled, as a user's module is after its first run, even
+    # where PYTHONDONTWRITEBYTECODE keeps the interpreters from writing it.
+    compileall.compile_file(os.path.join(HERE, "bench_tasks.py"), quiet=1)
     pythons, envs, setup_errors = {}, {}, {}
     for impl in impls:
         env = dict(os.environ, PYTHONPATH=HERE)
