@@ -154,6 +154,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
         m.py().get_type::<super::enums::TaskState>(),
         m.py().get_type::<TaskResult>(),
         m.py().get_type::<WorkerDied>(),
+        m.py().get_type::<super::pool::Attempt>(),
         m.py().get_type::<TaskEnded>(),
         m.py().get_type::<WorkerStat>(),
         m.py().get_type::<WorkerStarted>(),

@@ -10,7 +10,9 @@ use pyo3::pybacked::PyBackedBytes;
 use super::buffers::{OutgoingSegment, Payload, SharedSegment};
 use super::enums::TaskState;
 use super::{os_error, InheritedPoolError, PyBody, ReleasedBytes};
-use crate::manager::{Config, EndCause, Event, Incoming, Manager, Shutdown};
+use crate::manager::{
+    self, AttemptEnd, Config, EndCause, Event, Incoming, Manager, Retry, Shutdown,
+};
 use crate::spawn::WorkerCommand;
 
 /// Longest a blocking call waits before it lets pending signals be handled.
@@ -29,24 +31,72 @@ pub struct TaskResult {
     map_error: Option<String>,
 }
 
-/// The worker running a task died. `reason` says why the manager killed it (empty:
-/// it died by itself); `exitcode` is minus the signal number for a signal.
+/// One run of a task that ended with its worker: the worker's `pid`, then either its
+/// `exitcode` (None if unknown) and why the manager killed it (`reason`, empty if it
+/// died by itself), or the `cause` for which the manager ended it.
+#[pyclass(module = "loky._core", frozen, get_all)]
+pub struct Attempt {
+    pid: i32,
+    exitcode: Option<i32>,
+    reason: String,
+    cause: Option<&'static str>,
+}
+
+impl Attempt {
+    fn new(attempt: manager::Attempt) -> Attempt {
+        let (exitcode, reason, cause) = match attempt.end {
+            AttemptEnd::Died(status, reason) => (status, reason, None),
+            AttemptEnd::Ended(cause) => (None, String::new(), Some(cause_name(cause))),
+        };
+        Attempt {
+            pid: attempt.pid,
+            exitcode,
+            reason,
+            cause,
+        }
+    }
+}
+
+fn cause_name(cause: EndCause) -> &'static str {
+    match cause {
+        EndCause::Timeout => "timeout",
+        EndCause::Terminated => "terminated",
+        EndCause::MemoryLimit => "memory limit",
+    }
+}
+
+fn attempts(py: Python<'_>, attempts: Vec<manager::Attempt>) -> PyResult<Vec<Py<Attempt>>> {
+    attempts
+        .into_iter()
+        .map(|a| Py::new(py, Attempt::new(a)))
+        .collect()
+}
+
+/// The worker running a task died, and the task is not run again. `reason` says why
+/// the manager killed it (empty: it died by itself); `exitcode` is minus the signal
+/// number for a signal, None if unknown; `attempts`: every run of the task that ended
+/// with its worker, this one last.
 #[pyclass(module = "loky._core", frozen, get_all)]
 pub struct WorkerDied {
     task_id: u64,
     pid: i32,
     exitcode: Option<i32>,
     reason: String,
+    attempts: Vec<Py<Attempt>>,
 }
 
 /// The manager ended the worker running task `task_id`, with every process it
-/// started: `cause` is "timeout" (the task ran past its time limit) or "terminated"
-/// (`Future.terminate()`). A replacement starts.
+/// started: `cause` is "timeout" (the task ran past its time limit), "terminated"
+/// (`Future.terminate()`) or "memory limit" (the worker's memory passed the limit by
+/// half again; `peak_rss`: the most it was seen to hold). A replacement starts;
+/// `attempts` as for WorkerDied.
 #[pyclass(module = "loky._core", frozen, get_all)]
 pub struct TaskEnded {
     task_id: u64,
     pid: i32,
     cause: &'static str,
+    peak_rss: Option<u64>,
+    attempts: Vec<Py<Attempt>>,
 }
 
 /// One worker as `Pool.stats()` sees it: `state` is "starting", "idle", "busy" or
@@ -131,6 +181,7 @@ fn to_python(py: Python<'_>, event: Event) -> PyResult<Py<PyAny>> {
             pid,
             exitcode,
             reason,
+            attempts: runs,
         } => Py::new(
             py,
             WorkerDied {
@@ -138,6 +189,7 @@ fn to_python(py: Python<'_>, event: Event) -> PyResult<Py<PyAny>> {
                 pid,
                 exitcode,
                 reason,
+                attempts: attempts(py, runs)?,
             },
         )?
         .into_any(),
@@ -145,15 +197,16 @@ fn to_python(py: Python<'_>, event: Event) -> PyResult<Py<PyAny>> {
             task_id,
             pid,
             cause,
+            peak_rss,
+            attempts: runs,
         } => Py::new(
             py,
             TaskEnded {
                 task_id,
                 pid,
-                cause: match cause {
-                    EndCause::Timeout => "timeout",
-                    EndCause::Terminated => "terminated",
-                },
+                cause: cause_name(cause),
+                peak_rss,
+                attempts: attempts(py, runs)?,
             },
         )?
         .into_any(),
@@ -240,7 +293,7 @@ impl Pool {
 #[pymethods]
 impl Pool {
     #[new]
-    #[pyo3(signature = (*, program, args, env, init, max_workers, idle_timeout=None, max_tasks_per_child=None, pass_fds=Vec::new(), template_args=None))]
+    #[pyo3(signature = (*, program, args, env, init, max_workers, idle_timeout=None, max_tasks_per_child=None, pass_fds=Vec::new(), template_args=None, max_worker_memory=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         program: String,
@@ -252,6 +305,7 @@ impl Pool {
         max_tasks_per_child: Option<u64>,
         pass_fds: Vec<i32>,
         template_args: Option<Vec<String>>,
+        max_worker_memory: Option<u64>,
     ) -> PyResult<Self> {
         // The arguments were checked by the Python side (`loky._options`).
         let released = Arc::new(ReleasedBytes::default());
@@ -272,6 +326,7 @@ impl Pool {
             max_workers: max_workers.max(1),
             idle_timeout: seconds(idle_timeout),
             max_tasks_per_child,
+            max_worker_memory,
         };
         let manager =
             Manager::start(config).map_err(|e| os_error("could not start the pool manager", e))?;
@@ -279,21 +334,30 @@ impl Pool {
     }
 
     /// Queue a pickled task (kept without a copy), with the segment holding its large
-    /// buffers; it may run `timeout` seconds at most, from its start on a worker.
-    #[pyo3(signature = (task_id, body, segment=None, timeout=None))]
+    /// buffers; it may run `timeout` seconds at most, from its start on a worker, and
+    /// runs again up to `retries` times after its worker died under it (a run past its
+    /// time limit counts as such a death only with `retry_on_timeout`).
+    #[pyo3(signature = (task_id, body, segment=None, timeout=None, retries=0, retry_on_timeout=false))]
     fn submit(
         &self,
         task_id: u64,
         body: PyBackedBytes,
         segment: Option<PyRef<'_, OutgoingSegment>>,
         timeout: Option<f64>,
+        retries: u32,
+        retry_on_timeout: bool,
     ) -> PyResult<()> {
         let segment = segment.map(|s| s.segment.clone());
+        let retry = Retry {
+            times: retries,
+            on_timeout: retry_on_timeout,
+        };
         self.owned()?.submit(
             task_id,
             Arc::new(PyBody::new(body, &self.released)),
             segment,
             seconds(timeout),
+            retry,
         );
         Ok(())
     }

@@ -60,6 +60,8 @@ pub(super) struct ManagerLoop {
     recycling: bool,
     /// How the loop waits while results are due (see `crate::watch`).
     watch: Watch,
+    /// When the busy workers' memory was last looked at (with `max_worker_memory`).
+    memory_seen: Instant,
 }
 
 /// How long the manager watches for results before it sleeps: tiny tasks' results come
@@ -87,6 +89,7 @@ impl ManagerLoop {
             template_failed: false,
             recycling: false,
             watch: Watch::new(RESULTS_WATCH),
+            memory_seen: Instant::now(),
         }
     }
 
@@ -399,14 +402,29 @@ impl ManagerLoop {
         }
         tasks.give_back(unstarted);
         drop(tasks);
-        self.io.kill(token, libc::SIGTERM);
+        if cause == EndCause::MemoryLimit {
+            // It takes memory from everything else: no grace period.
+            if let Phase::Ending { killed, .. } = &mut worker.phase {
+                *killed = true;
+            }
+            self.io.kill(token, libc::SIGKILL);
+        } else {
+            self.io.kill(token, libc::SIGTERM);
+        }
     }
 
     /// Tasks past their time limit end their worker; workers ended and still alive
     /// after the grace period are killed, as are workers that stopped in the middle
     /// of a message.
     fn enforce_deadlines(&mut self, now: Instant) {
+        let look_at_memory = self.memory_watch_due().is_some_and(|d| d <= now);
+        if look_at_memory {
+            self.memory_seen = now;
+        }
         for i in 0..self.workers.len() {
+            if look_at_memory {
+                self.look_at_memory(i);
+            }
             let overdue = self.task_deadline(i).is_some_and(|d| d <= now);
             if overdue {
                 self.end_worker(i, EndCause::Timeout);
@@ -419,6 +437,9 @@ impl ManagerLoop {
                     self.io.kill(token, libc::SIGKILL);
                 }
             }
+            if self.memory_over_limit(i) {
+                self.end_worker(i, EndCause::MemoryLimit);
+            }
             if self.stall_deadline(i).is_some_and(|d| d <= now) {
                 self.fail(
                     i,
@@ -429,6 +450,36 @@ impl ManagerLoop {
                 );
             }
         }
+    }
+
+    /// When the busy workers' memory is next looked at: with a memory limit, while a
+    /// worker runs a task.
+    fn memory_watch_due(&self) -> Option<Instant> {
+        self.config.max_worker_memory?;
+        let busy = self.workers.iter().any(|w| w.is_busy());
+        busy.then_some(self.memory_seen + policy::MEMORY_WATCH)
+    }
+
+    /// Note worker `i`'s resident memory, if it runs a task.
+    fn look_at_memory(&mut self, i: usize) {
+        let worker = &mut self.workers[i];
+        if !worker.is_busy() || !matches!(worker.phase, Phase::Ready | Phase::Draining(_)) {
+            return;
+        }
+        if let Some(rss) = crate::procfs::resident_bytes(worker.pid) {
+            worker.peak_rss = worker.peak_rss.max(rss);
+        }
+    }
+
+    /// Whether worker `i`, running a task, holds more memory than the limit allows.
+    fn memory_over_limit(&self, i: usize) -> bool {
+        let worker = &self.workers[i];
+        let Some(limit) = self.config.max_worker_memory else {
+            return false;
+        };
+        worker.is_busy()
+            && matches!(worker.phase, Phase::Ready | Phase::Draining(_))
+            && policy::over_memory_limit(worker.peak_rss, limit)
     }
 
     /// When worker `i`'s running task must end, if it has a time limit.
@@ -484,7 +535,8 @@ impl ManagerLoop {
             .flatten()
             .chain(tasks)
             .chain(grace)
-            .chain(stalls);
+            .chain(stalls)
+            .chain(self.memory_watch_due());
         policy::time_to_next(Instant::now(), all)
     }
 

@@ -18,7 +18,7 @@ use super::event_loop::ManagerLoop;
 use super::forking::decode_exited;
 use super::policy::{self, ExitReason};
 use super::poll_io::{IoEvent, Token};
-use super::tasks::EndCause;
+use super::tasks::{Attempt, AttemptEnd, EndCause};
 use super::worker::{Phase, Worker};
 use super::{Event, Incoming};
 use crate::platform::{ExitStatus, ExitWatch};
@@ -185,10 +185,10 @@ impl ManagerLoop {
         });
     }
 
-    /// The task `worker` was running when it exited fails (WorkerDied) or ends
-    /// (TaskEnded). One it had not taken yet did not run: it goes back to the queue
-    /// with the others (a worker dying idle may be sent one before its death is seen),
-    /// unless it was terminated.
+    /// The task `worker` was running when it exited runs again if it may, else fails
+    /// (WorkerDied) or ends (TaskEnded). One it had not taken yet did not run: it goes
+    /// back to the queue with the others (a worker dying idle may be sent one before
+    /// its death is seen), unless it was terminated.
     fn fail_running_task(&mut self, worker: &mut Worker, status: ExitStatus) {
         let mut tasks = self.shared.tasks.lock();
         let ending = match worker.phase {
@@ -206,26 +206,33 @@ impl ManagerLoop {
         let Some(task_id) = worker.held.pop_front() else {
             return;
         };
-        tasks.finish(task_id);
-        drop(tasks);
         let pid = worker.pid;
-        self.shared.emit(match (ending, &mut worker.phase) {
-            (Some(cause), _) => Event::TaskEnded {
+        let reason = match &mut worker.phase {
+            Phase::Faulted(reason) => std::mem::take(reason),
+            _ => String::new(),
+        };
+        let end = match ending {
+            Some(cause) => AttemptEnd::Ended(cause),
+            None => AttemptEnd::Died(status, reason.clone()),
+        };
+        let Some(attempts) = tasks.end_attempt(task_id, Attempt { pid, end }) else {
+            return; // it runs again
+        };
+        drop(tasks);
+        self.shared.emit(match ending {
+            Some(cause) => Event::TaskEnded {
                 task_id,
                 pid,
                 cause,
+                peak_rss: (cause == EndCause::MemoryLimit).then_some(worker.peak_rss),
+                attempts,
             },
-            (None, Phase::Faulted(reason)) => Event::WorkerDied {
+            None => Event::WorkerDied {
                 task_id,
                 pid,
                 exitcode: status,
-                reason: std::mem::take(reason),
-            },
-            (None, _) => Event::WorkerDied {
-                task_id,
-                pid,
-                exitcode: status,
-                reason: String::new(),
+                reason,
+                attempts,
             },
         });
     }

@@ -51,7 +51,7 @@ use claims::Claims;
 use direct::Direct;
 use event_loop::ManagerLoop;
 pub use policy::ExitReason;
-pub use tasks::{EndCause, TaskState};
+pub use tasks::{Attempt, AttemptEnd, EndCause, Retry, TaskState};
 use tasks::{Task, TaskTable};
 
 pub struct Config {
@@ -63,6 +63,9 @@ pub struct Config {
     pub max_workers: usize,
     pub idle_timeout: Option<Duration>,
     pub max_tasks_per_child: Option<u64>,
+    /// A worker whose resident memory passes this while it runs a task, by half again,
+    /// is ended at once (its task fails); None: not watched.
+    pub max_worker_memory: Option<u64>,
 }
 
 /// The shared segment that came with a result.
@@ -86,20 +89,26 @@ pub enum Event {
         body: Vec<u8>,
         segment: Incoming,
     },
-    /// A worker died while running this task. `reason` says why the manager killed it
-    /// (empty: it died by itself).
+    /// A worker died while running this task, which is not run again. `reason` says
+    /// why the manager killed it (empty: it died by itself); `attempts` lists every
+    /// run of the task that ended with its worker, this one last.
     WorkerDied {
         task_id: u64,
         pid: i32,
         exitcode: ExitStatus,
         reason: String,
+        attempts: Vec<Attempt>,
     },
     /// The manager ended the worker running this task, with its process tree: the
-    /// task ran past its timeout, or was terminated.
+    /// task ran past its timeout, was terminated, or its worker's memory passed the
+    /// limit (`peak_rss`: the most it was seen to hold). Not run again; `attempts` as
+    /// for WorkerDied.
     TaskEnded {
         task_id: u64,
         pid: i32,
         cause: EndCause,
+        peak_rss: Option<u64>,
+        attempts: Vec<Attempt>,
     },
     /// A worker process started (`forked`: by the template).
     WorkerStarted { pid: i32, forked: bool },
@@ -285,20 +294,22 @@ impl Manager {
         self.generation == crate::fork::generation()
     }
 
-    /// Queue a task, which may run for `timeout` at most. Ids must grow from one call
-    /// to the next.
+    /// Queue a task, which may run for `timeout` at most and runs again after its
+    /// worker died under it as `retry` says. Ids must grow from one call to the next.
     pub fn submit(
         &self,
         id: u64,
         body: Body,
         segment: Option<Arc<OutSegment>>,
         timeout: Option<Duration>,
+        retry: Retry,
     ) {
         let task = Task {
             id,
             body,
             segment,
             timeout,
+            retry,
         };
         let shared = &self.shared;
         let Some(task) = shared.direct.try_send(task, &shared.tasks) else {

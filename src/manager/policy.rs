@@ -3,11 +3,24 @@
 
 use std::time::{Duration, Instant};
 
+use super::tasks::{AttemptEnd, EndCause, Retry};
+
 /// Tasks faster than this are sent to a worker in batches when many are queued.
 pub const BATCH_BELOW: Duration = Duration::from_millis(1);
 pub const MAX_BATCH: usize = 64;
 /// How long a worker asked to end (SIGTERM) may take before it is killed (SIGKILL).
 pub const END_GRACE: Duration = Duration::from_secs(1);
+/// How often the memory of workers running a task is looked at, when the pool has a
+/// memory limit (reading a process's resident size costs a few µs).
+pub const MEMORY_WATCH: Duration = Duration::from_millis(25);
+
+/// Whether a worker holding `rss` bytes while it runs a task is past `limit` by the
+/// margin that ends it at once (half the limit again: between tasks, the worker
+/// itself leaves once past the limit).
+pub fn over_memory_limit(rss: u64, limit: u64) -> bool {
+    rss > limit.saturating_add(limit / 2)
+}
+
 /// How long a message a worker began may stay incomplete with nothing more of it
 /// coming before the worker is killed: its own messages are written whole, so only a
 /// task's stray write (a header and no body) stalls one.
@@ -174,6 +187,18 @@ pub fn may_batch(has_timeout: bool) -> bool {
     !has_timeout
 }
 
+/// Whether a task whose worker ended under it (`end`) runs again, after `attempts`
+/// earlier runs that ended so: a death (crash, signal, a kill for memory) while retries
+/// are left; a run past its time limit only if asked; a terminated task never.
+pub fn may_retry(attempts: usize, retry: Retry, end: &AttemptEnd) -> bool {
+    let allowed = match end {
+        AttemptEnd::Died(..) | AttemptEnd::Ended(EndCause::MemoryLimit) => true,
+        AttemptEnd::Ended(EndCause::Timeout) => retry.on_timeout,
+        AttemptEnd::Ended(EndCause::Terminated) => false,
+    };
+    allowed && attempts < retry.times as usize
+}
+
 /// Whether a task submitted now would leave at once: an idle worker, or room to start
 /// one. Only then is waking the manager for it worth a context switch.
 pub fn has_room(live: usize, target: usize, broken: bool, idle_ready: bool) -> bool {
@@ -297,6 +322,46 @@ mod tests {
             Some(Duration::ZERO)
         );
         assert_eq!(time_to_next(now, std::iter::empty()), None);
+    }
+
+    #[test]
+    fn retries_follow_deaths_and_timeouts_only_when_asked() {
+        let twice = Retry {
+            times: 2,
+            on_timeout: false,
+        };
+        let died = AttemptEnd::Died(None, String::new());
+        assert!(may_retry(0, twice, &died));
+        assert!(may_retry(1, twice, &died));
+        assert!(!may_retry(2, twice, &died), "retries spent");
+        assert!(may_retry(
+            0,
+            twice,
+            &AttemptEnd::Ended(EndCause::MemoryLimit)
+        ));
+        assert!(!may_retry(0, twice, &AttemptEnd::Ended(EndCause::Timeout)));
+        let with_timeouts = Retry {
+            on_timeout: true,
+            ..twice
+        };
+        assert!(may_retry(
+            0,
+            with_timeouts,
+            &AttemptEnd::Ended(EndCause::Timeout)
+        ));
+        assert!(!may_retry(
+            0,
+            with_timeouts,
+            &AttemptEnd::Ended(EndCause::Terminated)
+        ));
+        assert!(!may_retry(0, Retry::default(), &died));
+    }
+
+    #[test]
+    fn a_running_task_may_take_half_the_memory_limit_again() {
+        assert!(!over_memory_limit(150, 100));
+        assert!(over_memory_limit(151, 100));
+        assert!(!over_memory_limit(u64::MAX, u64::MAX), "no overflow");
     }
 
     #[test]

@@ -24,7 +24,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::policy;
 use super::worker::WorkerId;
+use crate::platform::ExitStatus;
 use crate::shm::OutSegment;
 use crate::wire::Body;
 
@@ -36,13 +38,43 @@ pub struct Task {
     pub segment: Option<Arc<OutSegment>>,
     /// How long it may run, counted from its start on a worker.
     pub timeout: Option<Duration>,
+    /// Whether it runs again when its worker dies under it.
+    pub retry: Retry,
+}
+
+/// How many times a task runs again after its worker died under it (`times`), and
+/// whether a run past its time limit counts as such a death (`on_timeout`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Retry {
+    pub times: u32,
+    pub on_timeout: bool,
 }
 
 /// Why the manager ends a task's worker and its process tree.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EndCause {
+    /// The task ran past its time limit.
     Timeout,
+    /// `Future.terminate()`.
     Terminated,
+    /// The worker's resident memory passed the pool's limit by the margin.
+    MemoryLimit,
+}
+
+/// One run of a task that ended with its worker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attempt {
+    pub pid: i32,
+    pub end: AttemptEnd,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AttemptEnd {
+    /// The worker died: its exit status, and why the manager killed it (empty: it
+    /// died by itself).
+    Died(ExitStatus, String),
+    /// The manager ended the worker for the task.
+    Ended(EndCause),
 }
 
 /// Where a task is in its life (see the picture above).
@@ -65,6 +97,8 @@ struct Entry {
     /// None once withdrawn.
     task: Option<Task>,
     state: TaskState,
+    /// Earlier runs that ended with their worker.
+    attempts: Vec<Attempt>,
 }
 
 #[derive(Default)]
@@ -97,6 +131,7 @@ impl TaskTable {
             Entry {
                 task: Some(task),
                 state,
+                attempts: Vec::new(),
             },
         );
     }
@@ -116,6 +151,7 @@ impl TaskTable {
                 let entry = Entry {
                     task: None,
                     state: TaskState::Withdrawn,
+                    attempts: Vec::new(),
                 };
                 self.entries.insert(id, entry);
                 true
@@ -143,8 +179,10 @@ impl TaskTable {
                     body: task.body.clone(),
                     segment: task.segment.clone(),
                     timeout: task.timeout,
+                    retry: task.retry,
                 }),
                 state,
+                attempts: Vec::new(),
             },
         );
         true
@@ -207,6 +245,24 @@ impl TaskTable {
     /// Manager: the task is over (its outcome goes out as an event).
     pub fn finish(&mut self, id: u64) -> Option<Task> {
         self.entries.remove(&id)?.task
+    }
+
+    /// Manager: the worker running task `id` ended with `attempt`. The task runs again
+    /// if it may (None: it is queued first); else it is over, and every run it had
+    /// is returned, this one last.
+    pub fn end_attempt(&mut self, id: u64, attempt: Attempt) -> Option<Vec<Attempt>> {
+        let entry = self.entries.get_mut(&id)?;
+        let retry = entry.task.as_ref().map(|t| t.retry).unwrap_or_default();
+        if policy::may_retry(entry.attempts.len(), retry, &attempt.end) {
+            entry.attempts.push(attempt);
+            entry.state = TaskState::Queued;
+            self.queue.push_front(id);
+            self.queued += 1;
+            return None;
+        }
+        let mut attempts = self.entries.remove(&id)?.attempts;
+        attempts.push(attempt);
+        Some(attempts)
     }
 
     /// Manager: tasks a worker held unstarted, whose worker leaves, go back to the head
@@ -299,6 +355,7 @@ mod tests {
             body: crate::wire::empty_body(),
             segment: None,
             timeout: None,
+            retry: Retry::default(),
         }
     }
 
@@ -384,6 +441,37 @@ mod tests {
                 worker: W,
                 cause: EndCause::Terminated
             })
+        );
+    }
+
+    #[test]
+    fn a_task_runs_again_after_its_worker_died_as_often_as_asked() {
+        let mut table = TaskTable::default();
+        let mut flaky = task(0);
+        flaky.retry = Retry {
+            times: 1,
+            on_timeout: false,
+        };
+        table.receive(flaky);
+        table.dispatch_next(W, true);
+        let died = |pid| Attempt {
+            pid,
+            end: AttemptEnd::Died(Some(-11), String::new()),
+        };
+        assert_eq!(table.end_attempt(0, died(10)), None, "runs again");
+        assert_eq!(table.state(0), Some(TaskState::Queued));
+        table.dispatch_next(W, true);
+        assert_eq!(
+            table.end_attempt(0, died(11)),
+            Some(vec![died(10), died(11)])
+        );
+        assert_eq!(table.state(0), None);
+        table.receive(task(1));
+        table.dispatch_next(W, true);
+        assert_eq!(
+            table.end_attempt(1, died(12)),
+            Some(vec![died(12)]),
+            "no retries"
         );
     }
 

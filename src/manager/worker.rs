@@ -54,6 +54,8 @@ pub struct Worker {
     /// Where it records the task it takes (None if none could be made: then the task
     /// at the head of its queue counts as started).
     pub ledger: Option<Arc<TaskLedger>>,
+    /// The most resident memory it was seen to hold (when the pool watches memory).
+    pub peak_rss: u64,
 }
 
 impl Worker {
@@ -68,6 +70,7 @@ impl Worker {
             idle_since: Instant::now(),
             from_template,
             ledger: TaskLedger::new().ok().map(Arc::new),
+            peak_rss: 0,
         }
     }
 
