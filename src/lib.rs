@@ -14,6 +14,8 @@ mod channel;
 #[cfg(unix)]
 mod fork;
 #[cfg(unix)]
+mod ledger;
+#[cfg(unix)]
 mod manager;
 #[cfg(unix)]
 mod platform;

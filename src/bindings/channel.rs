@@ -9,6 +9,7 @@ use pyo3::pybacked::PyBackedBytes;
 use super::buffers::{OutgoingSegment, Payload, SharedSegment};
 use super::os_error;
 use crate::channel::Channel as Blocking;
+use crate::ledger::LedgerWriter;
 use crate::shm::Mapping;
 use crate::wire::{Attached, Kind, OutFrame};
 
@@ -35,8 +36,8 @@ pub struct Message {
 pub struct Channel {
     inner: Blocking,
     /// The worker's ledger, from its first message: where it records each task it
-    /// takes (see `crate::shm::TaskLedger`).
-    ledger: Option<Mapping>,
+    /// takes (see `crate::ledger`).
+    ledger: Option<LedgerWriter>,
 }
 
 #[pymethods]
@@ -92,7 +93,7 @@ impl Channel {
                 message.fd = fd.into_raw_fd();
             }
             Attached::Fd(fd) if message.kind == Kind::Init as u32 => {
-                self.ledger = Mapping::ledger(fd.as_fd()).ok();
+                self.ledger = LedgerWriter::open(fd.as_fd()).ok();
             }
             // Mapped now, as the task is taken to run: see `crate::shm` on ownership.
             Attached::Fd(fd) => match py.detach(|| Mapping::new(fd.as_fd())) {

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::policy::{self, ExitReason};
+use crate::ledger::TaskLedger;
 use crate::platform::ExitWatch;
-use crate::shm::{OutSegment, TaskLedger};
+use crate::shm::OutSegment;
 use crate::spawn::Spawned;
 use crate::wire::{Body, FrameReader, FrameWriter, Kind, OutFrame};
 
