@@ -217,6 +217,14 @@ def kill_self(signum):
     time.sleep(30)
 
 
+def when_forked(parent_pid, fn, *args):
+    """`fn(*args)` in a worker forked by the template (whose parent is not
+    `parent_pid`, the pool's process); None in any other worker."""
+    if os.getppid() != parent_pid:
+        return fn(*args)
+    return None
+
+
 def start_grandchild_and_sleep(pid_file, new_session=False):
     """Start `sleep 100` as a child of this worker, publish its pid, then block."""
     import subprocess

@@ -30,7 +30,8 @@ KIND_FORK: Final[int]
 KIND_FORKED: Final[int]
 """Template to manager: forked; the task id field is the new worker's pid."""
 KIND_EXITED: Final[int]
-"""Template to manager: a worker exited; task id = pid, body = exit code (i64 LE)."""
+"""Template to manager: a worker exited; task id = pid, body = exit code (i64 LE),
+empty when unknown."""
 KIND_RESULT: Final[int]
 """Worker to manager: the outcome of a task (segment: large buffers)."""
 WORKER_FD: Final[int]
@@ -306,6 +307,13 @@ class Channel:
     ) -> None:
         """Send one message, blocking until it is written."""
 
+def serve_template(parent: int) -> int:
+    """Run as the pool's template on descriptor 3 for the pool of process `parent`:
+    fork a worker per request (with `os.fork`), reap the workers and report their
+    exit statuses. Never returns in the template, which exits once the pool is gone;
+    returns in each forked child, set up as a worker on descriptor 3: the template's
+    pid, for `loky._worker.main`."""
+
 # -- processes ---------------------------------------------------------------------------
 
 def spawn_process(
@@ -317,14 +325,6 @@ def spawn_process(
 
 def descendants(pid: int, /) -> list[int]:
     """Every live descendant of `pid`, children before grandchildren."""
-
-def template_wait(fds: list[int], timeout: float | None = None, /) -> list[int]:
-    """Template side: wait up to `timeout` seconds (None: for ever) until one of `fds`
-    is readable; the indices of those that are."""
-
-def detach_forked_worker(template_pid: int, /) -> bool:
-    """In a worker just forked by the template: its own process group, and death with
-    the template. False if the template is gone already."""
 
 def facilities() -> list[tuple[str, str]]:
     """Which way each operating-system facility used so far went: (name, "fast" or

@@ -54,8 +54,6 @@ _import_pickle_quickly()
 import _pickle as pickle  # noqa: E402
 
 from ._core import (
-    KIND_EXITED,
-    KIND_FORKED,
     KIND_INIT_FAILED,
     KIND_READY,
     KIND_RESULT,
@@ -338,93 +336,24 @@ def _exit_now():
 
 
 def serve_template(parent_pid):
-    """Run as the pool's template: fork a worker each time the manager asks, reap the
-    workers and report their exit codes. Never runs user code, so forking is safe.
+    """Run as the pool's template: the core's loop (``src/template/server.rs``) forks
+    a worker each time the manager asks, reaps the workers and reports their exit
+    statuses; it never returns in the template, which never runs user code. It
+    returns in each forked child, set up as a worker on descriptor 3: that child runs
+    as a worker of the template and never comes back here."""
+    from ._core import serve_template as serve
 
-    Children's exits wake it through SIGCHLD (a wake-up pipe); it ends with its parent
-    (checked every quarter second where no parent-death signal does it)."""
-    from ._core import KIND_FORK, detach_forked_worker, template_wait
-
-    close_descriptors_beyond_limit()
-    control = Channel(WORKER_FD)
-    wake_read, wake_write = os.pipe()
-    for fd in (wake_read, wake_write):
-        os.set_blocking(fd, False)
-    _signal.set_wakeup_fd(wake_write)
-    _signal.signal(_signal.SIGCHLD, _ignore_signal)
-    template_fds = (wake_read, wake_write)
-    _send_or_exit(control, KIND_READY, 0, b"")
-    while True:
-        ready = [0] if control.has_queued() else template_wait([control.fileno(), wake_read], 0.25)
-        if 1 in ready:
-            while _drain(wake_read):
-                pass
-        _report_exits(control)
-        if os.getppid() != parent_pid:
-            os._exit(0)  # the executor's process is gone
-        if 0 not in ready:
-            continue
-        try:
-            request = control.recv()
-        except OSError:
-            request = None
-        if request is None or request.kind != KIND_FORK or request.fd < 0:
-            os._exit(0)  # the pool is gone (or confused): nothing of ours to clean up
-        pid = os.fork()
-        if pid == 0:
-            _become_worker(request.fd, template_fds, detach_forked_worker)
-        os.close(request.fd)
-        _send_or_exit(control, KIND_FORKED, pid, b"")
-
-
-def _ignore_signal(signum, frame):
-    pass
-
-
-def _drain(fd):
-    try:
-        return bool(os.read(fd, 512))
-    except BlockingIOError:
-        return False
-
-
-def _report_exits(control):
-    """Reap every child that exited and tell the manager its exit code."""
-    while True:
-        try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-        code = os.waitstatus_to_exitcode(status)
-        _send_or_exit(control, KIND_EXITED, pid, code.to_bytes(8, "little", signed=True))
-
-
-def _send_or_exit(control, kind, task_id, body):
-    try:
-        control.send(kind, task_id, body)
-    except OSError:
-        os._exit(0)  # the pool closed its end
-
-
-def _become_worker(channel_fd, template_fds, detach_forked_worker):
-    """In a child of the template: take the worker's socket as fd 3 and run. The
-    template's channel object, still alive in the caller's frame, is never used (nor
-    closed) here: its descriptor number now holds the worker's channel."""
-    template_pid = os.getppid()
-    _signal.set_wakeup_fd(-1)
-    _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
-    os.dup2(channel_fd, WORKER_FD)  # replaces the template's control socket
-    os.close(channel_fd)
-    for fd in template_fds:
-        os.close(fd)
-    if not detach_forked_worker(template_pid):
-        os._exit(1)
+    template_pid = serve(parent_pid)
+    code = 0
     try:
         main(template_pid)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
     finally:
-        # Never return into the template's loop.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+        # Never return into the template's caller.
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (AttributeError, OSError, ValueError):
+                pass
+        os._exit(code)

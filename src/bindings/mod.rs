@@ -4,6 +4,7 @@ pub mod buffers;
 pub mod channel;
 pub mod module;
 pub mod pool;
+pub mod worker;
 
 use std::mem::ManuallyDrop;
 use std::sync::Arc;

@@ -13,7 +13,7 @@ use crate::platform::{try_reap, wait_for_exit, ExitWatch, EXIT_POLL};
 use crate::procfs::kill_tree;
 use crate::shm::Mapping;
 use crate::spawn::Spawned;
-use crate::wire::{Attached, Kind};
+use crate::wire::{decode_exited, Attached, Kind};
 
 /// How long the template may take to exit once told to.
 const TEMPLATE_EXIT_GRACE: Duration = Duration::from_secs(2);
@@ -198,14 +198,11 @@ impl ManagerLoop {
                 }
                 Some(Kind::Forked) => self.on_forked(pid),
                 Some(Kind::Exited) => {
-                    let code = frame
-                        .body
-                        .get(..8)
-                        .map_or(-1, |b| i64::from_le_bytes(b.try_into().unwrap()) as i32);
+                    let (pid, status) = decode_exited(&frame);
                     if let Some(i) = self.workers.iter().position(|w| w.pid == pid) {
                         self.read_worker(i); // results written just before the exit
                         let worker = self.workers.remove(i);
-                        self.on_exit(worker, Some(code));
+                        self.on_exit(worker, status);
                     }
                 }
                 _ => {}

@@ -10,18 +10,19 @@
 //! ```text
 //!  manager ── FORK (+ the new worker's socket, SCM_RIGHTS) ──► template ── fork() ──► worker
 //!  manager ◄─ FORKED(pid) ──────────────────────────────────── template
-//!  manager ◄─ EXITED(pid, exit code) ───────────────────────── template (reaped it)
+//!  manager ◄─ EXITED(pid, exit status) ─────────────────────── template (reaped it)
+//!  manager ── EXIT, or the end of the stream ────────────────► template exits
 //! ```
 //!
-//! The template learns of its children's exits through SIGCHLD (a wake-up pipe) and
-//! reaps them with waitpid, and looks at its parent every quarter second where no
-//! parent-death signal ends it: the same on every POSIX system.
+//! This module is the manager's handle on the template; `server` is the template
+//! process's side (its loop).
+
+pub mod server;
 
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::spawn::{channel_pair, spawn_worker, Spawned, WorkerCommand};
 use crate::wire::{empty_body, FrameReader, FrameWriter, Kind, OutFrame};
@@ -57,32 +58,5 @@ impl Template {
             .push(OutFrame::new(0, Kind::Fork, empty_body()).with_fd(Arc::new(theirs)));
         self.requested.push_back(ours);
         Ok(())
-    }
-}
-
-/// Template side: wait up to `timeout` (None: for ever) until one of `fds` is readable;
-/// the indices of those that are (none on timeout).
-pub fn wait_readable(fds: &[RawFd], timeout: Option<Duration>) -> io::Result<Vec<usize>> {
-    let mut polled: Vec<libc::pollfd> = fds
-        .iter()
-        .map(|&fd| libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        })
-        .collect();
-    let ms = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as i32);
-    loop {
-        // SAFETY: polled is a valid array of polled.len() pollfd structures.
-        let n = unsafe { libc::poll(polled.as_mut_ptr(), polled.len() as libc::nfds_t, ms) };
-        if n >= 0 {
-            return Ok((0..polled.len())
-                .filter(|&i| polled[i].revents != 0)
-                .collect());
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
-        }
     }
 }
