@@ -3,18 +3,18 @@
 It is started by the Rust core as ``python -c "from loky._worker import main;
 main(<parent pid>)"`` with its channel on file descriptor 3, and imports as little as it
 can: the executor machinery, cloudpickle and traceback are loaded only when a task needs
-them. The frames and their attachments are the core's (`_core.Channel`); this module
-only runs tasks and pickles their outcomes.
+them. The conversation on the channel is the core's (`_core.WorkerEndpoint`, see
+``src/endpoint.rs``); this module only runs tasks and pickles their outcomes:
 
-Conversation on the channel (message kinds defined in ``src/wire.rs``):
+    recv_init()     settings and the pickled initializer (None: told to leave)
+    ready()         or start_failed(report), then exit
+    recv_task()     the next task (None: told to leave, or the parent is gone: exit)
+    send_result()   its outcome (see `_tasks`), before the next task runs
+    retiring()      then exit (its memory grew too much)
 
-    parent -> INIT   (settings, pickled initializer)
-    worker -> READY  or INIT_FAILED (then exits)
-    parent -> TASK   (pickled fn, args, kwargs; a shared segment for large buffers)
-    worker -> RESULT (pickled outcome, see `_tasks`), in task order, each before the
-              next task runs
-    worker -> RETIRING, then exits   (its memory grew too much)
-    parent closes its end            -> the worker exits
+A pool that replaces workers routinely forks them from a template process instead
+(`serve_template`): the core's loop runs there and returns in each forked child, which
+then runs `main` as a worker of the template.
 """
 
 import os
@@ -53,16 +53,7 @@ def _import_pickle_quickly():
 _import_pickle_quickly()
 import _pickle as pickle  # noqa: E402
 
-from ._core import (
-    KIND_INIT_FAILED,
-    KIND_READY,
-    KIND_RESULT,
-    KIND_RETIRING,
-    WORKER_FD,
-    Channel,
-    close_descriptors_beyond_limit,
-    watch_parent,
-)
+from ._core import WorkerEndpoint, close_descriptors_beyond_limit, watch_parent
 from ._callables import load as load_kept
 from ._payload import pack, unpack
 from ._tasks import (
@@ -132,7 +123,8 @@ class Runner:
         return reduction
 
     def run(self, message):
-        """(body, segment or None) of the outcome of the task in `message`."""
+        """(body, segment or None) of the outcome of the task in `message` (a
+        `_core.TaskMessage`)."""
         if message.descriptor_dropped or message.map_error is not None:
             return self.dumps((TASK_NOT_RECEIVED, _lost_segment_text(message)))
         try:
@@ -265,16 +257,16 @@ def _lost_segment_text(message):
 
 def main(parent_pid):
     close_descriptors_beyond_limit()
-    channel = Channel(WORKER_FD, awaits_tasks=True)
+    endpoint = WorkerEndpoint()
     stage = SETUP
     try:
         # From here on, the worker and everything its tasks start end with the parent.
         watch_parent(parent_pid)
-        message = channel.recv()
-        if message is None:
+        init = endpoint.recv_init()
+        if init is None:
             return
-        settings, initializer_blob = pickle.loads(message.body)
-        del message
+        settings, initializer_blob = pickle.loads(init)
+        del init
         _setup(settings)
         _signal.signal(_signal.SIGINT, _interrupt_the_task)
         runner = Runner(settings.get("pickler"))
@@ -290,30 +282,30 @@ def main(parent_pid):
         if initializer is not None:
             initializer(*initargs)
     except BaseException as exc:
-        _report_start_failure(channel, exc, stage)
+        _report_start_failure(endpoint, exc, stage)
         sys.exit(1)
-    channel.send(KIND_READY, 0, b"")
+    endpoint.ready()
     memory = MemoryGuard()
     try:
-        while (message := channel.recv()) is not None:
-            task_id = message.task_id
-            body, segment = runner.run(message)
-            del message
+        while (task := endpoint.recv_task()) is not None:
+            task_id = task.task_id
+            body, segment = runner.run(task)
+            del task
             # Each result leaves before the next task starts: if that task crashes the
             # worker, only it is lost.
-            channel.send(KIND_RESULT, task_id, body, segment)
+            endpoint.send_result(task_id, body, segment)
             del body, segment
             runner.finished_call = None
             if memory.leaking():
                 # Tasks already sent here go to other workers.
-                channel.send(KIND_RETIRING, 0, b"")
+                endpoint.retiring()
                 break
     except OSError:
         pass  # the parent is gone
     _exit_now()
 
 
-def _report_start_failure(channel, exc, stage):
+def _report_start_failure(endpoint, exc, stage):
     """Tell the parent why this worker cannot get ready (it exits next)."""
     text = _traceback_text(exc)
     try:
@@ -321,7 +313,7 @@ def _report_start_failure(channel, exc, stage):
     except BaseException:
         report = pickle.dumps((None, text, stage))
     try:
-        channel.send(KIND_INIT_FAILED, 0, report)
+        endpoint.start_failed(report)
     except OSError:
         pass  # the parent is gone
 

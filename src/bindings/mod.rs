@@ -1,7 +1,6 @@
 //! The PyO3 classes, by subject; `lib.rs` registers them with the module.
 
 pub mod buffers;
-pub mod channel;
 pub mod module;
 pub mod pool;
 pub mod worker;

@@ -6,15 +6,14 @@ use std::os::fd::IntoRawFd;
 use pyo3::prelude::*;
 
 use super::buffers::{OutgoingSegment, Payload, SharedSegment};
-use super::channel::{Channel, Message};
 use super::pool::{
     InitFailed, Pool, PoolClosed, StartFailed, TaskEnded, TaskResult, WorkerDied, WorkerExited,
     WorkerStarted, WorkerStat,
 };
-use super::worker::serve_template;
+use super::worker::{serve_template, TaskMessage, WorkerEndpoint};
 use super::{os_error, InheritedPoolError};
 use crate::spawn::WorkerCommand;
-use crate::{fork, platform, procfs, shm, spawn, watchdog, wire};
+use crate::{fork, platform, procfs, shm, spawn, watchdog};
 
 /// Fork+exec `program` with `args`, the environment overrides `env`, and `pass_fds`
 /// inherited. Returns (pid, sentinel): the caller owns the sentinel, which becomes
@@ -123,7 +122,7 @@ fn fork_child() {
     shm::fork_child();
 }
 
-/// Add every class, function and constant of `loky._core` to `m`.
+/// Add every class and function of `loky._core` to `m`.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     fork::register();
     platform::reread_settings();
@@ -139,8 +138,8 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
         m.py().get_type::<InitFailed>(),
         m.py().get_type::<StartFailed>(),
         m.py().get_type::<PoolClosed>(),
-        m.py().get_type::<Channel>(),
-        m.py().get_type::<Message>(),
+        m.py().get_type::<WorkerEndpoint>(),
+        m.py().get_type::<TaskMessage>(),
         m.py().get_type::<Payload>(),
         m.py().get_type::<SharedSegment>(),
         m.py().get_type::<OutgoingSegment>(),
@@ -169,9 +168,5 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     ] {
         m.add_function(function)?;
     }
-    for kind in wire::Kind::ALL {
-        m.add(kind.name(), kind as u32)?;
-    }
-    m.add("WORKER_FD", spawn::WORKER_FD)?;
     Ok(())
 }

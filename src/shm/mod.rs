@@ -50,7 +50,7 @@ use std::ptr::NonNull;
 use std::sync::atomic::AtomicU64;
 
 pub use fork::{fork_child, fork_parent, fork_prepare};
-pub use receive::Mapping;
+pub use receive::{Incoming, Mapping};
 pub use send::{OutSegment, CACHE};
 
 /// Bytes before the first buffer of a segment.

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::Ordering;
 
@@ -11,6 +11,7 @@ use parking_lot::Mutex;
 
 use super::{Region, SEGMENT_FREE};
 use crate::fork::generation;
+use crate::wire::Attached;
 
 /// What this process knows of one live received mapping.
 pub(super) struct Live {
@@ -71,6 +72,31 @@ impl Mapping {
     }
 }
 
+/// The shared segment that came with a frame.
+#[derive(Debug)]
+pub enum Incoming {
+    None,
+    Mapped(Mapping),
+    /// The kernel dropped its descriptor: this process had none left.
+    Dropped,
+    /// It came, and could not be mapped.
+    Unmappable(io::Error),
+}
+
+impl Incoming {
+    /// Map the segment attached to a frame now (the descriptor is closed after).
+    pub fn receive(fd: Attached) -> Incoming {
+        match fd {
+            Attached::None => Incoming::None,
+            Attached::Dropped => Incoming::Dropped,
+            Attached::Fd(fd) => match Mapping::new(fd.as_fd()) {
+                Ok(mapping) => Incoming::Mapped(mapping),
+                Err(err) => Incoming::Unmappable(err),
+            },
+        }
+    }
+}
+
 impl Drop for Mapping {
     fn drop(&mut self) {
         let private = RECEIVED
@@ -90,7 +116,6 @@ impl Drop for Mapping {
 mod tests {
     use super::*;
     use crate::shm::send::SegmentCache;
-    use std::os::fd::AsFd;
 
     #[test]
     fn a_mapping_from_another_process_releases_nothing() {

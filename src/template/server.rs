@@ -273,13 +273,14 @@ mod tests {
         (Kind::from_u32(frame.header.kind), frame.header.task_id)
     }
 
-    #[test]
-    fn a_template_forks_workers_and_reports_their_exits() {
+    /// The template's process (this test executable again, with fd 3) and our end of
+    /// its channel, once it said it is ready.
+    fn start_template() -> (i32, platform::ExitWatch, Channel) {
         let exe = std::env::current_exe()
             .unwrap()
             .to_string_lossy()
             .to_string();
-        // This test executable again, its report kept out of this one's.
+        // Its test report is kept out of this one's.
         let args = [
             "-c",
             "exec \"$0\" \"$@\" >/dev/null",
@@ -301,6 +302,19 @@ mod tests {
             kind_and_id(&control.recv().unwrap().unwrap()).0,
             Some(Kind::Ready)
         );
+        (template.pid, template.exit, control)
+    }
+
+    /// Once told to leave, the template closes its end and exits.
+    fn check_it_leaves(pid: i32, exit: &platform::ExitWatch, control: &mut Channel) {
+        assert!(control.recv().unwrap().is_none());
+        let timeout = Some(Duration::from_secs(30));
+        assert!(platform::wait_for_exit(pid, exit, true, timeout));
+    }
+
+    #[test]
+    fn a_template_forks_workers_and_reports_their_exits() {
+        let (template, exit, mut control) = start_template();
         let orders = [
             ("exit 7", Some(7)),
             ("kill", Some(-libc::SIGKILL)),
@@ -324,16 +338,17 @@ mod tests {
             assert_eq!(kind_and_id(&exited).0, Some(Kind::Exited));
             assert_eq!(decode_exited(&exited), (pid as i32, status), "{order}");
         }
-        // The end of the stream: the template exits.
+        control
+            .send(OutFrame::new(0, Kind::Exit, empty_body()))
+            .unwrap();
+        check_it_leaves(template, &exit, &mut control);
+    }
+
+    #[test]
+    fn a_template_leaves_at_the_end_of_its_stream() {
+        let (template, exit, mut control) = start_template();
         // SAFETY: shutdown(2) of the writing half of our own socket.
         unsafe { libc::shutdown(control.fd(), libc::SHUT_WR) };
-        assert!(control.recv().unwrap().is_none());
-        let timeout = Some(Duration::from_secs(30));
-        assert!(platform::wait_for_exit(
-            template.pid,
-            &template.exit,
-            true,
-            timeout
-        ));
+        check_it_leaves(template, &exit, &mut control);
     }
 }

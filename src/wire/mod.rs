@@ -28,21 +28,23 @@ use std::sync::Arc;
 use crate::platform::ExitStatus;
 
 pub use reader::FrameReader;
-pub use writer::{empty_body, Body, FrameWriter, OutFrame};
+pub use writer::{empty_body, Attachment, Body, FrameWriter, OutFrame};
 
 pub const HEADER_LEN: usize = 24;
 
-/// Every kind of message, on every channel. Defined here only.
+/// Every kind of message, on every channel. Defined here only; the numbers are the
+/// protocol (a test writes a raw RESULT header from them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u32)]
 pub enum Kind {
     /// Manager to worker: run this task (body: pickled call; descriptor: its segment).
     Task = 1,
-    /// Manager to worker, first message: settings and the pickled initializer.
+    /// Manager to worker, first message: settings and the pickled initializer
+    /// (descriptor: the worker's task ledger, see `crate::ledger`).
     Init = 2,
     /// Worker to manager: initialized, ready for tasks. Template to manager: ready to fork.
     Ready = 3,
-    /// Worker to manager: the initializer failed; the body says why. The worker exits.
+    /// Worker to manager: it cannot get ready; the body says why. The worker exits.
     InitFailed = 4,
     /// Worker to manager: about to exit on its own (memory growth); send nothing more.
     Retiring = 5,
@@ -54,10 +56,13 @@ pub enum Kind {
     Exited = 8,
     /// Worker to manager: the outcome of a task (descriptor: its segment).
     Result = 9,
+    /// Manager to worker or template: leave once everything sent before is answered,
+    /// as the end of the stream says too (a channel with no half-close needs this).
+    Exit = 10,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Task,
         Kind::Init,
         Kind::Ready,
@@ -67,25 +72,11 @@ impl Kind {
         Kind::Forked,
         Kind::Exited,
         Kind::Result,
+        Kind::Exit,
     ];
 
     pub fn from_u32(raw: u32) -> Option<Kind> {
         Kind::ALL.into_iter().find(|k| *k as u32 == raw)
-    }
-
-    /// The name the Python side knows it by (`loky._core.KIND_...`).
-    pub fn name(self) -> &'static str {
-        match self {
-            Kind::Task => "KIND_TASK",
-            Kind::Init => "KIND_INIT",
-            Kind::Ready => "KIND_READY",
-            Kind::InitFailed => "KIND_INIT_FAILED",
-            Kind::Retiring => "KIND_RETIRING",
-            Kind::Fork => "KIND_FORK",
-            Kind::Forked => "KIND_FORKED",
-            Kind::Exited => "KIND_EXITED",
-            Kind::Result => "KIND_RESULT",
-        }
     }
 }
 
@@ -380,8 +371,8 @@ mod tests {
             assert_eq!(Kind::from_u32(kind as u32), Some(kind));
         }
         assert_eq!(Kind::from_u32(0), None);
-        let names: std::collections::HashSet<_> = Kind::ALL.iter().map(|k| k.name()).collect();
-        assert_eq!(names.len(), Kind::ALL.len());
+        // tests/helpers.py writes a raw RESULT header with this number.
+        assert_eq!(Kind::Result as u32, 9);
     }
 
     #[test]
