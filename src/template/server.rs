@@ -50,7 +50,8 @@ extern "C" fn on_sigchld(_: libc::c_int) {
 }
 
 fn set_sigchld(handler: SigHandler) -> io::Result<()> {
-    let action = SigAction::new(handler, SaFlags::SA_NOCLDSTOP, SigSet::empty());
+    let flags = SaFlags::SA_NOCLDSTOP | SaFlags::SA_RESTART;
+    let action = SigAction::new(handler, flags, SigSet::empty());
     // SAFETY: the handler only loads an atomic, writes one byte and keeps errno, all
     // async-signal-safe.
     unsafe { signal::sigaction(Signal::SIGCHLD, &action) }?;
