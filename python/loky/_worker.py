@@ -176,6 +176,11 @@ def _end_forked_copy(outcome):
         code = 1
         if isinstance(exc, SystemExit) and (exc.code is None or isinstance(exc.code, int)):
             code = exc.code or 0
+    _flush_and_exit(code)
+
+
+def _flush_and_exit(code):
+    """Exit at once with `code`, the output flushed first."""
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
@@ -342,10 +347,4 @@ def serve_template(parent_pid):
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
     finally:
-        # Never return into the template's caller.
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (AttributeError, OSError, ValueError):
-                pass
-        os._exit(code)
+        _flush_and_exit(code)  # never back into the template's caller
