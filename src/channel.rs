@@ -13,7 +13,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use crate::fork::generation;
@@ -145,6 +145,12 @@ impl Channel {
 
     pub fn fd(&self) -> RawFd {
         self.fd.as_raw_fd()
+    }
+
+    /// Let go of the descriptor without closing it (a forked child takes its number
+    /// over for another socket).
+    pub fn into_raw_fd(self) -> RawFd {
+        self.fd.into_raw_fd()
     }
 
     /// Whether a frame is waiting to be taken without a read.

@@ -2,17 +2,21 @@
 //! module's contents in `bindings/module.rs`); the other modules know nothing of Python.
 //!
 //! What crosses the boundary (documented for Python in `python/loky/_core.pyi`):
-//! `Pool` (one executor's manager) and its events, `Channel` (a worker's end), shared
-//! segments, and a few process functions. Rust owns every byte on a socket, every
-//! shared segment's life and every wake-up between threads; Python owns every Python
-//! object and every message a user reads.
+//! `Pool` (one executor's manager) and its events, `WorkerEndpoint` (a worker's side of
+//! its channel), the template's loop, shared segments, and a few process functions.
+//! Rust owns every byte on a socket, every shared segment's life and every wake-up
+//! between threads; Python owns every Python object and every message a user reads.
 
 #[cfg(unix)]
 mod bindings;
 #[cfg(unix)]
 mod channel;
 #[cfg(unix)]
+mod endpoint;
+#[cfg(unix)]
 mod fork;
+#[cfg(unix)]
+mod ledger;
 #[cfg(unix)]
 mod manager;
 #[cfg(unix)]

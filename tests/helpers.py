@@ -217,6 +217,30 @@ def kill_self(signum):
     time.sleep(30)
 
 
+def when_forked(parent_pid, fn, *args):
+    """`fn(*args)` in a worker forked by the template (whose parent is not
+    `parent_pid`, the pool's process); None in any other worker."""
+    if os.getppid() != parent_pid:
+        return fn(*args)
+    return None
+
+
+# -- a worker's channel, written raw ---------------------------------------------------
+
+# A worker's channel is its descriptor 3. Each message on it starts with a 24-byte
+# header: body length (u64), task id (u64), kind (u32), flags (u32), little-endian;
+# kind 9 is a task's result (src/wire/mod.rs).
+WORKER_CHANNEL_FD = 3
+RESULT_KIND = 9
+
+
+def raw_result_header(body_length, task_id=0):
+    """The header of a result message announcing `body_length` bytes of body."""
+    from _struct import pack
+
+    return pack("<QQII", body_length, task_id, RESULT_KIND, 0)
+
+
 def start_grandchild_and_sleep(pid_file, new_session=False):
     """Start `sleep 100` as a child of this worker, publish its pid, then block."""
     import subprocess

@@ -7,7 +7,6 @@ would.
 """
 
 import os
-import struct
 
 import pytest
 
@@ -17,16 +16,12 @@ import helpers
 
 pytestmark = pytest.mark.timeout(60)
 
-CHANNEL_FD = 3
-# The frame header: body length (u64), task id (u64), kind (u32), flags (u32).
-HEADER = struct.Struct("<QQII")
+CHANNEL_FD = helpers.WORKER_CHANNEL_FD
 
 
 def die_in_the_middle_of_a_frame():
     """As if the worker were killed while writing its result."""
-    from loky._core import KIND_RESULT
-
-    os.write(CHANNEL_FD, HEADER.pack(1000, 0, KIND_RESULT, 0) + b"x" * 10)
+    os.write(CHANNEL_FD, helpers.raw_result_header(1000) + b"x" * 10)
     os._exit(0)
 
 

@@ -10,7 +10,6 @@ the portable POSIX path (LOKY_PORTABLE=1) where the two differ.
 
 import os
 import shutil
-import struct
 import subprocess
 import sys
 
@@ -304,18 +303,12 @@ def test_a_process_limit_too_low_to_start_is_named(tmp_path):
 
 # -- tasks that misbehave on the worker's channel ------------------------------------
 
-CHANNEL_FD = 3
-HEADER = struct.Struct("<QQII")  # body length, task id, kind, flags
-
-
 ANNOUNCED = 2 << 30
 
 
 def write_a_header_and_nothing_more():
     """A frame header announcing 2 GiB on the worker's channel, then no body."""
-    from loky._core import KIND_RESULT
-
-    os.write(CHANNEL_FD, HEADER.pack(ANNOUNCED, 0, KIND_RESULT, 0))
+    os.write(helpers.WORKER_CHANNEL_FD, helpers.raw_result_header(ANNOUNCED))
     return "returned"
 
 

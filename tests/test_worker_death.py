@@ -57,6 +57,23 @@ def test_task_killing_its_worker(executor_factory, fn, args, status):
     assert len(helpers.pids_of_all_workers(executor, 2)) == 2
 
 
+@pytest.mark.parametrize("fn, args, status", DEATHS)
+def test_a_worker_forked_by_the_template_dying_names_its_exit_status(
+    executor_factory, fn, args, status
+):
+    # Such a worker is the template's child: the template reaps it and reports how it
+    # ended. Until the template is ready, replacements are exec'd: the task dies only
+    # on a forked worker, so submit it until it does.
+    executor = executor_factory(max_workers=1, max_tasks_per_child=1)
+    deadline = time.monotonic() + 30
+    while (exc := executor.submit(helpers.when_forked, os.getpid(), fn, *args).exception(
+        timeout=30
+    )) is None:
+        assert time.monotonic() < deadline, "no worker was forked by the template"
+    check_terminated_error(exc, status)
+    assert executor.submit(helpers.square, 3).result(timeout=30) == 9
+
+
 @pytest.mark.parametrize(
     "signum, status",
     [(signal.SIGTERM, "{SIGTERM(-15)}"), (signal.SIGKILL, "{SIGKILL(-9)}")],

@@ -9,38 +9,17 @@ Python object and every message a user reads. Nothing here is public API: the
 from collections.abc import Callable, Sequence
 
 from typing_extensions import Buffer
-from typing import Final
+from typing import Final, final
 
 __version__: Final[str]
 """The distribution's version (from the crate's Cargo.toml)."""
-
-# -- message kinds on a worker's or the template's channel (defined in src/wire.rs) --
-KIND_TASK: Final[int]
-"""Manager to worker: run this task (body: pickled call; segment: large buffers)."""
-KIND_INIT: Final[int]
-"""Manager to worker, first message: settings and the pickled initializer."""
-KIND_READY: Final[int]
-"""Worker (or template) to manager: ready for tasks (or fork requests)."""
-KIND_INIT_FAILED: Final[int]
-"""Worker to manager: the initializer failed; the body says why. The worker exits."""
-KIND_RETIRING: Final[int]
-"""Worker to manager: about to exit on its own (memory growth)."""
-KIND_FORK: Final[int]
-"""Manager to template: fork a worker on the attached socket."""
-KIND_FORKED: Final[int]
-"""Template to manager: forked; the task id field is the new worker's pid."""
-KIND_EXITED: Final[int]
-"""Template to manager: a worker exited; task id = pid, body = exit code (i64 LE)."""
-KIND_RESULT: Final[int]
-"""Worker to manager: the outcome of a task (segment: large buffers)."""
-WORKER_FD: Final[int]
-"""The descriptor number a worker finds its channel on (3)."""
 
 class InheritedPoolError(RuntimeError):
     """The pool belongs to the process this one was forked from."""
 
 # -- byte buffers ----------------------------------------------------------------------
 
+@final
 class Payload(Buffer):
     """A message body received from a channel, readable without a copy through the
     buffer protocol (``memoryview(payload)``, ``pickle.loads(payload)``)."""
@@ -48,6 +27,7 @@ class Payload(Buffer):
     def __len__(self) -> int: ...
     def __buffer__(self, flags: int, /) -> memoryview: ...
 
+@final
 class SharedSegment(Buffer):
     """A received shared-memory segment, mapped and writable through the buffer
     protocol. The segment is released to its sender once the last view is gone, and
@@ -56,12 +36,13 @@ class SharedSegment(Buffer):
     def __len__(self) -> int: ...
     def __buffer__(self, flags: int, /) -> memoryview: ...
 
+@final
 class OutgoingSegment:
     """A segment this process filled with large buffers, to send with one message."""
 
     def __len__(self) -> int: ...
 
-def write_segment(buffers: Sequence[Buffer], /) -> tuple[OutgoingSegment, list[int]]:
+def write_segment(buffers: Sequence[Buffer]) -> tuple[OutgoingSegment, list[int]]:
     """Copy C-contiguous `buffers` into a segment of this process's sending cache;
     returns it with each buffer's offset. Raises OSError when no segment can be made
     (out of descriptors or memory): send the buffers in-band then."""
@@ -270,41 +251,67 @@ class Pool:
         """Tasks whose outcome is the thread's that claimed it (to take, or being
         applied): a closing pool leaves their futures to that thread."""
 
-# -- a worker's (or the template's) end of its channel -----------------------------------
+# -- a worker's side of its channel; the template --------------------------------------
 
-class Message:
-    """One message received on a `Channel`. A task's shared segment comes mapped
-    (`segment`); a fork request's socket as a descriptor the caller owns (`fd`, else
-    -1). When the attachment could not be received, `descriptor_dropped` or
-    `map_error` says why."""
+@final
+class TaskMessage:
+    """A task a worker took to run. Its shared segment comes mapped (`segment`); when
+    it could not be received, `descriptor_dropped` (no descriptor was left in this
+    process) or `map_error` says why."""
 
-    kind: int
-    task_id: int
-    body: Payload
-    segment: SharedSegment | None
-    fd: int
-    descriptor_dropped: bool
-    map_error: str | None
+    @property
+    def task_id(self) -> int: ...
+    @property
+    def body(self) -> Payload: ...
+    @property
+    def segment(self) -> SharedSegment | None: ...
+    @property
+    def descriptor_dropped(self) -> bool: ...
+    @property
+    def map_error(self) -> str | None: ...
 
-class Channel:
-    """The blocking end of a channel. Takes the socket `fd` over and makes it
-    close-on-exec, so processes a task starts never inherit it. Blocking calls
-    release the GIL. A worker's end (`awaits_tasks`) watches for its next task for
-    up to 200 µs after each result before it sleeps: a caller that waits for each
-    result sends the next task sooner than a sleeping process wakes."""
+@final
+class WorkerEndpoint:
+    """A worker's end of its channel to the manager: descriptor 3, taken over and made
+    close-on-exec, so processes a task starts never inherit it. The calls say what the
+    worker does; the core picks the messages and records each task taken (so that the
+    manager knows, if the worker dies, whether it had started it). Blocking calls
+    release the GIL; a failed one raises OSError (the manager is gone, or broke the
+    protocol). After each result the endpoint watches for the next task for up to
+    200 µs before it sleeps: a caller that waits for each result sends the next task
+    sooner than a sleeping process wakes."""
 
-    def __init__(self, fd: int, *, awaits_tasks: bool = False) -> None: ...
-    def fileno(self) -> int: ...
-    def has_queued(self) -> bool:
-        """Whether `recv` would return without reading."""
+    def __init__(self) -> None: ...
+    def recv_init(self) -> Payload | None:
+        """The first message: settings and the pickled initializer. None if told to
+        leave."""
 
-    def recv(self) -> Message | None:
-        """The next message; None once the manager closed its end."""
+    def ready(self) -> None:
+        """Initialized: ready for tasks."""
 
-    def send(
-        self, kind: int, task_id: int, body: bytes, segment: OutgoingSegment | None = None
+    def start_failed(self, report: bytes) -> None:
+        """This worker cannot get ready: `report` pickles (exception or None,
+        traceback text, stage) (see `loky._tasks`). It exits next."""
+
+    def recv_task(self) -> TaskMessage | None:
+        """The next task, taken to run now. None once told to leave (the manager's
+        EXIT, or the end of the stream): everything sent before was taken first."""
+
+    def send_result(
+        self, task_id: int, body: bytes, segment: OutgoingSegment | None = None
     ) -> None:
-        """Send one message, blocking until it is written."""
+        """The outcome of task `task_id`, with the segment holding its large buffers."""
+
+    def retiring(self) -> None:
+        """This worker leaves on its own (its memory grew): the tasks sent to it go to
+        other workers. It exits next."""
+
+def serve_template(parent: int) -> int:
+    """Run as the pool's template on descriptor 3 for the pool of process `parent`:
+    fork a worker per request (with `os.fork`), reap the workers and report their
+    exit statuses. Never returns in the template, which exits once the pool is gone;
+    returns in each forked child, set up as a worker on descriptor 3: the template's
+    pid, for `loky._worker.main`."""
 
 # -- processes ---------------------------------------------------------------------------
 
@@ -315,16 +322,8 @@ def spawn_process(
     owns the sentinel, the read end of a pipe only the child holds (readable once it
     exited), and reaps the child (waitpid)."""
 
-def descendants(pid: int, /) -> list[int]:
+def descendants(pid: int) -> list[int]:
     """Every live descendant of `pid`, children before grandchildren."""
-
-def template_wait(fds: list[int], timeout: float | None = None, /) -> list[int]:
-    """Template side: wait up to `timeout` seconds (None: for ever) until one of `fds`
-    is readable; the indices of those that are."""
-
-def detach_forked_worker(template_pid: int, /) -> bool:
-    """In a worker just forked by the template: its own process group, and death with
-    the template. False if the template is gone already."""
 
 def facilities() -> list[tuple[str, str]]:
     """Which way each operating-system facility used so far went: (name, "fast" or
@@ -339,6 +338,6 @@ def close_descriptors_beyond_limit() -> None:
     """In a process this package started, first thing: close the descriptors numbered
     at or above the soft descriptor limit, which posix_spawn could not close for it."""
 
-def watch_parent(parent: int, /) -> None:
+def watch_parent(parent: int) -> None:
     """In a worker: end this process and everything it started as soon as `parent`
     is gone (at once if it already is)."""

@@ -7,7 +7,7 @@ without a copy. The frame body is then the buffer layout followed by the pickle:
 
     u32 count | count x (u64 offset, u64 length) | pickle
 
-The segments' life (reuse, limits, fork) is the core's: see ``src/shm.rs``. This
+The segments' life (reuse, limits, fork) is the core's: see ``src/shm/``. This
 module only lays buffers out and back. When no segment can be made (this process is
 out of descriptors or memory), the buffers travel in-band, inside the pickle: slower,
 never a failure.

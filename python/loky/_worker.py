@@ -3,18 +3,18 @@
 It is started by the Rust core as ``python -c "from loky._worker import main;
 main(<parent pid>)"`` with its channel on file descriptor 3, and imports as little as it
 can: the executor machinery, cloudpickle and traceback are loaded only when a task needs
-them. The frames and their attachments are the core's (`_core.Channel`); this module
-only runs tasks and pickles their outcomes.
+them. The conversation on the channel is the core's (`_core.WorkerEndpoint`, see
+``src/endpoint.rs``); this module only runs tasks and pickles their outcomes:
 
-Conversation on the channel (message kinds defined in ``src/wire.rs``):
+    recv_init()     settings and the pickled initializer (None: told to leave)
+    ready()         or start_failed(report), then exit
+    recv_task()     the next task (None: told to leave, or the parent is gone: exit)
+    send_result()   its outcome (see `_tasks`), before the next task runs
+    retiring()      then exit (its memory grew too much)
 
-    parent -> INIT   (settings, pickled initializer)
-    worker -> READY  or INIT_FAILED (then exits)
-    parent -> TASK   (pickled fn, args, kwargs; a shared segment for large buffers)
-    worker -> RESULT (pickled outcome, see `_tasks`), in task order, each before the
-              next task runs
-    worker -> RETIRING, then exits   (its memory grew too much)
-    parent closes its end            -> the worker exits
+A pool that replaces workers routinely forks them from a template process instead
+(`serve_template`): the core's loop runs there and returns in each forked child, which
+then runs `main` as a worker of the template.
 """
 
 import os
@@ -53,18 +53,7 @@ def _import_pickle_quickly():
 _import_pickle_quickly()
 import _pickle as pickle  # noqa: E402
 
-from ._core import (
-    KIND_EXITED,
-    KIND_FORKED,
-    KIND_INIT_FAILED,
-    KIND_READY,
-    KIND_RESULT,
-    KIND_RETIRING,
-    WORKER_FD,
-    Channel,
-    close_descriptors_beyond_limit,
-    watch_parent,
-)
+from ._core import WorkerEndpoint, close_descriptors_beyond_limit, watch_parent
 from ._callables import load as load_kept
 from ._payload import pack, unpack
 from ._tasks import (
@@ -134,7 +123,8 @@ class Runner:
         return reduction
 
     def run(self, message):
-        """(body, segment or None) of the outcome of the task in `message`."""
+        """(body, segment or None) of the outcome of the task in `message` (a
+        `_core.TaskMessage`)."""
         if message.descriptor_dropped or message.map_error is not None:
             return self.dumps((TASK_NOT_RECEIVED, _lost_segment_text(message)))
         try:
@@ -186,6 +176,11 @@ def _end_forked_copy(outcome):
         code = 1
         if isinstance(exc, SystemExit) and (exc.code is None or isinstance(exc.code, int)):
             code = exc.code or 0
+    _flush_and_exit(code)
+
+
+def _flush_and_exit(code):
+    """Exit at once with `code`, the output flushed first."""
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
@@ -267,16 +262,16 @@ def _lost_segment_text(message):
 
 def main(parent_pid):
     close_descriptors_beyond_limit()
-    channel = Channel(WORKER_FD, awaits_tasks=True)
+    endpoint = WorkerEndpoint()
     stage = SETUP
     try:
         # From here on, the worker and everything its tasks start end with the parent.
         watch_parent(parent_pid)
-        message = channel.recv()
-        if message is None:
+        init = endpoint.recv_init()
+        if init is None:
             return
-        settings, initializer_blob = pickle.loads(message.body)
-        del message
+        settings, initializer_blob = pickle.loads(init)
+        del init
         _setup(settings)
         _signal.signal(_signal.SIGINT, _interrupt_the_task)
         runner = Runner(settings.get("pickler"))
@@ -292,30 +287,30 @@ def main(parent_pid):
         if initializer is not None:
             initializer(*initargs)
     except BaseException as exc:
-        _report_start_failure(channel, exc, stage)
+        _report_start_failure(endpoint, exc, stage)
         sys.exit(1)
-    channel.send(KIND_READY, 0, b"")
+    endpoint.ready()
     memory = MemoryGuard()
     try:
-        while (message := channel.recv()) is not None:
-            task_id = message.task_id
-            body, segment = runner.run(message)
-            del message
+        while (task := endpoint.recv_task()) is not None:
+            task_id = task.task_id
+            body, segment = runner.run(task)
+            del task
             # Each result leaves before the next task starts: if that task crashes the
             # worker, only it is lost.
-            channel.send(KIND_RESULT, task_id, body, segment)
+            endpoint.send_result(task_id, body, segment)
             del body, segment
             runner.finished_call = None
             if memory.leaking():
                 # Tasks already sent here go to other workers.
-                channel.send(KIND_RETIRING, 0, b"")
+                endpoint.retiring()
                 break
     except OSError:
         pass  # the parent is gone
     _exit_now()
 
 
-def _report_start_failure(channel, exc, stage):
+def _report_start_failure(endpoint, exc, stage):
     """Tell the parent why this worker cannot get ready (it exits next)."""
     text = _traceback_text(exc)
     try:
@@ -323,7 +318,7 @@ def _report_start_failure(channel, exc, stage):
     except BaseException:
         report = pickle.dumps((None, text, stage))
     try:
-        channel.send(KIND_INIT_FAILED, 0, report)
+        endpoint.start_failed(report)
     except OSError:
         pass  # the parent is gone
 
@@ -338,93 +333,18 @@ def _exit_now():
 
 
 def serve_template(parent_pid):
-    """Run as the pool's template: fork a worker each time the manager asks, reap the
-    workers and report their exit codes. Never runs user code, so forking is safe.
+    """Run as the pool's template: the core's loop (``src/template/server.rs``) forks
+    a worker each time the manager asks, reaps the workers and reports their exit
+    statuses; it never returns in the template, which never runs user code. It
+    returns in each forked child, set up as a worker on descriptor 3: that child runs
+    as a worker of the template and never comes back here."""
+    from ._core import serve_template as serve
 
-    Children's exits wake it through SIGCHLD (a wake-up pipe); it ends with its parent
-    (checked every quarter second where no parent-death signal does it)."""
-    from ._core import KIND_FORK, detach_forked_worker, template_wait
-
-    close_descriptors_beyond_limit()
-    control = Channel(WORKER_FD)
-    wake_read, wake_write = os.pipe()
-    for fd in (wake_read, wake_write):
-        os.set_blocking(fd, False)
-    _signal.set_wakeup_fd(wake_write)
-    _signal.signal(_signal.SIGCHLD, _ignore_signal)
-    template_fds = (wake_read, wake_write)
-    _send_or_exit(control, KIND_READY, 0, b"")
-    while True:
-        ready = [0] if control.has_queued() else template_wait([control.fileno(), wake_read], 0.25)
-        if 1 in ready:
-            while _drain(wake_read):
-                pass
-        _report_exits(control)
-        if os.getppid() != parent_pid:
-            os._exit(0)  # the executor's process is gone
-        if 0 not in ready:
-            continue
-        try:
-            request = control.recv()
-        except OSError:
-            request = None
-        if request is None or request.kind != KIND_FORK or request.fd < 0:
-            os._exit(0)  # the pool is gone (or confused): nothing of ours to clean up
-        pid = os.fork()
-        if pid == 0:
-            _become_worker(request.fd, template_fds, detach_forked_worker)
-        os.close(request.fd)
-        _send_or_exit(control, KIND_FORKED, pid, b"")
-
-
-def _ignore_signal(signum, frame):
-    pass
-
-
-def _drain(fd):
-    try:
-        return bool(os.read(fd, 512))
-    except BlockingIOError:
-        return False
-
-
-def _report_exits(control):
-    """Reap every child that exited and tell the manager its exit code."""
-    while True:
-        try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-        code = os.waitstatus_to_exitcode(status)
-        _send_or_exit(control, KIND_EXITED, pid, code.to_bytes(8, "little", signed=True))
-
-
-def _send_or_exit(control, kind, task_id, body):
-    try:
-        control.send(kind, task_id, body)
-    except OSError:
-        os._exit(0)  # the pool closed its end
-
-
-def _become_worker(channel_fd, template_fds, detach_forked_worker):
-    """In a child of the template: take the worker's socket as fd 3 and run. The
-    template's channel object, still alive in the caller's frame, is never used (nor
-    closed) here: its descriptor number now holds the worker's channel."""
-    template_pid = os.getppid()
-    _signal.set_wakeup_fd(-1)
-    _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
-    os.dup2(channel_fd, WORKER_FD)  # replaces the template's control socket
-    os.close(channel_fd)
-    for fd in template_fds:
-        os.close(fd)
-    if not detach_forked_worker(template_pid):
-        os._exit(1)
+    template_pid = serve(parent_pid)
+    code = 0
     try:
         main(template_pid)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
     finally:
-        # Never return into the template's loop.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+        _flush_and_exit(code)  # never back into the template's caller

@@ -1,10 +1,10 @@
 //! The PyO3 classes, by subject; `lib.rs` registers them with the module.
 
 pub mod buffers;
-pub mod channel;
 pub mod enums;
 pub mod module;
 pub mod pool;
+pub mod worker;
 
 use std::mem::ManuallyDrop;
 use std::sync::Arc;

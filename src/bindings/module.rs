@@ -6,14 +6,14 @@ use std::os::fd::IntoRawFd;
 use pyo3::prelude::*;
 
 use super::buffers::{OutgoingSegment, Payload, SharedSegment};
-use super::channel::{Channel, Message};
 use super::pool::{
     InitFailed, Pool, PoolClosed, StartFailed, TaskEnded, TaskResult, WorkerDied, WorkerExited,
     WorkerStarted, WorkerStat,
 };
+use super::worker::{serve_template, TaskMessage, WorkerEndpoint};
 use super::{os_error, InheritedPoolError};
 use crate::spawn::WorkerCommand;
-use crate::{fork, platform, procfs, shm, spawn, template, watchdog, wire};
+use crate::{fork, platform, procfs, shm, spawn, watchdog};
 
 /// Fork+exec `program` with `args`, the environment overrides `env`, and `pass_fds`
 /// inherited. Returns (pid, sentinel): the caller owns the sentinel, which becomes
@@ -41,28 +41,6 @@ fn spawn_process(
 #[pyfunction]
 fn descendants(pid: i32) -> Vec<i32> {
     procfs::descendants(pid)
-}
-
-/// Template side: wait (without the GIL) up to `timeout` seconds (None: for ever)
-/// until one of `fds` is readable; the indices of those that are.
-#[pyfunction]
-#[pyo3(signature = (fds, timeout=None))]
-fn template_wait(py: Python<'_>, fds: Vec<i32>, timeout: Option<f64>) -> PyResult<Vec<usize>> {
-    let timeout = timeout.map(|t| std::time::Duration::from_secs_f64(t.max(0.0)));
-    py.detach(|| template::wait_readable(&fds, timeout))
-        .map_err(|e| os_error("template", e))
-}
-
-/// In a worker just forked by the template: a process group of its own. (It ends with
-/// the template through its watchdog, `watch_parent`.) False if the template is gone.
-#[pyfunction]
-fn detach_forked_worker(template_pid: i32) -> PyResult<bool> {
-    // SAFETY: setpgid on our own process.
-    if unsafe { libc::setpgid(0, 0) } != 0 {
-        return Err(os_error("", std::io::Error::last_os_error()));
-    }
-    // SAFETY: getppid has no preconditions.
-    Ok(unsafe { libc::getppid() } == template_pid)
 }
 
 /// Which way each operating-system facility used so far went: (name, "fast" or
@@ -144,7 +122,7 @@ fn fork_child() {
     shm::fork_child();
 }
 
-/// Add every class, function and constant of `loky._core` to `m`.
+/// Add every class and function of `loky._core` to `m`.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     fork::register();
     platform::reread_settings();
@@ -162,8 +140,8 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
         m.py().get_type::<InitFailed>(),
         m.py().get_type::<StartFailed>(),
         m.py().get_type::<PoolClosed>(),
-        m.py().get_type::<Channel>(),
-        m.py().get_type::<Message>(),
+        m.py().get_type::<WorkerEndpoint>(),
+        m.py().get_type::<TaskMessage>(),
         m.py().get_type::<Payload>(),
         m.py().get_type::<SharedSegment>(),
         m.py().get_type::<OutgoingSegment>(),
@@ -177,8 +155,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     for function in [
         wrap_pyfunction!(spawn_process, m)?,
         wrap_pyfunction!(descendants, m)?,
-        wrap_pyfunction!(template_wait, m)?,
-        wrap_pyfunction!(detach_forked_worker, m)?,
+        wrap_pyfunction!(serve_template, m)?,
         wrap_pyfunction!(facilities, m)?,
         wrap_pyfunction!(children_reaped_by_kernel, m)?,
         wrap_pyfunction!(watch_parent, m)?,
@@ -193,9 +170,5 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     ] {
         m.add_function(function)?;
     }
-    for kind in wire::Kind::ALL {
-        m.add(kind.name(), kind as u32)?;
-    }
-    m.add("WORKER_FD", spawn::WORKER_FD)?;
     Ok(())
 }

@@ -290,7 +290,7 @@ impl ManagerLoop {
     pub(super) fn ask_to_leave(&mut self, i: usize, reason: ExitReason) {
         let worker = &mut self.workers[i];
         worker.leave(reason);
-        self.io.close_write(Token::Worker(worker.id));
+        self.io.ask_to_leave(Token::Worker(worker.id));
     }
 
     // ---- tasks ---------------------------------------------------------------------

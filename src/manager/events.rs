@@ -15,17 +15,15 @@
 use std::time::Instant;
 
 use super::event_loop::ManagerLoop;
-use super::forking::decode_exited;
 use super::policy::{self, ExitReason};
 use super::poll_io::{IoEvent, Token};
 use super::tasks::{Attempt, AttemptEnd, EndCause};
 use super::worker::{Phase, Worker};
-use super::{Event, Incoming};
+use super::Event;
 use crate::platform::{ExitStatus, ExitWatch};
-use crate::shm::Mapping;
+use crate::shm::Incoming;
 use crate::spawn::Spawned;
-use crate::wire::{Attached, Frame, Kind};
-use std::os::fd::AsFd;
+use crate::wire::{decode_exited, Frame, Kind};
 
 impl ManagerLoop {
     pub(super) fn handle(&mut self, events: Vec<IoEvent>) {
@@ -132,7 +130,8 @@ impl ManagerLoop {
             task_id,
             pid,
             body: frame.body,
-            segment: receive_segment(frame.fd),
+            // Mapped at once, so that no descriptor waits in the event queue.
+            segment: Incoming::receive(frame.fd),
         });
     }
 
@@ -294,18 +293,5 @@ impl ManagerLoop {
                 self.on_exit(i, Some(-libc::SIGKILL));
             }
         }
-    }
-}
-
-/// Map the segment that came with a result at once, so that no descriptor waits in
-/// the event queue (results that queue up hold none).
-fn receive_segment(fd: Attached) -> Incoming {
-    match fd {
-        Attached::None => Incoming::None,
-        Attached::Dropped => Incoming::Dropped,
-        Attached::Fd(fd) => match Mapping::new(fd.as_fd()) {
-            Ok(mapping) => Incoming::Mapped(mapping),
-            Err(err) => Incoming::Unmappable(err),
-        },
     }
 }

@@ -4,7 +4,8 @@
 //! ```text
 //!  manager ── FORK (+ the new worker's socket) ──► template ── fork() ──► worker
 //!  manager ◄─ FORKED(pid) ─────────────────────── template
-//!  manager ◄─ EXITED(pid, exit status) ────────── template (it reaped the worker)
+//!  manager ◄─ EXITED(pid, exit status) ────────── template (it reaped the worker;
+//!                                                  `wire::decode_exited`)
 //! ```
 
 use std::collections::VecDeque;
@@ -12,9 +13,8 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
-use crate::platform::ExitStatus;
 use crate::spawn::channel_pair;
-use crate::wire::{empty_body, Frame, Kind, OutFrame};
+use crate::wire::{empty_body, Kind, OutFrame};
 
 #[derive(Default)]
 pub struct Template {
@@ -31,16 +31,4 @@ impl Template {
         self.requested.push_back(ours);
         Ok(OutFrame::new(0, Kind::Fork, empty_body()).with_fd(Arc::new(theirs)))
     }
-}
-
-/// An EXITED report: (the worker's pid, its exit status). The body holds the exit code
-/// (minus the signal number) as a little-endian i64; none means unknown.
-pub fn decode_exited(frame: &Frame) -> (i32, ExitStatus) {
-    let pid = frame.header.task_id as i32;
-    let code = frame
-        .body
-        .get(..8)
-        .and_then(|b| b.try_into().ok())
-        .map(|b| i64::from_le_bytes(b) as i32);
-    (pid, code)
 }

@@ -44,7 +44,8 @@ use crossbeam_channel::{Receiver, Sender};
 use parking_lot::{Condvar, Mutex};
 
 use crate::platform::{ExitStatus, Waker};
-use crate::shm::{Mapping, OutSegment};
+pub use crate::shm::Incoming;
+use crate::shm::OutSegment;
 use crate::spawn::WorkerCommand;
 use crate::wire::Body;
 use claims::Claims;
@@ -66,17 +67,6 @@ pub struct Config {
     /// A worker whose resident memory passes this while it runs a task, by half again,
     /// is ended at once (its task fails); None: not watched.
     pub max_worker_memory: Option<u64>,
-}
-
-/// The shared segment that came with a result.
-#[derive(Debug)]
-pub enum Incoming {
-    None,
-    Mapped(Mapping),
-    /// The kernel dropped its descriptor: this process had none left.
-    Dropped,
-    /// It came, and could not be mapped.
-    Unmappable(io::Error),
 }
 
 /// What the manager reports to the Python side.

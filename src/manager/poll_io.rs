@@ -26,7 +26,7 @@ use crate::procfs::kill_tree;
 use crate::spawn::Spawned;
 use crate::sys::{poll, pollfd};
 use crate::watch::Watch;
-use crate::wire::{Frame, FrameReader, FrameWriter, OutFrame};
+use crate::wire::{empty_body, Frame, FrameReader, FrameWriter, Kind, OutFrame};
 
 /// What the manager does I/O with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -57,8 +57,6 @@ struct Endpoint {
     writer: FrameWriter,
     /// Nothing more can be read or written.
     closed: bool,
-    /// Close the writing side once the queued frames are out.
-    close_after_flush: bool,
     /// Its exit is seen here (not reported by the template).
     ours: bool,
 }
@@ -85,7 +83,6 @@ impl ManagerIo {
             reader: FrameReader::default(),
             writer: FrameWriter::default(),
             closed: false,
-            close_after_flush: false,
             ours,
         };
         self.endpoints.insert(token, endpoint);
@@ -109,14 +106,9 @@ impl ManagerIo {
         (!endpoint.closed && endpoint.writer.is_empty()).then(|| endpoint.channel.as_raw_fd())
     }
 
-    /// Tell the process to leave once it has read what is queued for it: it reads EOF.
-    pub fn close_write(&mut self, token: Token) {
-        if let Some(endpoint) = self.endpoints.get_mut(&token) {
-            endpoint.close_after_flush = true;
-            if endpoint.writer.is_empty() {
-                shut(&endpoint.channel, libc::SHUT_WR);
-            }
-        }
+    /// Tell the process to leave once it has answered what was sent before (EXIT).
+    pub fn ask_to_leave(&mut self, token: Token) {
+        self.queue(token, OutFrame::new(0, Kind::Exit, empty_body()));
     }
 
     /// Write what is queued, without blocking. A channel that fails is closed; the
@@ -128,10 +120,6 @@ impl ManagerIo {
             }
             if endpoint.writer.flush(endpoint.channel.as_raw_fd()).is_err() {
                 endpoint.closed = true;
-                continue;
-            }
-            if endpoint.close_after_flush && endpoint.writer.is_empty() {
-                shut(&endpoint.channel, libc::SHUT_WR);
             }
         }
     }
@@ -265,17 +253,13 @@ impl ManagerIo {
             return;
         };
         // shutdown(2), not just close: a process forked from ours may hold a copy.
-        shut(&endpoint.channel, libc::SHUT_RDWR);
+        // SAFETY: plain shutdown(2) on a socket we own.
+        unsafe { libc::shutdown(endpoint.channel.as_raw_fd(), libc::SHUT_RDWR) };
         if !wait_for_exit(endpoint.pid, &endpoint.exit, true, Some(grace)) {
             kill_tree(endpoint.pid, libc::SIGKILL);
             wait_for_exit(endpoint.pid, &endpoint.exit, true, None);
         }
     }
-}
-
-fn shut(channel: &OwnedFd, how: libc::c_int) {
-    // SAFETY: plain shutdown(2) on a socket we own.
-    unsafe { libc::shutdown(channel.as_raw_fd(), how) };
 }
 
 fn read_endpoint(token: Token, endpoint: &mut Endpoint) -> Option<IoEvent> {

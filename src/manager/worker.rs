@@ -1,5 +1,5 @@
 //! The manager's record of each worker: where it is in its life and which tasks it
-//! holds. Its process and channel are the I/O layer's (`io.rs`), under its token.
+//! holds. Its process and channel are the I/O layer's (`poll_io.rs`), under its token.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use super::policy::ExitReason;
 use super::tasks::EndCause;
-use crate::shm::TaskLedger;
+use crate::ledger::TaskLedger;
 
 /// A worker's token: never reused within a pool (pids may be, once reaped).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

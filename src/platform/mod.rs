@@ -33,8 +33,8 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 pub use posix::{
-    descriptor_limit, open_descriptors, pipe_nonblocking as pipe, reserve, set_cloexec,
-    socketpair_cloexec,
+    descriptor_limit, open_descriptors, pipe_nonblocking as pipe, reap_any_child, reserve,
+    set_cloexec, socketpair_cloexec,
 };
 
 /// How often exits are looked for where no pidfd reports them at once.

@@ -97,24 +97,40 @@ pub fn poll_readable(fd: RawFd, timeout: Duration) -> bool {
     matches!(poll(&mut [pollfd(fd, libc::POLLIN)], Some(timeout)), Ok(n) if n > 0)
 }
 
-/// waitpid(pid, WNOHANG) on our child: its exit code (minus the signal number when a
-/// signal killed it), None while it runs.
-pub fn try_waitpid(pid: i32) -> io::Result<Option<i32>> {
+/// A wait status as one number: the exit code, or minus the signal that killed it.
+fn exit_code(status: libc::c_int) -> i32 {
+    if libc::WIFSIGNALED(status) {
+        -libc::WTERMSIG(status)
+    } else {
+        libc::WEXITSTATUS(status)
+    }
+}
+
+/// waitpid(`pid`, WNOHANG), EINTR retried: (pid, exit code) of a child reaped, None
+/// while it runs (or, for -1, while every child runs).
+fn waitpid_nohang(pid: i32) -> io::Result<Option<(i32, i32)>> {
     let mut status = 0;
     loop {
         // SAFETY: status points to a live c_int.
         match check(unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) }) {
             Ok(0) => return Ok(None),
-            Ok(_) => break,
+            Ok(reaped) => return Ok(Some((reaped, exit_code(status)))),
             Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
             Err(err) => return Err(err),
         }
     }
-    Ok(Some(if libc::WIFSIGNALED(status) {
-        -libc::WTERMSIG(status)
-    } else {
-        libc::WEXITSTATUS(status)
-    }))
+}
+
+/// waitpid(pid, WNOHANG) on our child: its exit code (minus the signal number when a
+/// signal killed it), None while it runs.
+pub fn try_waitpid(pid: i32) -> io::Result<Option<i32>> {
+    Ok(waitpid_nohang(pid)?.map(|(_, code)| code))
+}
+
+/// Reap one of our children that exited, if any: (pid, exit code as `try_waitpid`).
+/// None while every child runs, or when there is none.
+pub fn reap_any_child() -> Option<(i32, i32)> {
+    waitpid_nohang(-1).ok().flatten()
 }
 
 /// A new empty file with no name, in memory where the system has a tmpfs (/dev/shm),

@@ -23,23 +23,28 @@ mod writer;
 
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+
+use crate::platform::ExitStatus;
 
 pub use reader::FrameReader;
-pub use writer::{empty_body, Body, FrameWriter, OutFrame};
+pub use writer::{empty_body, Attachment, Body, FrameWriter, OutFrame};
 
 pub const HEADER_LEN: usize = 24;
 
-/// Every kind of message, on every channel. Defined here only.
+/// Every kind of message, on every channel. Defined here only; the numbers are the
+/// protocol (a test writes a raw RESULT header from them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u32)]
 pub enum Kind {
     /// Manager to worker: run this task (body: pickled call; descriptor: its segment).
     Task = 1,
-    /// Manager to worker, first message: settings and the pickled initializer.
+    /// Manager to worker, first message: settings and the pickled initializer
+    /// (descriptor: the worker's task ledger, see `crate::ledger`).
     Init = 2,
     /// Worker to manager: initialized, ready for tasks. Template to manager: ready to fork.
     Ready = 3,
-    /// Worker to manager: the initializer failed; the body says why. The worker exits.
+    /// Worker to manager: it cannot get ready; the body says why. The worker exits.
     InitFailed = 4,
     /// Worker to manager: about to exit on its own (memory growth); send nothing more.
     Retiring = 5,
@@ -47,14 +52,17 @@ pub enum Kind {
     Fork = 6,
     /// Template to manager: forked; the task id field is the new worker's pid.
     Forked = 7,
-    /// Template to manager: a worker exited; task id = pid, body = exit code (i64 LE).
+    /// Template to manager: a worker exited (`encode_exited`).
     Exited = 8,
     /// Worker to manager: the outcome of a task (descriptor: its segment).
     Result = 9,
+    /// Manager to worker or template: leave once everything sent before is answered,
+    /// as the end of the stream says too (a channel with no half-close needs this).
+    Exit = 10,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Task,
         Kind::Init,
         Kind::Ready,
@@ -64,26 +72,28 @@ impl Kind {
         Kind::Forked,
         Kind::Exited,
         Kind::Result,
+        Kind::Exit,
     ];
 
     pub fn from_u32(raw: u32) -> Option<Kind> {
         Kind::ALL.into_iter().find(|k| *k as u32 == raw)
     }
+}
 
-    /// The name the Python side knows it by (`loky._core.KIND_...`).
-    pub fn name(self) -> &'static str {
-        match self {
-            Kind::Task => "KIND_TASK",
-            Kind::Init => "KIND_INIT",
-            Kind::Ready => "KIND_READY",
-            Kind::InitFailed => "KIND_INIT_FAILED",
-            Kind::Retiring => "KIND_RETIRING",
-            Kind::Fork => "KIND_FORK",
-            Kind::Forked => "KIND_FORKED",
-            Kind::Exited => "KIND_EXITED",
-            Kind::Result => "KIND_RESULT",
-        }
-    }
+/// Template to manager: worker `pid` exited with `status`. The task id field holds the
+/// pid; the body the exit code (i64, little-endian), or nothing when it is unknown.
+pub fn encode_exited(pid: i32, status: ExitStatus) -> OutFrame {
+    let body = status.map_or_else(Vec::new, |code| i64::from(code).to_le_bytes().to_vec());
+    OutFrame::new(pid as u32 as u64, Kind::Exited, Arc::new(body))
+}
+
+/// The (pid, exit status) of an EXITED frame (see `encode_exited`).
+pub fn decode_exited(frame: &Frame) -> (i32, ExitStatus) {
+    let code = frame
+        .body
+        .get(..8)
+        .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")) as i32);
+    (frame.header.task_id as i32, code)
 }
 
 /// Header flag: a descriptor travels with this frame.
@@ -135,7 +145,6 @@ pub struct Frame {
     pub fd: Attached,
 }
 
-/// Reads frames from a non-blocking descriptor as bytes arrive.
 /// Room for one descriptor's control message, on the stack (aligned for cmsghdr):
 /// the buffer and the length to declare.
 fn control_buffer() -> ([u64; 4], usize) {
@@ -362,8 +371,30 @@ mod tests {
             assert_eq!(Kind::from_u32(kind as u32), Some(kind));
         }
         assert_eq!(Kind::from_u32(0), None);
-        let names: std::collections::HashSet<_> = Kind::ALL.iter().map(|k| k.name()).collect();
-        assert_eq!(names.len(), Kind::ALL.len());
+        // tests/helpers.py writes a raw RESULT header with this number.
+        assert_eq!(Kind::Result as u32, 9);
+    }
+
+    #[test]
+    fn exit_statuses_round_trip_through_an_exited_frame() {
+        let (a, b) = pair();
+        let statuses = [Some(0), Some(1), Some(255), Some(-libc::SIGKILL), None];
+        let mut writer = FrameWriter::default();
+        for (i, &status) in statuses.iter().enumerate() {
+            writer.push(encode_exited(1000 + i as i32, status));
+        }
+        writer.push(encode_exited(i32::MAX, Some(i32::MIN)));
+        writer.flush(a.as_raw_fd()).unwrap();
+        let mut reader = FrameReader::default();
+        let mut frames = Vec::new();
+        while frames.len() < statuses.len() + 1 {
+            frames.extend(reader.read_available(b.as_raw_fd()).frames);
+        }
+        for (i, (frame, &status)) in frames.iter().zip(&statuses).enumerate() {
+            assert_eq!(frame.header.kind, Kind::Exited as u32);
+            assert_eq!(decode_exited(frame), (1000 + i as i32, status));
+        }
+        assert_eq!(decode_exited(&frames[5]), (i32::MAX, Some(i32::MIN)));
     }
 
     #[test]

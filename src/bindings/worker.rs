@@ -1,0 +1,136 @@
+//! A worker's side of its channel (`WorkerEndpoint`, see `crate::endpoint`) and the
+//! template's loop (`serve_template`, see `crate::template`).
+
+use std::sync::Arc;
+
+use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedBytes;
+
+use super::buffers::{OutgoingSegment, Payload, SharedSegment};
+use super::os_error;
+use crate::endpoint::Endpoint;
+use crate::shm::Incoming;
+use crate::spawn::WORKER_FD;
+use crate::template;
+use crate::wire::Attachment;
+
+/// A task taken to run. Its shared segment comes mapped (`segment`); when it could not
+/// be received, `descriptor_dropped` (no descriptor was left in this process) or
+/// `map_error` says why.
+#[pyclass(module = "loky._core", frozen, get_all)]
+pub struct TaskMessage {
+    task_id: u64,
+    body: Py<Payload>,
+    segment: Option<Py<SharedSegment>>,
+    descriptor_dropped: bool,
+    map_error: Option<String>,
+}
+
+/// A worker's end of its channel to the manager (descriptor 3, taken over and made
+/// close-on-exec). Blocking calls release the GIL. After each result it watches for
+/// its next task for a moment before it sleeps (see `crate::channel`).
+#[pyclass(module = "loky._core")]
+pub struct WorkerEndpoint {
+    inner: Endpoint,
+}
+
+#[pymethods]
+impl WorkerEndpoint {
+    #[new]
+    fn new() -> PyResult<WorkerEndpoint> {
+        // SAFETY: descriptor 3 is this worker's channel, handed over by its parent.
+        let inner = unsafe { Endpoint::from_raw_fd(WORKER_FD) }
+            .map_err(|e| os_error("the worker's channel (descriptor 3)", e))?;
+        Ok(WorkerEndpoint { inner })
+    }
+
+    /// The first message's body: settings and initializer. None if told to leave.
+    fn recv_init(&mut self, py: Python<'_>) -> PyResult<Option<Payload>> {
+        let inner = &mut self.inner;
+        let init = py
+            .detach(|| inner.recv_init())
+            .map_err(|e| os_error("", e))?;
+        Ok(init.map(Payload::new))
+    }
+
+    /// Initialized: ready for tasks.
+    fn ready(&mut self, py: Python<'_>) -> PyResult<()> {
+        let inner = &mut self.inner;
+        py.detach(|| inner.ready()).map_err(|e| os_error("", e))
+    }
+
+    /// This worker cannot get ready: `report` says why. It exits next.
+    fn start_failed(&mut self, py: Python<'_>, report: PyBackedBytes) -> PyResult<()> {
+        // Kept here until sent, so that the bytes object is let go of with the GIL (see
+        // `super::PyBody` for why no Python object may be released without it).
+        let report = Arc::new(report);
+        let inner = &mut self.inner;
+        py.detach(|| inner.start_failed(report.clone()))
+            .map_err(|e| os_error("", e))
+    }
+
+    /// The next task, taken to run now; None once told to leave (or the manager is gone).
+    fn recv_task(&mut self, py: Python<'_>) -> PyResult<Option<TaskMessage>> {
+        let inner = &mut self.inner;
+        let Some(task) = py
+            .detach(|| inner.recv_task())
+            .map_err(|e| os_error("", e))?
+        else {
+            return Ok(None);
+        };
+        let mut message = TaskMessage {
+            task_id: task.id,
+            body: Py::new(py, Payload::new(task.body))?,
+            segment: None,
+            descriptor_dropped: false,
+            map_error: None,
+        };
+        match task.segment {
+            Incoming::None => {}
+            Incoming::Mapped(mapping) => {
+                message.segment = Some(Py::new(py, SharedSegment::new(mapping))?)
+            }
+            Incoming::Dropped => message.descriptor_dropped = true,
+            Incoming::Unmappable(err) => message.map_error = Some(err.to_string()),
+        }
+        Ok(Some(message))
+    }
+
+    /// The outcome of task `task_id`, with the segment holding its large buffers.
+    #[pyo3(signature = (task_id, body, segment=None))]
+    fn send_result(
+        &mut self,
+        py: Python<'_>,
+        task_id: u64,
+        body: PyBackedBytes,
+        segment: Option<PyRef<'_, OutgoingSegment>>,
+    ) -> PyResult<()> {
+        // Kept here until sent: see `start_failed`.
+        let body = Arc::new(body);
+        let segment = segment.map(|s| s.segment.clone() as Attachment);
+        let inner = &mut self.inner;
+        py.detach(|| inner.send_result(task_id, body.clone(), segment))
+            .map_err(|e| os_error("", e))
+    }
+
+    /// This worker leaves on its own (its memory grew): tasks sent to it go elsewhere.
+    fn retiring(&mut self, py: Python<'_>) -> PyResult<()> {
+        let inner = &mut self.inner;
+        py.detach(|| inner.retiring()).map_err(|e| os_error("", e))
+    }
+}
+
+/// Run as the pool's template on descriptor 3, for the pool of process `parent`: fork
+/// a worker per request (with `os.fork`, so the interpreter's at-fork handlers run),
+/// reap the workers and report their exit statuses. Never returns in the template,
+/// which exits once the pool is gone; returns in each forked child, set up as a
+/// worker on descriptor 3: the template's pid, the worker's parent.
+///
+/// The template has one thread: it waits holding the GIL, and signals the interpreter
+/// handles (Ctrl-C) stay pending there; a forked child starts without them.
+#[pyfunction]
+pub fn serve_template(py: Python<'_>, parent: i32) -> PyResult<i32> {
+    let fork = py.import("os")?.getattr("fork")?;
+    let fork = || -> std::io::Result<i32> { Ok(fork.call0()?.extract::<i32>()?) };
+    template::serve(parent, fork).map_err(|e| os_error("template", e))
+}
