@@ -26,6 +26,7 @@
 
 mod claims;
 mod direct;
+mod endings;
 mod event_loop;
 mod events;
 mod forking;
