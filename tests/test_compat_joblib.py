@@ -478,6 +478,22 @@ def test_context_module_api():
         loky_context.set_start_method("fork")
 
 
+def test_backend_queues_are_made_by_a_context():
+    from loky.backend.queues import Queue, SimpleQueue
+
+    # As with multiprocessing's queues, the context hands itself over; without one, a
+    # clear error instead of multiprocessing's AttributeError on None.
+    for kind in (Queue, SimpleQueue):
+        with pytest.raises(TypeError, match=rf"{kind.__name__}\(\) needs ctx"):
+            kind()
+    ctx = loky_context.get_context("loky")
+    for queue in (ctx.Queue(), ctx.SimpleQueue(), Queue(ctx=ctx), SimpleQueue(ctx=ctx)):
+        queue.put(lambda: 42)  # loky's pickler: a lambda travels
+        assert queue.get()() == 42
+        queue.close()
+        getattr(queue, "join_thread", lambda: None)()  # a Queue's feeder thread
+
+
 def test_loky_process_is_a_fresh_interpreter_with_env_queues_and_locks():
     # In a subprocess: multiprocessing's locks start its own resource tracker.
     out, err = run_python(
