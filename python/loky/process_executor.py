@@ -45,7 +45,7 @@ from multiprocessing.context import BaseContext
 from pickle import PicklingError
 from typing import Any, ParamSpec, TypeVar
 
-from . import _core, _cpython, _inherit, _pool_state
+from . import _core, _cpython, _inherit, _pool_state, _worker
 from ._base import Future
 from ._errors import (
     BrokenProcessPool,
@@ -64,7 +64,6 @@ from ._options import ExecutorOptions, check_seconds
 from ._payload import pack, release_cached_segments
 from ._pool_state import WorkerProcess, _live_pools, _log, _PoolState, _run_results
 from ._tasks import run_chunk
-from ._worker import MemoryGuard
 from .backend import reduction
 from .backend.context import executor_start_method
 
@@ -81,18 +80,14 @@ __all__ = [
 ]
 
 
-def _depth_of_this_process():
-    worker = sys.modules.get("loky._worker")
-    return worker.DEPTH if worker is not None else 0
-
-
-# Nesting depth: 0 in the main process, parent's + 1 in a worker.
-_CURRENT_DEPTH = _depth_of_this_process()
+# Nesting depth: 0 in the main process, parent's + 1 in a worker (where it is set before
+# any task can import this module).
+_CURRENT_DEPTH = _worker.DEPTH
 MAX_DEPTH = int(os.environ.get("LOKY_MAX_DEPTH", 10))
 
 # Seconds between two memory checks of a worker (read by the workers, where a task may
 # change it); the growth allowed is LOKY_MAX_MEMORY_LEAK_SIZE bytes.
-_MEMORY_LEAK_CHECK_DELAY = MemoryGuard.CHECK_INTERVAL
+_MEMORY_LEAK_CHECK_DELAY = _worker.MemoryGuard.CHECK_INTERVAL
 
 _WORKER_BOOTSTRAP = "from loky._worker import main; main({pid})"
 _TEMPLATE_BOOTSTRAP = "from loky._worker import serve_template; serve_template({pid})"
