@@ -355,6 +355,26 @@ def test_workers_share_the_parents_tracker(tmp_path):
     assert err == ""
 
 
+def test_a_tracker_imported_before_the_settings_arrive_uses_the_inherited_pipe():
+    # As in a child whose start-up code imports the tracker before loky applies the
+    # parent's settings: its messages still go to the parent's tracker.
+    out, err = run_python(
+        """
+        import os
+        from loky.backend import resource_tracker as rt
+        from loky import _inherit
+
+        read_end, write_end = os.pipe()
+        _inherit.apply({"tracker_fd": write_end})
+        rt.register("/no/such/file", "file")
+        os.set_blocking(read_end, False)
+        print(b"REGISTER" in os.read(read_end, 4096), rt._resource_tracker._pid)
+        """
+    )
+    assert out.split() == ["True", "None"]  # sent there; no tracker of its own
+    assert err == ""
+
+
 def test_tracker_is_silent_in_normal_operation(tmp_path):
     _, err = run_python(
         f"""
