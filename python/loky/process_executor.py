@@ -45,7 +45,7 @@ from multiprocessing.context import BaseContext
 from pickle import PicklingError
 from typing import Any, ParamSpec, TypeVar
 
-from . import _core, _cpython, _inherit, _pool_state, _worker
+from . import _core, _cpython, _inherit, _live_pools, _worker
 from ._base import Future
 from ._errors import (
     BrokenProcessPool,
@@ -62,7 +62,8 @@ from ._errors import (
 from ._map import executor_map
 from ._options import ExecutorOptions, check_seconds
 from ._payload import pack, release_cached_segments
-from ._pool_state import WorkerProcess, _live_pools, _log, _PoolState, _run_results
+from ._pool_state import _log, _PoolState, _run_results
+from ._processes import WorkerProcess
 from ._tasks import run_chunk
 from .backend import reduction
 from .backend.context import executor_start_method
@@ -269,7 +270,7 @@ class ProcessPoolExecutor(Executor):
             raise _thread_start_error("result thread", exc) from None
         # An executor dropped without shutdown() finishes its work, then stops.
         weakref.finalize(self, _shut_down_unreferenced, pool, self._flags).atexit = False
-        _pool_state.forward_interrupts()
+        _live_pools.forward_interrupts()
         return state
 
     def _new_core_pool(self, pass_fds, init, start_fds):
@@ -335,7 +336,7 @@ class ProcessPoolExecutor(Executor):
 
     def _submit_locked(self, fn, args, kwargs, timeout):
         """The submit itself, under `_submit_lock` with the executor not shut down."""
-        if _pool_state.interpreter_exiting:
+        if _live_pools.interpreter_exiting:
             raise ShutdownExecutorError(
                 "cannot schedule new futures after interpreter shutdown"
             )
@@ -496,7 +497,7 @@ class ProcessPoolExecutor(Executor):
         state = self._state
         if state is None or state.inherited():
             return {}
-        return state.processes()
+        return state.processes.alive()
 
     @property
     def _executor_manager_thread(self) -> threading.Thread | None:
