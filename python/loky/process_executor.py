@@ -67,6 +67,9 @@ from ._processes import WorkerProcess
 from ._tasks import run_chunk
 from .backend import reduction
 
+# loky's other name for it.
+BrokenExecutor = BrokenProcessPool
+
 _T = TypeVar("_T")
 _P = ParamSpec("_P")
 
