@@ -506,12 +506,20 @@ def test_backend_queues_are_made_by_a_context():
     for kind in (Queue, SimpleQueue):
         with pytest.raises(TypeError, match=rf"{kind.__name__}\(\) needs ctx"):
             kind()
-    ctx = loky_context.get_context("loky")
-    for queue in (ctx.Queue(), ctx.SimpleQueue(), Queue(ctx=ctx), SimpleQueue(ctx=ctx)):
-        queue.put(lambda: 42)  # loky's pickler: a lambda travels
-        assert queue.get()() == 42
-        queue.close()
-        getattr(queue, "join_thread", lambda: None)()  # a Queue's feeder thread
+    # In a subprocess: a queue's lock starts multiprocessing's resource tracker.
+    out, err = run_python(
+        """
+        from loky.backend import get_context
+        from loky.backend.queues import Queue, SimpleQueue
+
+        ctx = get_context("loky")
+        for queue in (ctx.Queue(), ctx.SimpleQueue(), Queue(ctx=ctx), SimpleQueue(ctx=ctx)):
+            queue.put(lambda: 42)  # loky's pickler: a lambda travels
+            print(queue.get()())
+        """
+    )
+    assert out.split() == ["42"] * 4
+    assert err == ""
 
 
 def test_loky_process_is_a_fresh_interpreter_with_env_queues_and_locks():
