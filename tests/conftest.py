@@ -11,7 +11,6 @@ import os
 import signal
 import sys
 import time
-import weakref
 
 import psutil
 import pytest
@@ -30,19 +29,6 @@ os.environ.pop("PYTHONFAULTHANDLER", None)
 # How long exiting workers may take to go away after a test (generous: this is a
 # "does not leak" check, not a speed check).
 GRACE_PERIOD = 10.0
-
-# Every executor created in this process, so that teardown can shut down the ones a
-# test left running (weak: garbage collection of executors is itself tested).
-_executors = weakref.WeakSet()
-_original_init = process_executor.ProcessPoolExecutor.__init__
-
-
-def _tracking_init(self, *args, **kwargs):
-    _original_init(self, *args, **kwargs)
-    _executors.add(self)
-
-
-process_executor.ProcessPoolExecutor.__init__ = _tracking_init
 
 
 def _our_processes():
@@ -107,7 +93,9 @@ def _reap_zombie_children():
 
 
 def shutdown_leftover_executors():
-    for executor in list(_executors):
+    # Every executor of this process, as the package keeps them (weakly: garbage
+    # collection of executors is itself tested).
+    for executor in list(process_executor._executors):
         try:
             executor.shutdown(wait=True, kill_workers=True)
         except Exception:  # a broken executor may complain; we only clean up

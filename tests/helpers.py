@@ -177,6 +177,10 @@ def raise_custom_error(message, code):
     raise CustomError(message, code)
 
 
+def raise_error(error_class, message):
+    raise error_class(message)
+
+
 def fail_on_odd(x):
     if x % 2:
         raise ValueError(f"odd input {x}")

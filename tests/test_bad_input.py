@@ -183,3 +183,44 @@ def test_bad_input_after_a_good_executor_leaves_it_alone(executor_factory):
         with pytest.raises((ValueError, TypeError)):
             ProcessPoolExecutor(**kwargs)
     assert executor.submit(helpers.get_pid).result(timeout=30) == pid
+
+
+def test_the_constructors_take_lokys_arguments_in_lokys_order():
+    import inspect
+
+    def parameters(function):
+        return [(p.name, p.default) for p in inspect.signature(function).parameters.values()]
+
+    # loky 3.7's, then what this package adds (max_tasks_per_child).
+    assert parameters(ProcessPoolExecutor) == [
+        ("max_workers", None),
+        ("job_reducers", None),
+        ("result_reducers", None),
+        ("timeout", None),
+        ("context", None),
+        ("initializer", None),
+        ("initargs", ()),
+        ("env", None),
+        ("max_tasks_per_child", None),
+    ]
+    assert parameters(get_reusable_executor) == [
+        ("max_workers", None),
+        ("context", None),
+        ("timeout", 10),
+        ("kill_workers", False),
+        ("reuse", "auto"),
+        ("job_reducers", None),
+        ("result_reducers", None),
+        ("initializer", None),
+        ("initargs", ()),
+        ("env", None),
+        ("max_tasks_per_child", None),
+    ]
+
+
+@pytest.mark.parametrize("make", [ProcessPoolExecutor, get_reusable_executor])
+def test_of_several_wrong_arguments_the_first_is_named(nothing_started, make):
+    with pytest.raises(TypeError, match="^max_workers must be"):
+        make(max_workers="2", timeout="3", env=[1])
+    with pytest.raises(TypeError, match="^timeout must be"):
+        make(timeout="3", env=[1], initializer=3)

@@ -46,6 +46,47 @@ def test_public_names_match_loky():
     assert issubclass(ProcessPoolExecutor, concurrent.futures.Executor)
 
 
+PUBLIC_ERRORS = [
+    "BrokenProcessPool",
+    "TerminatedWorkerError",
+    "ShutdownExecutorError",
+    "LokyRecursionError",
+    "_RemoteTraceback",
+]
+
+
+@pytest.mark.parametrize("name", PUBLIC_ERRORS)
+def test_errors_print_and_pickle_under_the_module_loky_users_import_them_from(name):
+    import pickle
+
+    import cloudpickle
+
+    error_class = getattr(loky.process_executor, name)
+    assert error_class.__module__ == "loky.process_executor"
+    error = error_class("what happened")
+    (line,) = traceback.format_exception_only(error)
+    assert line.startswith(f"loky.process_executor.{name}: ")
+    for dumps in (pickle.dumps, cloudpickle.dumps):
+        copy = pickle.loads(dumps(error))
+        assert type(copy) is error_class
+        assert str(copy) == str(error)
+    assert loky.process_executor.BrokenExecutor is BrokenProcessPool  # loky's alias
+
+
+@pytest.mark.parametrize("name", PUBLIC_ERRORS[:4])
+def test_errors_travel_to_and_from_a_worker_as_themselves(executor_factory, name):
+    error_class = getattr(loky.process_executor, name)
+    executor = executor_factory(max_workers=1)
+    # The class travels to the worker, and an instance of it back.
+    future = executor.submit(helpers.raise_error, error_class, "from the worker")
+    error = future.exception(timeout=30)
+    assert type(error) is error_class
+    assert str(error) == "from the worker"
+    text = "".join(traceback.format_exception(error))
+    assert f"loky.process_executor.{name}: from the worker" in text
+    assert "loky.process_executor._RemoteTraceback: " in text  # the worker's traceback
+
+
 def test_no_process_starts_before_the_first_submit():
     import psutil
 

@@ -355,6 +355,26 @@ def test_workers_share_the_parents_tracker(tmp_path):
     assert err == ""
 
 
+def test_a_tracker_imported_before_the_settings_arrive_uses_the_inherited_pipe():
+    # As in a child whose start-up code imports the tracker before loky applies the
+    # parent's settings: its messages still go to the parent's tracker.
+    out, err = run_python(
+        """
+        import os
+        from loky.backend import resource_tracker as rt
+        from loky import _inherit
+
+        read_end, write_end = os.pipe()
+        _inherit.apply({"tracker_fd": write_end})
+        rt.register("/no/such/file", "file")
+        os.set_blocking(read_end, False)
+        print(b"REGISTER" in os.read(read_end, 4096), rt._resource_tracker._pid)
+        """
+    )
+    assert out.split() == ["True", "None"]  # sent there; no tracker of its own
+    assert err == ""
+
+
 def test_tracker_is_silent_in_normal_operation(tmp_path):
     _, err = run_python(
         f"""
@@ -476,6 +496,30 @@ def test_context_module_api():
         loky_context.set_start_method(None, force=True)
     with pytest.raises(ValueError):
         loky_context.set_start_method("fork")
+
+
+def test_backend_queues_are_made_by_a_context():
+    from loky.backend.queues import Queue, SimpleQueue
+
+    # As with multiprocessing's queues, the context hands itself over; without one, a
+    # clear error instead of multiprocessing's AttributeError on None.
+    for kind in (Queue, SimpleQueue):
+        with pytest.raises(TypeError, match=rf"{kind.__name__}\(\) needs ctx"):
+            kind()
+    # In a subprocess: a queue's lock starts multiprocessing's resource tracker.
+    out, err = run_python(
+        """
+        from loky.backend import get_context
+        from loky.backend.queues import Queue, SimpleQueue
+
+        ctx = get_context("loky")
+        for queue in (ctx.Queue(), ctx.SimpleQueue(), Queue(ctx=ctx), SimpleQueue(ctx=ctx)):
+            queue.put(lambda: 42)  # loky's pickler: a lambda travels
+            print(queue.get()())
+        """
+    )
+    assert out.split() == ["42"] * 4
+    assert err == ""
 
 
 def test_loky_process_is_a_fresh_interpreter_with_env_queues_and_locks():

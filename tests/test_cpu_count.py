@@ -1,7 +1,9 @@
 """Issue 4: `cpu_count(only_physical_cores=False)` — affinity, the cgroup quota of this
 process's own cgroup (v2 and v1), LOKY_MAX_CPU_COUNT, and physical cores.
 
-`loky.backend.context` composes the count from one helper per source, as loky does.
+`loky.backend.context` offers the count composed from one helper per source, as loky
+does (they live in `loky.backend._cpu_count`; one replaced on `loky.backend.context`
+is the one used).
 The cgroup and topology files are faked (`_cpu_count_cgroup` takes a root directory;
 `_PROC_CPUINFO` and `_SYS_CPU` name the topology sources), and the composition is
 checked with the helpers replaced, so these tests do not depend on the machine."""
@@ -52,6 +54,19 @@ def no_cpu_env(monkeypatch):
 def test_public_names():
     assert loky.cpu_count is context.cpu_count
     assert loky.backend.context.cpu_count is context.cpu_count
+
+
+def test_a_helper_replaced_on_the_context_module_is_the_one_used():
+    from unittest import mock
+
+    original = context._cpu_count_cgroup
+    # mock.patch and monkeypatch (the fixtures below) restore in different ways.
+    with mock.patch("loky.backend.context._cpu_count_cgroup", return_value=1) as cgroup:
+        assert loky.cpu_count() == 1
+    cgroup.assert_called_once()
+    assert context._cpu_count_cgroup is original
+    assert 1 <= loky.cpu_count() <= _machine()
+    assert cgroup.call_count == 1  # the real helper ran this time
 
 
 def test_cpu_count_is_bounded_by_the_machine():

@@ -17,24 +17,40 @@ from ._tasks import (
 )
 
 
+# The classes below are defined here and imported from loky.process_executor, where
+# loky has them: they bear that module's name, so that they print (in tracebacks, in
+# repr) and pickle as loky's users know them.
+_PUBLIC_MODULE = "loky.process_executor"
+
+
 class LokyRecursionError(RuntimeError):
     """A process tries to start executors nested deeper than LOKY_MAX_DEPTH."""
+
+    __module__ = _PUBLIC_MODULE
 
 
 class BrokenProcessPool(_StdBrokenProcessPool):
     """The executor cannot run tasks any more, or a task's payload could not travel."""
 
+    __module__ = _PUBLIC_MODULE
+
 
 class TerminatedWorkerError(BrokenProcessPool):
     """The worker running a task died (signal, os._exit, out-of-memory kill...)."""
+
+    __module__ = _PUBLIC_MODULE
 
 
 class ShutdownExecutorError(RuntimeError):
     """The executor was shut down while a task was pending or running."""
 
+    __module__ = _PUBLIC_MODULE
+
 
 class _RemoteTraceback(Exception):
     """Carries the worker-side traceback text as the cause of a task's exception."""
+
+    __module__ = _PUBLIC_MODULE
 
     def __init__(self, tb=None):
         self.tb = f'\n"""\n{tb}"""'
@@ -50,6 +66,8 @@ def _rebuild_exc(exc, tb):
 
 class _ExceptionWithTraceback:
     """Pickles `exc` so that it unpickles with its traceback text as the cause."""
+
+    __module__ = _PUBLIC_MODULE
 
     def __init__(self, exc):
         import traceback

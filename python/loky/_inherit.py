@@ -38,20 +38,27 @@ IMPORTS_MAIN = frozenset({"loky_init_main", "spawn"})
 # Read by loky.backend.resource_tracker when it is imported.
 TRACKER_FD = None
 
+# This process's connection to loky's resource tracker, which
+# loky.backend.resource_tracker hands over when it is imported (`share_tracker`); None
+# until then, so that a bare executor does not start a tracker it has no use for.
+_tracker = None
+
+
+def share_tracker(tracker):
+    """Called by loky.backend.resource_tracker at import, with its `ResourceTracker`:
+    the processes started from here on share it."""
+    global _tracker
+    _tracker = tracker
+
 
 # -- parent side ----------------------------------------------------------------------
 
 
 def _tracker_fd():
-    """The tracker pipe to hand down; None unless this process uses the tracker (it
-    imported `loky.backend.resource_tracker`, as joblib does), so that a bare executor
-    does not start a tracker it has no use for."""
-    if "loky.backend.resource_tracker" not in sys.modules:
-        return None
-    # Imported, not read from sys.modules: another thread may be importing it still.
-    from .backend import resource_tracker
-
-    return resource_tracker.getfd()
+    """The tracker pipe to hand down (the tracker starts if needed); None unless this
+    process uses the tracker (it imported `loky.backend.resource_tracker`, as joblib
+    does)."""
+    return None if _tracker is None else _tracker.getfd()
 
 
 def _mp_tracker_fd():
@@ -66,8 +73,9 @@ def _mp_tracker_fd():
 
 
 def _joblib_switched():
-    switch = sys.modules.get("loky._joblib")
-    return switch is not None and switch.installed()
+    from . import _joblib
+
+    return _joblib.installed()
 
 
 def _main_module_info():
@@ -178,9 +186,9 @@ def apply(settings):
     """In a new interpreter, before it unpickles anything from its parent."""
     global TRACKER_FD
     TRACKER_FD = settings.get("tracker_fd")
-    tracker = sys.modules.get("loky.backend.resource_tracker")
-    if tracker is not None and TRACKER_FD is not None:
-        tracker._resource_tracker._fd = TRACKER_FD
+    if _tracker is not None and TRACKER_FD is not None:
+        # Imported before this point (a tracker imported later reads TRACKER_FD).
+        _tracker.use_inherited_pipe(TRACKER_FD)
     if settings.get("mp_tracker_fd") is not None:
         from ._cpython import set_mp_tracker_fd
 

@@ -1,13 +1,19 @@
 """An executor's options, checked once, here, where the messages live.
 
-`ExecutorOptions` is the one value that both builds an executor and decides whether
-`get_reusable_executor` may reuse the current one. Wrong types raise `TypeError`
+`ExecutorOptions` is the one value, frozen, that both builds an executor and decides
+whether `get_reusable_executor` may reuse the current one: the executors' signatures
+hand their arguments to it, and pass it on whole. Wrong types raise `TypeError`
 naming the parameter and the type given; wrong values raise `ValueError`. Nothing is
 started before the checks pass.
 """
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from multiprocessing.context import BaseContext
 from numbers import Integral, Real
+
+from .backend.context import cpu_count, executor_start_method
 
 
 def _describe(value):
@@ -80,56 +86,50 @@ def check_initargs(initargs):
         ) from None
 
 
+@dataclass(frozen=True, kw_only=True)
 class ExecutorOptions:
-    """Everything an executor is built from, checked. `max_workers` is the only option
-    an executor changes in place; the others decide whether it can be reused."""
+    """Everything an executor is built from, checked when made (in the order below,
+    so that the first wrong argument is the one reported). `max_workers` is the only
+    option an executor changes in place (a resize); the others decide whether
+    `get_reusable_executor` may reuse it."""
 
-    _REUSE_KEYS = (
-        "context",
-        "timeout",
-        "job_reducers",
-        "result_reducers",
-        "initializer",
-        "initargs",
-        "env",
-        "max_tasks_per_child",
-    )
-    __slots__ = ("max_workers",) + _REUSE_KEYS
+    max_workers: int | None = None  # None: `cpu_count()` (see `workers`)
+    context: str | BaseContext | None = None  # None: loky's default start method
+    timeout: float | None = None  # seconds an idle worker waits before it exits
+    job_reducers: dict | None = None
+    result_reducers: dict | None = None  # None: the job reducers
+    initializer: Callable[..., object] | None = None
+    initargs: tuple = ()
+    env: dict[str, str] | None = None  # {} once checked
+    max_tasks_per_child: int | None = None
+    # The start method `context` asks for. Derived, so not compared: two executors
+    # asked for with the same `context` are alike, as in loky.
+    start_method: str = field(init=False, compare=False)
 
-    def __init__(
-        self,
-        max_workers=None,
-        context=None,
-        timeout=None,
-        job_reducers=None,
-        result_reducers=None,
-        initializer=None,
-        initargs=(),
-        env=None,
-        max_tasks_per_child=None,
-        *,
-        default_max_workers=None,
-    ):
-        """Check every argument; `max_workers=None` becomes `default_max_workers()`
-        (default: the number of usable CPUs)."""
-        from .backend.context import cpu_count, executor_start_method
+    def __post_init__(self):
+        checked = {
+            "max_workers": check_int("max_workers", self.max_workers),
+            "start_method": executor_start_method(self.context),  # refuses "fork"
+            "timeout": check_seconds("timeout", self.timeout),
+            "job_reducers": check_reducers("job_reducers", self.job_reducers),
+            "result_reducers": check_reducers("result_reducers", self.result_reducers),
+            "initializer": check_callable("initializer", self.initializer),
+            "initargs": check_initargs(self.initargs),
+            "env": check_env(self.env),
+            "max_tasks_per_child": check_int("max_tasks_per_child", self.max_tasks_per_child),
+        }
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)  # frozen: set once, here
 
-        max_workers = check_int("max_workers", max_workers)
-        executor_start_method(context)  # refuses unknown and "fork" contexts
-        self.context = context
-        self.timeout = check_seconds("timeout", timeout)
-        self.job_reducers = check_reducers("job_reducers", job_reducers)
-        self.result_reducers = check_reducers("result_reducers", result_reducers)
-        self.initializer = check_callable("initializer", initializer)
-        self.initargs = check_initargs(initargs)
-        self.env = check_env(env)
-        self.max_tasks_per_child = check_int("max_tasks_per_child", max_tasks_per_child)
-        if max_workers is None:
-            max_workers = (default_max_workers or cpu_count)()
-        self.max_workers = max_workers
+    def workers(self):
+        """The number of workers asked for (`cpu_count()` when `max_workers` is None)."""
+        return cpu_count() if self.max_workers is None else self.max_workers
+
+    @property
+    def reducers_for_results(self):
+        """The reducers the workers pickle results with."""
+        return self.job_reducers if self.result_reducers is None else self.result_reducers
 
     def same_but_size(self, other):
         """True if `other` differs from these options in `max_workers` at most."""
-        return other is not None and all(
-            getattr(self, key) == getattr(other, key) for key in self._REUSE_KEYS
-        )
+        return other is not None and replace(other, max_workers=self.max_workers) == self

@@ -5,29 +5,25 @@
         TaskResult   ─► the future's result or exception (unpickled here)
         WorkerDied   ─► TerminatedWorkerError on its task
         TaskEnded    ─► TimeoutError, or the future cancelled (terminated)
-        WorkerStarted / WorkerExited ─► the "loky" logger
+        WorkerStarted / WorkerExited ─► the "loky" logger (an exit also finishes the
+                                        worker's `WorkerProcess`, see `_processes`)
         InitFailed / StartFailed     ─► the executor is broken, its futures fail
         PoolClosed   ─► the result thread ends
 
 Lifecycle events (workers started, recycled, crashed; resizes; shutdowns) are logged to
 the ``loky`` logger, silent unless logging is configured, and to multiprocessing's
-logger when ``multiprocessing.util.log_to_stderr()`` is on, as loky does.
-
-Also here: what happens to the pools when the interpreter exits, and when Ctrl-C
-arrives (see `interrupt`).
+logger when ``multiprocessing.util.log_to_stderr()`` is on, as loky does. The result
+thread runs while its pool is in `_live_pools`, which also holds what the interpreter's
+exit and Ctrl-C do to the pools.
 """
 
 import functools
 import logging
 import os
-import signal
-import sys
-import threading
 import warnings
-import weakref
 from time import monotonic
 
-from . import _core, _cpython
+from . import _core, _cpython, _live_pools
 from ._errors import (
     BrokenProcessPool,
     _decode_result,
@@ -40,6 +36,7 @@ from ._errors import (
     _with_cause,
     _worker_start_error,
 )
+from ._processes import WorkerProcesses
 
 _logger = logging.getLogger("loky")
 _logger.addHandler(logging.NullHandler())  # silent unless the user configures logging
@@ -73,10 +70,8 @@ class _PoolState:
         # Descriptors the workers inherit at start (from the initializer's arguments):
         # ours to close once the pool has closed and starts no worker.
         self.start_fds = list(start_fds)
-        # `WorkerProcess` objects handed out, by pid, until their worker's exit is
-        # known; then that exit code, for a while (see `processes`).
-        self.workers = {}
-        self.exitcodes = {}
+        # What `executor._processes` hands out.
+        self.processes = WorkerProcesses(pool)
         self.has_initializer = has_initializer
         self.closed = False  # the result thread has stopped
         self.warned_of_growth = False
@@ -193,39 +188,8 @@ class _PoolState:
         how = "forked from the template" if event.forked else "started"
         _log(logging.DEBUG, "loky worker %d %s", event.pid, how)
 
-    def processes(self):
-        """pid -> WorkerProcess for the workers that serve the pool now: alive, and not
-        on their way out (a worker the pool asked to leave, after a resize for
-        instance, is left out, as loky's resize waits for it). The core publishes a
-        worker as gone a moment after its exit event may have been applied here: a pid
-        whose exit is known is left out, so that no object waits for an exit already
-        seen."""
-        workers = self.workers
-        alive = {}
-        # A snapshot from the manager (one round trip): it includes the workers it
-        # starts for the tasks submitted before this call.
-        serving = (w.pid for w in self.pool.stats() if w.state != "exiting")
-        for pid in serving:
-            if pid in self.exitcodes:
-                continue
-            process = workers.setdefault(pid, WorkerProcess(pid, self))
-            if pid in self.exitcodes:  # its exit was applied meanwhile
-                workers.pop(pid, None)
-                process._finish(self.exitcodes[pid])
-                continue
-            alive[pid] = process
-        return alive
-
-    def _record_exit(self, pid, exitcode):
-        if len(self.exitcodes) >= 4096:
-            self.exitcodes.pop(next(iter(self.exitcodes)))
-        self.exitcodes[pid] = exitcode  # before the look at `workers`: see processes()
-        process = self.workers.pop(pid, None)
-        if process is not None:
-            process._finish(exitcode)
-
     def _on_worker_exited(self, event):
-        self._record_exit(event.pid, event.exitcode)
+        self.processes.record_exit(event.pid, event.exitcode)
         status = _format_exitcodes([event.exitcode])
         if event.reason in ("died", "killed"):
             _log(
@@ -260,7 +224,7 @@ class _PoolState:
 
     def _on_start_failed(self, event):
         if event.pid:  # 0: no process was started
-            self._record_exit(event.pid, event.exitcode)
+            self.processes.record_exit(event.pid, event.exitcode)
         self._break(
             _start_error(
                 event.pid, event.exitcode, event.errno, event.message, self.has_initializer
@@ -278,63 +242,6 @@ class _PoolState:
         self.fail_all(lambda: _with_cause(BrokenProcessPool(self.broken), error.__cause__))
 
 
-class WorkerProcess:
-    """A worker of an executor, with the part of `multiprocessing.Process`'s interface
-    that code written for loky's and the standard library's `_processes` uses."""
-
-    def __init__(self, pid, state):
-        self.pid = pid
-        self.name = f"LokyProcess-{pid}"
-        self._state = state
-        self._exitcode = None
-        self._exited = threading.Event()
-        self._sentinel = None
-
-    def _finish(self, exitcode):
-        self._exitcode = exitcode
-        self._exited.set()
-
-    def __repr__(self):
-        status = "alive" if self.exitcode is None else f"exitcode={self.exitcode}"
-        return f"<WorkerProcess pid={self.pid} {status}>"
-
-    @property
-    def exitcode(self):
-        """None while the worker runs; then its exit code (-N: killed by signal N)."""
-        return self._exitcode
-
-    def is_alive(self):
-        return not self._exited.is_set()
-
-    def join(self, timeout=None):
-        """Wait until the worker has exited and its exit code is known."""
-        self._exited.wait(timeout)
-
-    def terminate(self):
-        self._signal(signal.SIGTERM)
-
-    def kill(self):
-        self._signal(signal.SIGKILL)
-
-    def _signal(self, signum):
-        # The core reaps its workers: while it lists this pid, the pid is this worker.
-        if self.is_alive() and self.pid in self._state.pool.pids():
-            try:
-                os.kill(self.pid, signum)
-            except ProcessLookupError:
-                pass
-
-    @property
-    def sentinel(self):
-        """A descriptor that becomes readable when the worker ends (a pidfd; Linux)."""
-        if self._sentinel is None:
-            if not hasattr(os, "pidfd_open"):
-                raise NotImplementedError("a worker's sentinel needs pidfds (Linux)")
-            self._sentinel = os.pidfd_open(self.pid)
-            weakref.finalize(self, os.close, self._sentinel)
-        return self._sentinel
-
-
 def _run_results(state):
     """Body of the result thread: apply event batches until the pool closes."""
     try:
@@ -345,66 +252,7 @@ def _run_results(state):
         for fd in state.start_fds:
             os.close(fd)
         state.start_fds = []
-        # Every worker has exited; an exit not reported (none is expected) is unknown.
-        for process in list(state.workers.values()):
-            process._finish(None)
+        state.processes.finish_all()
         # Outcomes handed to a waiting thread are that thread's to apply.
         state.fail_all(_shut_down_error, spare=set(state.pool.claimed_outcomes()))
         _live_pools.discard(state)
-
-
-# Pools whose result thread is running: shut down at interpreter exit.
-_live_pools = set()
-interpreter_exiting = False
-
-
-def _interrupted():
-    """Whether the interpreter is exiting because of an unhandled KeyboardInterrupt."""
-    last = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
-    return isinstance(last, KeyboardInterrupt)
-
-
-def _on_interpreter_exit():
-    """Let pending tasks finish, then stop every pool before the interpreter goes. After
-    Ctrl-C (an unhandled KeyboardInterrupt), end the workers at once instead: the user
-    asked the program to stop."""
-    global interpreter_exiting
-    interpreter_exiting = True
-    how = "terminate" if _interrupted() else "graceful"
-    for state in list(_live_pools):
-        state.pool.shutdown(how)
-    for state in list(_live_pools):
-        thread = state.thread
-        if thread is not threading.current_thread():
-            thread.join()
-
-
-_cpython.register_before_threads_join(_on_interpreter_exit)
-
-
-# -- Ctrl-C ----------------------------------------------------------------------------
-#
-# A terminal's Ctrl-C signals the whole foreground process group, but workers lead
-# groups of their own (so that ending a worker ends its children). The parent's SIGINT
-# handler therefore passes the signal on to the workers that run a task, whose tasks
-# get KeyboardInterrupt as they would with loky; idle workers ignore it. It is
-# installed only over Python's default handler, so a user's own handler keeps working
-# (and then decides what happens).
-
-
-def _forward_and_raise(signum, frame):
-    for state in list(_live_pools):
-        try:
-            state.pool.interrupt()
-        except _core.InheritedPoolError:
-            pass
-    signal.default_int_handler(signum, frame)
-
-
-def forward_interrupts():
-    """Install the forwarding SIGINT handler if Python's default one is in place (and
-    this is the main thread, where handlers are set)."""
-    if threading.current_thread() is not threading.main_thread():
-        return
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        signal.signal(signal.SIGINT, _forward_and_raise)

@@ -45,7 +45,7 @@ from multiprocessing.context import BaseContext
 from pickle import PicklingError
 from typing import Any, ParamSpec, TypeVar
 
-from . import _core, _cpython, _inherit, _pool_state
+from . import _core, _cpython, _inherit, _live_pools, _worker
 from ._base import Future
 from ._errors import (
     BrokenProcessPool,
@@ -62,11 +62,13 @@ from ._errors import (
 from ._map import executor_map
 from ._options import ExecutorOptions, check_seconds
 from ._payload import pack, release_cached_segments
-from ._pool_state import WorkerProcess, _live_pools, _log, _PoolState, _run_results
+from ._pool_state import _log, _PoolState, _run_results
+from ._processes import WorkerProcess
 from ._tasks import run_chunk
-from ._worker import MemoryGuard
 from .backend import reduction
-from .backend.context import executor_start_method
+
+# loky's other name for it.
+BrokenExecutor = BrokenProcessPool
 
 _T = TypeVar("_T")
 _P = ParamSpec("_P")
@@ -81,18 +83,14 @@ __all__ = [
 ]
 
 
-def _depth_of_this_process():
-    worker = sys.modules.get("loky._worker")
-    return worker.DEPTH if worker is not None else 0
-
-
-# Nesting depth: 0 in the main process, parent's + 1 in a worker.
-_CURRENT_DEPTH = _depth_of_this_process()
+# Nesting depth: 0 in the main process, parent's + 1 in a worker (where it is set before
+# any task can import this module).
+_CURRENT_DEPTH = _worker.DEPTH
 MAX_DEPTH = int(os.environ.get("LOKY_MAX_DEPTH", 10))
 
 # Seconds between two memory checks of a worker (read by the workers, where a task may
 # change it); the growth allowed is LOKY_MAX_MEMORY_LEAK_SIZE bytes.
-_MEMORY_LEAK_CHECK_DELAY = MemoryGuard.CHECK_INTERVAL
+_MEMORY_LEAK_CHECK_DELAY = _worker.MemoryGuard.CHECK_INTERVAL
 
 _WORKER_BOOTSTRAP = "from loky._worker import main; main({pid})"
 _TEMPLATE_BOOTSTRAP = "from loky._worker import serve_template; serve_template({pid})"
@@ -175,38 +173,38 @@ class ProcessPoolExecutor(Executor):
         env: dict[str, str] | None = None,
         max_tasks_per_child: int | None = None,
     ) -> None:
-        options = ExecutorOptions(
-            max_workers=max_workers,
-            context=context,
-            timeout=timeout,
-            job_reducers=job_reducers,
-            result_reducers=result_reducers,
-            initializer=initializer,
-            initargs=initargs,
-            env=env,
-            max_tasks_per_child=max_tasks_per_child,
+        self._setup(
+            ExecutorOptions(
+                max_workers=max_workers,
+                job_reducers=job_reducers,
+                result_reducers=result_reducers,
+                timeout=timeout,
+                context=context,
+                initializer=initializer,
+                initargs=initargs,
+                env=env,
+                max_tasks_per_child=max_tasks_per_child,
+            )
         )
+
+    def _setup(self, options):
+        """The executor's state, from `options` (checked: a subclass that holds them
+        already calls this instead of `__init__`)."""
+        self._max_workers = options.workers()  # changed in place by a resize
         _check_max_depth()
         self._options = options
-        self._max_workers = options.max_workers
-        self._env = options.env
-        self._context = options.context
-        self._start_method = executor_start_method(options.context)
-        self._initializer = options.initializer
-        self._initargs = options.initargs
-        self._job_reducers = options.job_reducers
-        self._result_reducers = (
-            options.job_reducers if options.result_reducers is None else options.result_reducers
-        )
-        self._timeout = options.timeout
-        self._max_tasks_per_child = options.max_tasks_per_child
         self._submit_lock = threading.Lock()
         _executors.add(self)
         # Used under _submit_lock only: one task is pickled at a time.
-        self._serializer = reduction.Serializer(job_reducers)
+        self._serializer = reduction.Serializer(options.job_reducers)
         self._task_ids = itertools.count()
         self._state = None
         self._flags = _ExecutorFlags()
+
+    @property
+    def _timeout(self):
+        """Seconds after which an idle worker exits (None: never), as loky names it."""
+        return self._options.timeout
 
     # -- starting ---------------------------------------------------------------
 
@@ -223,14 +221,15 @@ class ProcessPoolExecutor(Executor):
         }
         # Resource tracker pipe, joblib switch, authkey, __main__ (see _inherit.py).
         settings.update(child_settings)
-        if self._initializer is None and self._result_reducers is None:
+        options = self._options
+        if options.initializer is None and options.reducers_for_results is None:
             # Nothing for the loky pickler (whose cloudpickle is slow to import).
             initializer, fds = pickle.dumps((None, (), None), protocol=5), []
         else:
-            reducers = {**_inherit.multiprocessing_reducers(), **(self._job_reducers or {})}
+            reducers = {**_inherit.multiprocessing_reducers(), **(options.job_reducers or {})}
             initializer, fds = _inherit.dumps_at_start(
                 lambda: reduction.dumps_bytes(
-                    (self._initializer, self._initargs, self._result_reducers),
+                    (options.initializer, options.initargs, options.reducers_for_results),
                     reducers=reducers,
                 )
             )
@@ -239,7 +238,7 @@ class ProcessPoolExecutor(Executor):
 
     def _start_pool(self):
         child_settings, pass_fds = _inherit.child_settings(
-            self._start_method, process_name="LokyProcess"
+            self._options.start_method, process_name="LokyProcess"
         )
         init, start_fds = self._init_message(child_settings)
         try:
@@ -261,7 +260,8 @@ class ProcessPoolExecutor(Executor):
             "loky core facilities: %s",
             ", ".join(f"{name} {how}" for name, how in _core.facilities()),
         )
-        state = _PoolState(pool, self._initializer is not None, self._flags, start_fds)
+        has_initializer = self._options.initializer is not None
+        state = _PoolState(pool, has_initializer, self._flags, start_fds)
         state.thread = threading.Thread(
             target=_run_results, args=(state,), name="loky-results", daemon=True
         )
@@ -274,26 +274,27 @@ class ProcessPoolExecutor(Executor):
             raise _thread_start_error("result thread", exc) from None
         # An executor dropped without shutdown() finishes its work, then stops.
         weakref.finalize(self, _shut_down_unreferenced, pool, self._flags).atexit = False
-        _pool_state.forward_interrupts()
+        _live_pools.forward_interrupts()
         return state
 
     def _new_core_pool(self, pass_fds, init, start_fds):
         worker_code = _WORKER_BOOTSTRAP.format(pid=os.getpid())
         template_code = _TEMPLATE_BOOTSTRAP.format(pid=os.getpid())
+        options = self._options
         return _core.Pool(
             program=sys.executable,
             args=["-c", _inherit.python_code(worker_code)],
-            env=list(self._env.items()),
+            env=list(options.env.items()),
             init=init,
             max_workers=self._max_workers,
-            idle_timeout=self._timeout,
-            max_tasks_per_child=self._max_tasks_per_child,
+            idle_timeout=options.timeout,
+            max_tasks_per_child=options.max_tasks_per_child,
             # Workers are this process's children, as with loky and the standard
             # library, unless the pool replaces them routinely: then a template
             # process forks the replacements (its children) in a millisecond.
             template_args=(
                 None
-                if self._max_tasks_per_child is None
+                if options.max_tasks_per_child is None
                 else ["-c", _inherit.python_code(template_code)]
             ),
             pass_fds=pass_fds + start_fds,
@@ -340,7 +341,7 @@ class ProcessPoolExecutor(Executor):
 
     def _submit_locked(self, fn, args, kwargs, timeout):
         """The submit itself, under `_submit_lock` with the executor not shut down."""
-        if _pool_state.interpreter_exiting:
+        if _live_pools.interpreter_exiting:
             raise ShutdownExecutorError(
                 "cannot schedule new futures after interpreter shutdown"
             )
@@ -501,7 +502,7 @@ class ProcessPoolExecutor(Executor):
         state = self._state
         if state is None or state.inherited():
             return {}
-        return state.processes()
+        return state.processes.alive()
 
     @property
     def _executor_manager_thread(self) -> threading.Thread | None:

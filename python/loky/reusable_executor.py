@@ -14,6 +14,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from multiprocessing.context import BaseContext
 from typing import Any, Literal
 
@@ -82,31 +83,8 @@ def get_reusable_executor(
 class _ReusablePoolExecutor(ProcessPoolExecutor):
     """The class of the reusable executor; subclasses get the same singleton."""
 
-    def __init__(
-        self,
-        submit_resize_lock,
-        max_workers=None,
-        context=None,
-        timeout=None,
-        executor_id=0,
-        job_reducers=None,
-        result_reducers=None,
-        initializer=None,
-        initargs=(),
-        env=None,
-        max_tasks_per_child=None,
-    ):
-        super().__init__(
-            max_workers=max_workers,
-            context=context,
-            timeout=timeout,
-            job_reducers=job_reducers,
-            result_reducers=result_reducers,
-            initializer=initializer,
-            initargs=initargs,
-            env=env,
-            max_tasks_per_child=max_tasks_per_child,
-        )
+    def __init__(self, submit_resize_lock, options, executor_id=0):
+        self._setup(options)  # checked by `get_reusable_executor`
         self.executor_id = executor_id
         self._submit_resize_lock = submit_resize_lock
         self._successor = None  # the executor that replaced this one
@@ -129,48 +107,34 @@ class _ReusablePoolExecutor(ProcessPoolExecutor):
         """Return ``(executor, is_reused)``; see `get_reusable_executor`."""
         if reuse not in ("auto", True, False):
             raise ValueError(f"reuse must be 'auto', True or False, got {reuse!r}")
+        options = ExecutorOptions(
+            max_workers=max_workers,
+            context=context,
+            timeout=timeout,
+            job_reducers=job_reducers,
+            result_reducers=result_reducers,
+            initializer=initializer,
+            initargs=initargs,
+            env=env,
+            max_tasks_per_child=max_tasks_per_child,
+        )
         replaced = None
         with _executor_lock:
             executor = _current_executor()
-            keep_size = None
-            if reuse is True and executor is not None:
-                keep_size = lambda: executor._max_workers  # noqa: E731
-            options = ExecutorOptions(
-                max_workers=max_workers,
-                context=context,
-                timeout=timeout,
-                job_reducers=job_reducers,
-                result_reducers=result_reducers,
-                initializer=initializer,
-                initargs=initargs,
-                env=env,
-                max_tasks_per_child=max_tasks_per_child,
-                default_max_workers=keep_size,
-            )
             if executor is not None:
+                if reuse is True and options.max_workers is None:
+                    options = replace(options, max_workers=executor._max_workers)
                 reusable = reuse is True or (
                     reuse == "auto" and options.same_but_size(executor._options)
                 )
                 if reusable and not executor._is_broken_or_shut_down():
-                    executor._resize(options.max_workers)
+                    executor._resize(options.workers())
                     return executor, True
                 # From now on its submits go to the new executor.
                 with executor._submit_lock:
                     executor._flags.shutdown = True
                 replaced = executor
-            _local.executor = new = cls(
-                _executor_lock,
-                max_workers=options.max_workers,
-                context=options.context,
-                timeout=options.timeout,
-                executor_id=next(_executor_ids),
-                job_reducers=options.job_reducers,
-                result_reducers=options.result_reducers,
-                initializer=options.initializer,
-                initargs=options.initargs,
-                env=options.env,
-                max_tasks_per_child=options.max_tasks_per_child,
-            )
+            _local.executor = new = cls(_executor_lock, options, next(_executor_ids))
             if replaced is not None:
                 replaced._successor = new
         if replaced is not None:

@@ -5,6 +5,9 @@ default, see `reduction`) and the queue's own `reducers`, so that functions defi
 
 Items are pickled in the thread that puts them (multiprocessing pickles a `Queue`'s
 items later, in its feeder thread): an item that cannot be pickled raises at `put`.
+
+As multiprocessing's queues, they are made by a context (``get_context().Queue()``),
+which hands itself over as `ctx`; this module knows no context of its own.
 """
 
 import pickle
@@ -18,11 +21,12 @@ from . import reduction
 __all__ = ["Queue", "SimpleQueue", "Full"]
 
 
-def _context(ctx):
+def _context(ctx, kind):
     if ctx is None:
-        from .context import get_context
-
-        ctx = get_context()
+        raise TypeError(
+            f"{kind}() needs ctx, the multiprocessing context its processes come from: "
+            f"use loky.backend.get_context().{kind}(), or pass ctx="
+        )
     return ctx
 
 
@@ -58,7 +62,7 @@ class _CarriesReducers:
 
 class Queue(_CarriesReducers, _Queue):
     def __init__(self, maxsize=0, reducers=None, ctx=None):
-        super().__init__(maxsize=maxsize, ctx=_context(ctx))
+        super().__init__(maxsize=maxsize, ctx=_context(ctx, "Queue"))
         self._reducers = reducers
 
     def put(self, obj, block=True, timeout=None):
@@ -68,7 +72,7 @@ class Queue(_CarriesReducers, _Queue):
 
 class SimpleQueue(_CarriesReducers, _SimpleQueue):
     def __init__(self, reducers=None, ctx=None):
-        super().__init__(ctx=_context(ctx))
+        super().__init__(ctx=_context(ctx, "SimpleQueue"))
         self._reducers = reducers
 
     def put(self, obj):

@@ -28,6 +28,8 @@ import sys
 import threading
 import warnings
 
+from .. import _inherit
+
 __all__ = ["ensure_running", "register", "unregister", "maybe_unlink", "getfd"]
 
 # Log every command on the tracker's stderr. Read when the tracker is started.
@@ -84,19 +86,14 @@ def _decode_message(line):
     return cmd, rtype, name
 
 
-def _inherited_fd():
-    """The tracker pipe this process got from its parent, if loky started it."""
-    inherit = sys.modules.get("loky._inherit")
-    return getattr(inherit, "TRACKER_FD", None)
-
-
 class ResourceTracker:
     """This process's connection to the tracker; started on first use."""
 
     def __init__(self):
         self._lock = threading.RLock()
-        # Write end of the pipe to the tracker.
-        self._fd = _inherited_fd()
+        # Write end of the pipe to the tracker: the one this process got from its
+        # parent, if loky started it.
+        self._fd = _inherit.TRACKER_FD
         # Set only in the process that started the tracker.
         self._pid = None
         # The exit status of the last tracker seen dead.
@@ -109,6 +106,12 @@ class ResourceTracker:
         # tracker's parent, and may have been forked while another thread held the lock.
         self._lock = threading.RLock()
         self._pid = None
+
+    def use_inherited_pipe(self, fd):
+        """Report to the parent's tracker through `fd`, the write end of its pipe that
+        this process inherited."""
+        with self._lock:
+            self._fd = fd
 
     def getfd(self):
         """The write end of the pipe to the tracker, starting the tracker if needed."""
@@ -162,9 +165,7 @@ class ResourceTracker:
     def _launch(self):
         """Start the tracker with the read end of a new pipe; keep the write end."""
         read_end, write_end = os.pipe()
-        from .._inherit import python_code
-
-        code = python_code(
+        code = _inherit.python_code(
             f"from loky.backend.resource_tracker import main; "
             f"main({read_end}, {bool(VERBOSE)})"
         )
@@ -235,6 +236,8 @@ maybe_unlink = _resource_tracker.maybe_unlink
 getfd = _resource_tracker.getfd
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_resource_tracker._after_fork_in_child)
+# The processes this one starts (executors' workers, the loky context's) share it.
+_inherit.share_tracker(_resource_tracker)
 
 
 # -- the tracker process --------------------------------------------------------------
