@@ -7,7 +7,7 @@
 //!        ◄───────────────────────────────────────── ready(), or start_failed(report) then exit
 //!  TASK (pickled call; its segment) ──────────────► recv_task(): taken (ledger), segment mapped
 //!        ◄───────────────────────────────────────── send_result(id, outcome; its segment)
-//!        ◄───────────────────────────────────────── retiring() then exit (memory growth)
+//!        ◄───────────────────────────────────────── retiring() then exit (memory)
 //!  EXIT, or the end of the stream ────────────────► recv_*() gives None: the worker exits
 //! ```
 //!
@@ -25,7 +25,7 @@ use std::os::fd::{AsFd, RawFd};
 use crate::channel::Channel;
 use crate::ledger::LedgerWriter;
 use crate::shm::Incoming;
-use crate::wire::{empty_body, Attached, Attachment, Body, Frame, Kind, OutFrame};
+use crate::wire::{empty_body, encode_retiring, Attached, Attachment, Body, Frame, Kind, OutFrame};
 
 /// Blocking frame I/O on one channel.
 pub trait Transport {
@@ -170,10 +170,10 @@ impl<T: Transport> Endpoint<T> {
         self.transport.send(frame)
     }
 
-    /// It leaves on its own (memory growth): tasks sent to it go elsewhere.
-    pub fn retiring(&mut self) -> io::Result<()> {
-        self.transport
-            .send(OutFrame::new(0, Kind::Retiring, empty_body()))
+    /// It leaves on its own (its memory grew, or passed the pool's limit: `over_limit`):
+    /// tasks sent to it go elsewhere.
+    pub fn retiring(&mut self, over_limit: bool) -> io::Result<()> {
+        self.transport.send(encode_retiring(over_limit))
     }
 }
 
@@ -252,7 +252,7 @@ mod tests {
         assert!(ledger.took(6));
         assert!(worker.recv_task().unwrap().is_none());
         assert!(worker.recv_task().unwrap().is_none());
-        worker.retiring().unwrap();
+        worker.retiring(false).unwrap();
         assert_eq!(
             header(&manager.recv().unwrap().unwrap()),
             (Some(Kind::Retiring), 0)

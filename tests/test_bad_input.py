@@ -191,7 +191,7 @@ def test_the_constructors_take_lokys_arguments_in_lokys_order():
     def parameters(function):
         return [(p.name, p.default) for p in inspect.signature(function).parameters.values()]
 
-    # loky 3.7's, then what this package adds (max_tasks_per_child).
+    # loky 3.7's, then what this package adds (max_tasks_per_child, max_worker_memory).
     assert parameters(ProcessPoolExecutor) == [
         ("max_workers", None),
         ("job_reducers", None),
@@ -202,6 +202,7 @@ def test_the_constructors_take_lokys_arguments_in_lokys_order():
         ("initargs", ()),
         ("env", None),
         ("max_tasks_per_child", None),
+        ("max_worker_memory", None),
     ]
     assert parameters(get_reusable_executor) == [
         ("max_workers", None),
@@ -215,6 +216,7 @@ def test_the_constructors_take_lokys_arguments_in_lokys_order():
         ("initargs", ()),
         ("env", None),
         ("max_tasks_per_child", None),
+        ("max_worker_memory", None),
     ]
 
 

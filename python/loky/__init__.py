@@ -16,6 +16,7 @@ __all__ = [
     "Executor",
     "ProcessPoolExecutor",
     "BrokenProcessPool",
+    "MemoryLimitError",
     "CancelledError",
     "TimeoutError",
     "FIRST_COMPLETED",
@@ -46,6 +47,7 @@ _LAZY = {
     "get_reusable_executor": ".reusable_executor",
     "wrap_non_picklable_objects": ".cloudpickle_wrapper",
     "BrokenProcessPool": ".process_executor",
+    "MemoryLimitError": ".process_executor",
     "ProcessPoolExecutor": ".process_executor",
     "use_with_joblib": "._joblib",
 }
@@ -74,6 +76,7 @@ if TYPE_CHECKING:
     from .backend.reduction import set_loky_pickler as set_loky_pickler
     from .cloudpickle_wrapper import wrap_non_picklable_objects as wrap_non_picklable_objects
     from .process_executor import BrokenProcessPool as BrokenProcessPool
+    from .process_executor import MemoryLimitError as MemoryLimitError
     from .process_executor import ProcessPoolExecutor as ProcessPoolExecutor
     from .reusable_executor import get_reusable_executor as get_reusable_executor
 

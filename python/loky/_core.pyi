@@ -6,10 +6,51 @@ Python object and every message a user reads. Nothing here is public API: the
 ``loky`` package builds its executors on it.
 """
 
+import sys
 from collections.abc import Callable, Sequence
 
 from typing_extensions import Buffer
 from typing import Final, final
+
+__all__ = [
+    "__version__",
+    "Pool",
+    "TaskState",
+    "ExitReason",
+    "EndCause",
+    "WorkerState",
+    "Shutdown",
+    "TaskResult",
+    "WorkerDied",
+    "Attempt",
+    "TaskEnded",
+    "WorkerStat",
+    "WorkerStarted",
+    "WorkerExited",
+    "InitFailed",
+    "StartFailed",
+    "PoolClosed",
+    "WorkerEndpoint",
+    "TaskMessage",
+    "Payload",
+    "SharedSegment",
+    "OutgoingSegment",
+    "InheritedPoolError",
+    "spawn_process",
+    "descendants",
+    "serve_template",
+    "facilities",
+    "children_reaped_by_kernel",
+    "watch_parent",
+    "write_segment",
+    "configure_segment_cache",
+    "close_descriptors_beyond_limit",
+    "segment_cache_usage",
+    "release_cached_segments",
+    "fork_prepare",
+    "fork_parent",
+    "fork_child",
+]
 
 __version__: Final[str]
 """The distribution's version (from the crate's Cargo.toml)."""
@@ -25,7 +66,8 @@ class Payload(Buffer):
     buffer protocol (``memoryview(payload)``, ``pickle.loads(payload)``)."""
 
     def __len__(self) -> int: ...
-    def __buffer__(self, flags: int, /) -> memoryview: ...
+    if sys.version_info >= (3, 12):  # the buffer protocol is Python-visible from 3.12
+        def __buffer__(self, flags: int, /) -> memoryview: ...
 
 @final
 class SharedSegment(Buffer):
@@ -34,7 +76,8 @@ class SharedSegment(Buffer):
     only by the process that received it. Holds no file descriptor."""
 
     def __len__(self) -> int: ...
-    def __buffer__(self, flags: int, /) -> memoryview: ...
+    if sys.version_info >= (3, 12):  # the buffer protocol is Python-visible from 3.12
+        def __buffer__(self, flags: int, /) -> memoryview: ...
 
 @final
 class OutgoingSegment:
@@ -67,8 +110,64 @@ def fork_child() -> None:
     """``os.register_at_fork(after_in_child=...)``: received segments become the
     child's private copies of what they held at fork time."""
 
+# -- named values ------------------------------------------------------------------------
+# Compared by identity (`event.reason is ExitReason.DIED`); `str()` gives the words a
+# log or message uses ("idle timeout").
+
+@final
+class TaskState:
+    """Where a task is in its life (`Pool.task_state`); a done task has none."""
+
+    QUEUED: TaskState
+    SENT: TaskState  # written to a worker behind another task; not started
+    RUNNING: TaskState
+    ENDING: TaskState  # its worker is being ended for it
+
+@final
+class ExitReason:
+    """Why a worker left the pool (`WorkerExited.reason`)."""
+
+    IDLE_TIMEOUT: ExitReason
+    TASK_LIMIT: ExitReason
+    MEMORY_GROWTH: ExitReason  # past LOKY_MAX_MEMORY_LEAK_SIZE, said by the worker
+    SHRINK: ExitReason
+    SHUTDOWN: ExitReason
+    DIED: ExitReason
+    KILLED: ExitReason  # it broke the channel's protocol
+    TASK_TIMEOUT: ExitReason
+    TASK_TERMINATED: ExitReason
+    MEMORY_LIMIT: ExitReason  # past max_worker_memory
+
+@final
+class EndCause:
+    """Why the manager ended a task's worker (`TaskEnded.cause`, `Attempt.cause`)."""
+
+    TIMEOUT: EndCause
+    TERMINATED: EndCause
+    MEMORY_LIMIT: EndCause
+
+@final
+class WorkerState:
+    """What a worker does (`WorkerStat.state`)."""
+
+    STARTING: WorkerState
+    IDLE: WorkerState
+    BUSY: WorkerState
+    EXITING: WorkerState
+
+@final
+class Shutdown:
+    """How a pool stops (`Pool.shutdown`): GRACEFUL lets queued work finish, then the
+    workers leave; TERMINATE sends SIGTERM to every worker's tree, SIGKILL after a
+    grace period; KILL kills them now. Queued work is dropped unless graceful."""
+
+    GRACEFUL: Shutdown
+    TERMINATE: Shutdown
+    KILL: Shutdown
+
 # -- the pool ----------------------------------------------------------------------------
 
+@final
 class TaskResult:
     """A worker returned the outcome of a task. When its large buffers could not be
     received, `segment` is None and `descriptor_dropped` (no descriptor was left in
@@ -81,52 +180,72 @@ class TaskResult:
     descriptor_dropped: bool
     map_error: str | None
 
+@final
+class Attempt:
+    """One run of a task that ended with its worker: the worker's `pid`, then either
+    its `exitcode` (None if unknown) and why the manager killed it (`reason`, empty if
+    it died by itself), or the `cause` for which the manager ended it."""
+
+    pid: int
+    exitcode: int | None
+    reason: str
+    cause: EndCause | None
+
+@final
 class WorkerDied:
-    """The worker running task `task_id` died. `reason` says why the manager killed it
-    (empty: it died by itself); `exitcode` is minus the signal number for a signal,
-    None when the exit status cannot be known (see `children_reaped_by_kernel`)."""
+    """The worker running task `task_id` died, and the task is not run again.
+    `reason` says why the manager killed it (empty: it died by itself); `exitcode`
+    is minus the signal number for a signal, None when the exit status cannot be
+    known (see `children_reaped_by_kernel`); `attempts`: every run of the task that
+    ended with its worker, this one last."""
 
     task_id: int
     pid: int
     exitcode: int | None
     reason: str
+    attempts: list[Attempt]
 
+@final
 class TaskEnded:
     """The manager ended the worker running task `task_id`, with every process it
-    started: `cause` is "timeout" (the task ran past its time limit) or "terminated"
-    (`Future.terminate()`). A replacement starts."""
+    started, for `cause` (`peak_rss`: with MEMORY_LIMIT, the most memory the worker
+    was seen to hold). A replacement starts; `attempts` as for WorkerDied."""
 
     task_id: int
     pid: int
-    cause: str
+    cause: EndCause
+    peak_rss: int | None
+    attempts: list[Attempt]
 
+@final
 class WorkerStat:
-    """One worker as `Pool.stats()` sees it: `state` is "starting", "idle", "busy" or
-    "exiting"; `task_id` and `running_for` (seconds) describe its running task; `rss`
-    is its resident memory in bytes (None if unknown)."""
+    """One worker as `Pool.stats()` sees it: `task_id` and `running_for` (seconds)
+    describe its running task; `rss` is its resident memory in bytes (None if
+    unknown)."""
 
     pid: int
-    state: str
+    state: WorkerState
     tasks_done: int
     task_id: int | None
     running_for: float | None
     rss: int | None
 
+@final
 class WorkerStarted:
     """A worker process started (`forked`: by the template, as a replacement)."""
 
     pid: int
     forked: bool
 
+@final
 class WorkerExited:
-    """A worker left the pool. `reason`: "idle timeout", "task limit", "memory
-    growth", "pool shrank", "shutdown", "died", "killed", "task timeout" or "task
-    terminated"."""
+    """A worker left the pool, and why."""
 
     pid: int
     exitcode: int | None
-    reason: str
+    reason: ExitReason
 
+@final
 class InitFailed:
     """A worker's initializer failed; `body` pickles (exception or None, traceback
     text). No more workers start."""
@@ -134,6 +253,7 @@ class InitFailed:
     pid: int
     body: Payload
 
+@final
 class StartFailed:
     """A worker could not be started (pid 0; `errno` and `message` say why the
     system refused), or died before it was ready (`exitcode`, None if unknown). No
@@ -144,10 +264,11 @@ class StartFailed:
     errno: int | None
     message: str
 
+@final
 class PoolClosed:
     """The manager has stopped and every worker has exited: the last event."""
 
-Event = (
+_Event = (
     TaskResult
     | WorkerDied
     | TaskEnded
@@ -158,6 +279,7 @@ Event = (
     | PoolClosed
 )
 
+@final
 class Pool:
     """A pool of worker processes driven by a manager thread (one per executor).
 
@@ -165,8 +287,8 @@ class Pool:
     `submit`, `cancel`, `resize`, `next_events` and `wait_outcome` raise
     `InheritedPoolError`; `shutdown` and `join` return at once; `pids` is empty."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         *,
         program: str,
         args: list[str],
@@ -177,14 +299,17 @@ class Pool:
         max_tasks_per_child: int | None = None,
         pass_fds: list[int] = ...,
         template_args: list[str] | None = None,
-    ) -> None:
+        max_worker_memory: int | None = None,
+    ) -> Pool:
         """Start the manager thread. Workers run `program` with `args` (plus the
         environment overrides `env` and the inherited descriptors `pass_fds`) and get
         `init` as their first message. `max_workers` of them start at once (a pool is
         made for a task on its way), then on demand; an idle one exits after
         `idle_timeout` seconds; one is replaced after `max_tasks_per_child` tasks. With
         `template_args`, replacements are forked from a template process started with
-        those arguments."""
+        those arguments. With `max_worker_memory` (bytes), the resident memory of
+        workers running a task is looked at every 25 ms, and one past the limit by half
+        again is ended at once (TaskEnded, MEMORY_LIMIT)."""
 
     def submit(
         self,
@@ -192,12 +317,20 @@ class Pool:
         body: bytes,
         segment: OutgoingSegment | None = None,
         timeout: float | None = None,
+        retries: int = 0,
+        retry_on_timeout: bool = False,
     ) -> None:
         """Queue a pickled task (kept without a copy), which may run `timeout` seconds
-        at most from its start on a worker. Ids grow from call to call."""
+        at most from its start on a worker, and runs again up to `retries` times after
+        its worker died under it (a run past its time limit counts as such a death
+        only with `retry_on_timeout`). Ids grow from call to call."""
 
     def cancel(self, task_id: int) -> bool:
         """Take a task back if no worker can have received it yet."""
+
+    def task_state(self, task_id: int) -> TaskState | None:
+        """Where task `task_id` is in its life; None once it is done (or taken
+        back)."""
 
     def terminate(self, task_id: int) -> bool:
         """End a task whatever its state: True if it was taken back from the queue;
@@ -213,10 +346,8 @@ class Pool:
     def resize(self, max_workers: int) -> None:
         """Change the number of workers; idle ones leave first when shrinking."""
 
-    def shutdown(self, how: str) -> None:
-        """Stop the pool: `how` is "graceful" (finish queued work, then stop the
-        workers), "terminate" (SIGTERM every worker's process tree, SIGKILL after a
-        grace period) or "kill" (SIGKILL now). Queued work is dropped unless graceful."""
+    def shutdown(self, how: Shutdown) -> None:
+        """Stop the pool as `how` says."""
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait (without the GIL) for the manager thread to end; True once it has."""
@@ -227,7 +358,7 @@ class Pool:
     def pids(self) -> list[int]:
         """The pids of the current workers."""
 
-    def next_events(self, timeout: float | None = None, max_events: int = 4096) -> list[Event]:
+    def next_events(self, timeout: float | None = None, max_events: int = 4096) -> list[_Event]:
         """Wait (without the GIL) for at least one event, or `timeout` seconds, and
         return every event queued by then."""
 
@@ -302,9 +433,10 @@ class WorkerEndpoint:
     ) -> None:
         """The outcome of task `task_id`, with the segment holding its large buffers."""
 
-    def retiring(self) -> None:
-        """This worker leaves on its own (its memory grew): the tasks sent to it go to
-        other workers. It exits next."""
+    def retiring(self, over_limit: bool = False) -> None:
+        """This worker leaves on its own: its memory grew past
+        LOKY_MAX_MEMORY_LEAK_SIZE, or passed the pool's `max_worker_memory`
+        (`over_limit`). The tasks sent to it go to other workers. It exits next."""
 
 def serve_template(parent: int) -> int:
     """Run as the pool's template on descriptor 3 for the pool of process `parent`:

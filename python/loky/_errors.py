@@ -4,6 +4,7 @@ import errno
 import os
 import sys
 from concurrent.futures.process import BrokenProcessPool as _StdBrokenProcessPool
+from functools import partial
 from pickle import loads
 
 from ._payload import unpack
@@ -14,6 +15,7 @@ from ._tasks import (
     RAISED,
     TASK_NOT_RECEIVED,
     TASK_UNPICKLE_FAILED,
+    run_chunk,
 )
 
 
@@ -37,6 +39,13 @@ class BrokenProcessPool(_StdBrokenProcessPool):
 
 class TerminatedWorkerError(BrokenProcessPool):
     """The worker running a task died (signal, os._exit, out-of-memory kill...)."""
+
+    __module__ = _PUBLIC_MODULE
+
+
+class MemoryLimitError(MemoryError):
+    """The worker running a task held more memory than the executor's
+    `max_worker_memory` allows (by half again) and was ended."""
 
     __module__ = _PUBLIC_MODULE
 
@@ -224,6 +233,52 @@ def _decode_result(event):
         ),
         _RemoteTraceback(outcome[1]),
     )
+
+
+def task_name(fn):
+    """What a user calls a task's function (map's chunks: the function mapped)."""
+    while isinstance(fn, partial):
+        fn = fn.args[0] if fn.func is run_chunk and fn.args else fn.func
+    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+
+
+def _memory_limit_error(limit, peak, pid, fn):
+    return MemoryLimitError(
+        f"Worker {pid} held {_size(peak)} of memory while it ran {task_name(fn)}, past "
+        f"the executor's max_worker_memory of {_size(limit)} by more than half: it was "
+        "ended with every process it started, and a replacement started. Give the "
+        "task less to hold, or raise max_worker_memory."
+    )
+
+
+def _size(nbytes):
+    if nbytes is None:
+        return "an unknown amount"
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if nbytes < 1024 or unit == "GiB":
+            return f"{nbytes:.0f} {unit}" if unit == "bytes" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1024
+
+
+def _with_attempts(error, attempts):
+    """`error` with the runs of its task that ended with their worker, when there was
+    more than one (the task was retried), added to its message."""
+    if len(attempts) < 2:
+        return error
+    runs = ", ".join(_describe_attempt(a) for a in attempts)
+    error.args = (f"{error.args[0] if error.args else error}\n\nThe task ran "
+                  f"{len(attempts)} times; each run ended with its worker: {runs}.",)
+    return error
+
+
+def _describe_attempt(attempt):
+    if attempt.cause is not None:
+        how = f"ended: {attempt.cause}"
+    else:
+        how = _format_exitcodes([attempt.exitcode])
+        if attempt.reason:
+            how += f", killed: {attempt.reason}"
+    return f"worker {attempt.pid} ({how})"
 
 
 def _timeout_error(timeout, pid):

@@ -48,7 +48,7 @@ def _on_interpreter_exit():
     asked the program to stop."""
     global interpreter_exiting
     interpreter_exiting = True
-    how = "terminate" if _interrupted() else "graceful"
+    how = _core.Shutdown.TERMINATE if _interrupted() else _core.Shutdown.GRACEFUL
     for state in list(_pools):
         state.pool.shutdown(how)
     for state in list(_pools):

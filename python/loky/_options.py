@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from multiprocessing.context import BaseContext
 from numbers import Integral, Real
+from typing import NamedTuple
 
 from .backend.context import cpu_count, executor_start_method
 
@@ -45,6 +46,30 @@ def check_seconds(name, value):
     if math.isnan(value) or value < 0:
         raise ValueError(f"{name} must be a number of seconds >= 0 or None, got {value!r}")
     return None if math.isinf(value) else value
+
+
+class TaskLimits(NamedTuple):
+    """What `schedule` asks of one task: at most `timeout` seconds from its start on a
+    worker; `retries` more runs if its worker dies under it (a signal, os._exit, a kill
+    for memory), counting a run past its time limit as such a death only with
+    `retry_on_timeout`. Exceptions the task raises are never retried."""
+
+    timeout: float | None = None
+    retries: int = 0
+    retry_on_timeout: bool = False
+
+
+NO_LIMITS = TaskLimits()
+
+
+def check_task_limits(timeout, retries, retry_on_timeout):
+    if not isinstance(retry_on_timeout, bool):
+        raise TypeError(f"retry_on_timeout must be a bool, got {_describe(retry_on_timeout)}")
+    return TaskLimits(
+        check_seconds("timeout", timeout),
+        check_int("retries", retries, minimum=0, allow_none=False),
+        retry_on_timeout,
+    )
 
 
 def check_callable(name, value):
@@ -102,6 +127,7 @@ class ExecutorOptions:
     initargs: tuple = ()
     env: dict[str, str] | None = None  # {} once checked
     max_tasks_per_child: int | None = None
+    max_worker_memory: int | None = None  # bytes of resident memory per worker
     # The start method `context` asks for. Derived, so not compared: two executors
     # asked for with the same `context` are alike, as in loky.
     start_method: str = field(init=False, compare=False)
@@ -117,6 +143,7 @@ class ExecutorOptions:
             "initargs": check_initargs(self.initargs),
             "env": check_env(self.env),
             "max_tasks_per_child": check_int("max_tasks_per_child", self.max_tasks_per_child),
+            "max_worker_memory": check_int("max_worker_memory", self.max_worker_memory),
         }
         for name, value in checked.items():
             object.__setattr__(self, name, value)  # frozen: set once, here

@@ -24,15 +24,18 @@ import warnings
 from time import monotonic
 
 from . import _core, _cpython, _live_pools
+from ._core import EndCause, ExitReason
 from ._errors import (
     BrokenProcessPool,
     _decode_result,
     _format_exitcodes,
     _inherited_error,
+    _memory_limit_error,
     _shut_down_error,
     _start_error,
     _terminated_worker_error,
     _timeout_error,
+    _with_attempts,
     _with_cause,
     _worker_start_error,
 )
@@ -51,6 +54,14 @@ def _log(level, message, *args):
         mp_logger.log(level, message, *args)
 
 
+# The reasons a worker is replaced routinely, and what the log says of each.
+_RECYCLED = {
+    ExitReason.MEMORY_GROWTH: "its memory grew past LOKY_MAX_MEMORY_LEAK_SIZE",
+    ExitReason.TASK_LIMIT: "it ran max_tasks_per_child tasks",
+    ExitReason.MEMORY_LIMIT: "its memory passed max_worker_memory",
+}
+
+
 def _fail(future, error):
     future._finish(False, error)  # no-op if it finished or was cancelled meanwhile
 
@@ -59,8 +70,9 @@ class _PoolState:
     """What the result thread shares with the executor: no reference to the executor
     itself, so an executor nobody holds can be garbage collected."""
 
-    def __init__(self, pool, has_initializer, flags, start_fds=()):
+    def __init__(self, pool, has_initializer, flags, start_fds=(), max_worker_memory=None):
         self.pool = pool
+        self.max_worker_memory = max_worker_memory
         # The executor's `_flags`, which hold the `broken` reason: they outlive the
         # executor and hold no reference to this state, so that a pool nobody uses can
         # be released as soon as its executor is collected.
@@ -171,18 +183,27 @@ class _PoolState:
     def _on_worker_died(self, event):
         future = self.futures.pop(event.task_id, None)
         if future is not None:
-            _fail(future, _terminated_worker_error(event.pid, event.exitcode, event.reason))
+            error = _terminated_worker_error(event.pid, event.exitcode, event.reason)
+            _fail(future, _with_attempts(error, event.attempts))
 
     def _on_task_ended(self, event):
         future = self.futures.pop(event.task_id, None)
         if future is None:
             return
-        if event.cause == "timeout":
+        if event.cause is EndCause.TIMEOUT:
             _log(logging.WARNING, "loky worker %d ended: its task ran past its timeout of %s s",
                  event.pid, future._timeout)
-            _fail(future, _timeout_error(future._timeout, event.pid))
+            error = _timeout_error(future._timeout, event.pid)
+        elif event.cause is EndCause.MEMORY_LIMIT:
+            _log(logging.WARNING, "loky worker %d ended: its memory passed max_worker_memory "
+                 "while it ran a task", event.pid)
+            error = _memory_limit_error(
+                self.max_worker_memory, event.peak_rss, event.pid, future._fn
+            )
         else:
             future._cancel_now()  # terminated: cancelled already, unless it raced
+            return
+        _fail(future, _with_attempts(error, event.attempts))
 
     def _on_worker_started(self, event):
         how = "forked from the template" if event.forked else "started"
@@ -191,21 +212,18 @@ class _PoolState:
     def _on_worker_exited(self, event):
         self.processes.record_exit(event.pid, event.exitcode)
         status = _format_exitcodes([event.exitcode])
-        if event.reason in ("died", "killed"):
+        reason = event.reason
+        if reason is ExitReason.DIED or reason is ExitReason.KILLED:
             _log(
                 logging.WARNING,
                 "loky worker %d %s with status %s; a replacement starts",
                 event.pid,
-                "died" if event.reason == "died" else "was killed for breaking its channel",
+                "died" if reason is ExitReason.DIED else "was killed for breaking its channel",
                 status,
             )
-        elif event.reason in ("memory growth", "task limit"):
-            limit = {
-                "memory growth": "its memory grew past LOKY_MAX_MEMORY_LEAK_SIZE",
-                "task limit": "it ran max_tasks_per_child tasks",
-            }[event.reason]
-            _log(logging.INFO, "loky worker %d recycled: %s", event.pid, limit)
-            if event.reason == "memory growth" and not self.warned_of_growth:
+        elif reason in _RECYCLED:
+            _log(logging.INFO, "loky worker %d recycled: %s", event.pid, _RECYCLED[reason])
+            if reason is ExitReason.MEMORY_GROWTH and not self.warned_of_growth:
                 # One warning per executor (the log has every recycle).
                 self.warned_of_growth = True
                 warnings.warn(
@@ -217,7 +235,7 @@ class _PoolState:
                     stacklevel=1,
                 )
         else:
-            _log(logging.DEBUG, "loky worker %d exited (%s)", event.pid, event.reason)
+            _log(logging.DEBUG, "loky worker %d exited (%s)", event.pid, reason)
 
     def _on_init_failed(self, event):
         self._break(_worker_start_error(event.body))
@@ -238,7 +256,7 @@ class _PoolState:
         if self.broken is None:
             self.broken = str(error)
             _log(logging.ERROR, "loky executor broken: %s", self.broken)
-            self.pool.shutdown("kill")
+            self.pool.shutdown(_core.Shutdown.KILL)
         self.fail_all(lambda: _with_cause(BrokenProcessPool(self.broken), error.__cause__))
 
 

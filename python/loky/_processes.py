@@ -13,6 +13,8 @@ import signal
 import threading
 import weakref
 
+from . import _core
+
 
 class WorkerProcesses:
     """The `WorkerProcess` objects of one pool, by pid, until their worker's exit is
@@ -36,7 +38,7 @@ class WorkerProcesses:
         alive = {}
         # A snapshot from the manager (one round trip): it includes the workers it
         # starts for the tasks submitted before this call.
-        serving = (w.pid for w in self._pool.stats() if w.state != "exiting")
+        serving = (w.pid for w in self._pool.stats() if w.state is not _core.WorkerState.EXITING)
         for pid in serving:
             if pid in exitcodes:
                 continue

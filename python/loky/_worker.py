@@ -10,7 +10,7 @@ them. The conversation on the channel is the core's (`_core.WorkerEndpoint`, see
     ready()         or start_failed(report), then exit
     recv_task()     the next task (None: told to leave, or the parent is gone: exit)
     send_result()   its outcome (see `_tasks`), before the next task runs
-    retiring()      then exit (its memory grew too much)
+    retiring()      then exit (its memory grew too much, or passed the pool's cap)
 
 A pool that replaces workers routinely forks them from a template process instead
 (`serve_template`): the core's loop runs there and returns in each forked child, which
@@ -192,14 +192,25 @@ def _flush_and_exit(code):
 class MemoryGuard:
     """Between tasks, at most once a second: collect garbage and, on Linux, compare the
     resident size with the one measured after the first task. A worker that grew more
-    than LOKY_MAX_MEMORY_LEAK_SIZE bytes (default 300 MB) asks to be replaced."""
+    than LOKY_MAX_MEMORY_LEAK_SIZE bytes (default 300 MB) asks to be replaced.
+
+    With the executor's `max_worker_memory` (`cap`), the resident size is also looked
+    at after every task: a worker past it asks to be replaced before its next task."""
 
     CHECK_INTERVAL = 1.0
 
-    def __init__(self):
+    def __init__(self, cap=None):
         self.limit = int(float(os.environ.get("LOKY_MAX_MEMORY_LEAK_SIZE", 3e8)))
+        self.cap = cap
         self.reference = None
         self.last_check = monotonic()
+
+    def over_cap(self):
+        """Called after each task; True if this worker holds more than `cap`."""
+        if self.cap is None:
+            return False
+        size = self.resident_bytes()
+        return size is not None and size > self.cap
 
     @staticmethod
     def resident_bytes():
@@ -290,7 +301,7 @@ def main(parent_pid):
         _report_start_failure(endpoint, exc, stage)
         sys.exit(1)
     endpoint.ready()
-    memory = MemoryGuard()
+    memory = MemoryGuard(settings.get("max_worker_memory"))
     try:
         while (task := endpoint.recv_task()) is not None:
             task_id = task.task_id
@@ -301,8 +312,11 @@ def main(parent_pid):
             endpoint.send_result(task_id, body, segment)
             del body, segment
             runner.finished_call = None
+            # Tasks already sent here go to other workers.
+            if memory.over_cap():
+                endpoint.retiring(over_limit=True)
+                break
             if memory.leaking():
-                # Tasks already sent here go to other workers.
                 endpoint.retiring()
                 break
     except OSError:

@@ -40,7 +40,6 @@ import weakref
 from collections import namedtuple
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor
-from functools import partial
 from multiprocessing.context import BaseContext
 from pickle import PicklingError
 from typing import Any, ParamSpec, TypeVar
@@ -50,6 +49,7 @@ from ._base import Future
 from ._errors import (
     BrokenProcessPool,
     LokyRecursionError,
+    MemoryLimitError,
     ShutdownExecutorError,
     TerminatedWorkerError,
     _ExceptionWithTraceback,  # noqa: F401 (importable from here, as in loky)
@@ -58,13 +58,13 @@ from ._errors import (
     _refused_error,
     _thread_start_error,
     _with_cause,
+    task_name,
 )
 from ._map import executor_map
-from ._options import ExecutorOptions, check_seconds
+from ._options import NO_LIMITS, ExecutorOptions, check_task_limits
 from ._payload import pack, release_cached_segments
 from ._pool_state import _log, _PoolState, _run_results
 from ._processes import WorkerProcess
-from ._tasks import run_chunk
 from .backend import reduction
 
 # loky's other name for it.
@@ -79,6 +79,7 @@ __all__ = [
     "TerminatedWorkerError",
     "ShutdownExecutorError",
     "LokyRecursionError",
+    "MemoryLimitError",
     "WorkerStats",
 ]
 
@@ -111,13 +112,6 @@ def _check_max_depth():
             f"limit is {MAX_DEPTH}. Raise it with the LOKY_MAX_DEPTH environment "
             "variable if this nesting is intended."
         )
-
-
-def _task_name(fn):
-    """What a user calls a task's function (map's chunks: the function mapped)."""
-    while isinstance(fn, partial):
-        fn = fn.args[0] if fn.func is run_chunk and fn.args else fn.func
-    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
 
 
 # Every executor of this process. In the child of a fork(), the threads of the parent
@@ -159,6 +153,10 @@ class ProcessPoolExecutor(Executor):
         env: environment variables (str to str) set in each worker before its
             interpreter starts.
         max_tasks_per_child: replace a worker after it has run this many tasks.
+        max_worker_memory: bytes of resident memory a worker may hold. One past it
+            after a task is replaced before its next task (no task fails); one past it
+            by half again while it runs a task is ended at once, and that task fails
+            with `MemoryLimitError`. None (default): not watched, at no cost.
     """
 
     def __init__(
@@ -172,6 +170,7 @@ class ProcessPoolExecutor(Executor):
         initargs: Iterable[Any] = (),
         env: dict[str, str] | None = None,
         max_tasks_per_child: int | None = None,
+        max_worker_memory: int | None = None,
     ) -> None:
         self._setup(
             ExecutorOptions(
@@ -184,6 +183,7 @@ class ProcessPoolExecutor(Executor):
                 initargs=initargs,
                 env=env,
                 max_tasks_per_child=max_tasks_per_child,
+                max_worker_memory=max_worker_memory,
             )
         )
 
@@ -218,6 +218,7 @@ class ProcessPoolExecutor(Executor):
             "depth": _CURRENT_DEPTH + 1,
             "sys_path": list(sys.path),
             "pickler": reduction.get_loky_pickler_name(),
+            "max_worker_memory": self._options.max_worker_memory,
         }
         # Resource tracker pipe, joblib switch, authkey, __main__ (see _inherit.py).
         settings.update(child_settings)
@@ -261,7 +262,9 @@ class ProcessPoolExecutor(Executor):
             ", ".join(f"{name} {how}" for name, how in _core.facilities()),
         )
         has_initializer = self._options.initializer is not None
-        state = _PoolState(pool, has_initializer, self._flags, start_fds)
+        state = _PoolState(
+            pool, has_initializer, self._flags, start_fds, self._options.max_worker_memory
+        )
         state.thread = threading.Thread(
             target=_run_results, args=(state,), name="loky-results", daemon=True
         )
@@ -270,7 +273,7 @@ class ProcessPoolExecutor(Executor):
             state.thread.start()
         except RuntimeError as exc:
             _live_pools.discard(state)
-            pool.shutdown("kill")
+            pool.shutdown(_core.Shutdown.KILL)
             raise _thread_start_error("result thread", exc) from None
         # An executor dropped without shutdown() finishes its work, then stops.
         weakref.finalize(self, _shut_down_unreferenced, pool, self._flags).atexit = False
@@ -298,6 +301,7 @@ class ProcessPoolExecutor(Executor):
                 else ["-c", _inherit.python_code(template_code)]
             ),
             pass_fds=pass_fds + start_fds,
+            max_worker_memory=options.max_worker_memory,
         )
 
     # -- public API ---------------------------------------------------------------
@@ -305,7 +309,7 @@ class ProcessPoolExecutor(Executor):
     def submit(
         self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs
     ) -> Future[_T]:
-        return self._submit(fn, args, kwargs, None)
+        return self._submit(fn, args, kwargs, NO_LIMITS)
 
     submit.__doc__ = Executor.submit.__doc__
 
@@ -316,30 +320,37 @@ class ProcessPoolExecutor(Executor):
         kwargs: dict[str, Any] | None = None,
         *,
         timeout: float | None = None,
+        retries: int = 0,
+        retry_on_timeout: bool = False,
     ) -> Future[_T]:
         """Schedule ``fn(*args, **kwargs)``, which may run `timeout` seconds at most,
         counted from the moment it starts on a worker. Past that, the worker and every
         process it started are ended (SIGTERM, then SIGKILL after a second), the future
         fails with TimeoutError, and a replacement worker starts; no other task is
-        touched."""
-        timeout = check_seconds("timeout", timeout)
+        touched.
+
+        A task whose worker dies under it (a signal, os._exit, a kill for memory) runs
+        again on another worker, up to `retries` times; one past its time limit too,
+        with `retry_on_timeout`. Exceptions it raises are never retried. The error of a
+        task that ran out of retries lists every run (worker pid, exit status)."""
+        limits = check_task_limits(timeout, retries, retry_on_timeout)
         if kwargs is None:
             kwargs = {}
         elif not isinstance(kwargs, dict):
             raise TypeError(f"kwargs must be a dict or None, got {type(kwargs).__name__}")
-        return self._submit(fn, tuple(args), kwargs, timeout)
+        return self._submit(fn, tuple(args), kwargs, limits)
 
-    def _submit(self, fn, args, kwargs, timeout):
+    def _submit(self, fn, args, kwargs, limits):
         with self._submit_lock:
             if not self._flags.shutdown:
-                return self._submit_locked(fn, args, kwargs, timeout)
-        return self._submit_after_shutdown(fn, args, kwargs, timeout)
+                return self._submit_locked(fn, args, kwargs, limits)
+        return self._submit_after_shutdown(fn, args, kwargs, limits)
 
-    def _submit_after_shutdown(self, fn, args, kwargs, timeout):
+    def _submit_after_shutdown(self, fn, args, kwargs, limits):
         """A submit that found the executor shut down (outside `_submit_lock`)."""
         raise ShutdownExecutorError("cannot schedule new futures after shutdown")
 
-    def _submit_locked(self, fn, args, kwargs, timeout):
+    def _submit_locked(self, fn, args, kwargs, limits):
         """The submit itself, under `_submit_lock` with the executor not shut down."""
         if _live_pools.interpreter_exiting:
             raise ShutdownExecutorError(
@@ -357,11 +368,11 @@ class ProcessPoolExecutor(Executor):
             return future
         future._queue = state
         future._fn = fn
-        future._timeout = timeout
+        future._timeout = limits.timeout
         future._task_id = task_id = next(self._task_ids)
         state.futures[task_id] = future
         try:
-            state.pool.submit(task_id, body, segment, timeout)
+            state.pool.submit(task_id, body, segment, *limits)
         except _core.InheritedPoolError:
             del state.futures[task_id]
             raise _inherited_error(state.owner_pid, "This executor") from None
@@ -423,7 +434,7 @@ class ProcessPoolExecutor(Executor):
                 future.cancel()
         if kill_workers:
             self._flags.kill_workers = True
-            state.pool.shutdown("kill")
+            state.pool.shutdown(_core.Shutdown.KILL)
             state.fail_all(
                 lambda: ShutdownExecutorError(
                     "The executor was shut down with kill_workers=True before this "
@@ -431,7 +442,7 @@ class ProcessPoolExecutor(Executor):
                 )
             )
         else:
-            state.pool.shutdown("graceful")
+            state.pool.shutdown(_core.Shutdown.GRACEFUL)
         if wait:
             self._join(state)
         release_cached_segments()
@@ -440,12 +451,12 @@ class ProcessPoolExecutor(Executor):
         """End every worker and every process it started now: SIGTERM, then SIGKILL
         after a second. Unfinished futures are cancelled; the executor cannot be used
         afterwards."""
-        self._force_shutdown("terminate")
+        self._force_shutdown(_core.Shutdown.TERMINATE)
 
     def kill_workers(self) -> None:
         """Kill every worker and every process it started now (SIGKILL). Unfinished
         futures are cancelled; the executor cannot be used afterwards."""
-        self._force_shutdown("kill")
+        self._force_shutdown(_core.Shutdown.KILL)
 
     def _force_shutdown(self, how):
         with self._submit_lock:
@@ -478,11 +489,11 @@ class ProcessPoolExecutor(Executor):
             task = None
             if worker.task_id is not None:
                 future = state.futures.get(worker.task_id)
-                task = None if future is None else _task_name(future._fn)
+                task = None if future is None else task_name(future._fn)
             stats.append(
                 WorkerStats(
                     worker.pid,
-                    worker.state,
+                    str(worker.state),
                     worker.tasks_done,
                     task,
                     worker.running_for,
@@ -528,4 +539,4 @@ class _ExecutorFlags:
 
 def _shut_down_unreferenced(pool, flags):
     flags.shutdown = True
-    pool.shutdown("graceful")
+    pool.shutdown(_core.Shutdown.GRACEFUL)

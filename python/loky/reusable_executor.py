@@ -53,6 +53,7 @@ def get_reusable_executor(
     initargs: Iterable[Any] = (),
     env: dict[str, str] | None = None,
     max_tasks_per_child: int | None = None,
+    max_worker_memory: int | None = None,
 ) -> _ReusablePoolExecutor:
     """Return this thread's reusable executor, creating or adapting it as needed.
 
@@ -63,6 +64,7 @@ def get_reusable_executor(
     - A broken or shut-down executor is replaced; the old one is shut down with
       `kill_workers` as given.
     - `timeout`: seconds after which idle workers exit (they come back on demand).
+    - `max_worker_memory`: see `ProcessPoolExecutor`.
     """
     executor, _ = _ReusablePoolExecutor.get_reusable_executor(
         max_workers=max_workers,
@@ -76,6 +78,7 @@ def get_reusable_executor(
         initargs=initargs,
         env=env,
         max_tasks_per_child=max_tasks_per_child,
+        max_worker_memory=max_worker_memory,
     )
     return executor
 
@@ -103,6 +106,7 @@ class _ReusablePoolExecutor(ProcessPoolExecutor):
         initargs=(),
         env=None,
         max_tasks_per_child=None,
+        max_worker_memory=None,
     ):
         """Return ``(executor, is_reused)``; see `get_reusable_executor`."""
         if reuse not in ("auto", True, False):
@@ -117,6 +121,7 @@ class _ReusablePoolExecutor(ProcessPoolExecutor):
             initargs=initargs,
             env=env,
             max_tasks_per_child=max_tasks_per_child,
+            max_worker_memory=max_worker_memory,
         )
         replaced = None
         with _executor_lock:
@@ -151,15 +156,15 @@ class _ReusablePoolExecutor(ProcessPoolExecutor):
             state is not None and (state.broken is not None or state.inherited())
         )
 
-    def _submit_after_shutdown(self, fn, args, kwargs, timeout):
+    def _submit_after_shutdown(self, fn, args, kwargs, limits):
         # A replacement shuts this executor down and sets its successor, both under
         # `_executor_lock`: once that lock is ours, a replaced executor has its
         # successor, and the task runs there.
         with self._submit_resize_lock:
             successor = self._successor
         if successor is None:
-            return super()._submit_after_shutdown(fn, args, kwargs, timeout)
-        return successor._submit(fn, args, kwargs, timeout)
+            return super()._submit_after_shutdown(fn, args, kwargs, limits)
+        return successor._submit(fn, args, kwargs, limits)
 
     def _resize(self, max_workers):
         """Change the number of workers; surviving workers and queued work stay."""

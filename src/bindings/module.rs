@@ -130,6 +130,10 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     for class in [
         m.py().get_type::<Pool>(),
         m.py().get_type::<super::enums::TaskState>(),
+        m.py().get_type::<super::enums::ExitReason>(),
+        m.py().get_type::<super::enums::EndCause>(),
+        m.py().get_type::<super::enums::WorkerState>(),
+        m.py().get_type::<super::enums::Shutdown>(),
         m.py().get_type::<TaskResult>(),
         m.py().get_type::<WorkerDied>(),
         m.py().get_type::<super::pool::Attempt>(),

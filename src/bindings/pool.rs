@@ -3,16 +3,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
 
 use super::buffers::{OutgoingSegment, Payload, SharedSegment};
-use super::enums::TaskState;
+use super::enums::{EndCause, ExitReason, Shutdown, TaskState, WorkerState};
 use super::{os_error, InheritedPoolError, PyBody, ReleasedBytes};
-use crate::manager::{
-    self, AttemptEnd, Config, EndCause, Event, Incoming, Manager, Retry, Shutdown,
-};
+use crate::manager::{self, AttemptEnd, Config, Event, Incoming, Manager, Retry};
 use crate::spawn::WorkerCommand;
 
 /// Longest a blocking call waits before it lets pending signals be handled.
@@ -39,14 +36,14 @@ pub struct Attempt {
     pid: i32,
     exitcode: Option<i32>,
     reason: String,
-    cause: Option<&'static str>,
+    cause: Option<EndCause>,
 }
 
 impl Attempt {
     fn new(attempt: manager::Attempt) -> Attempt {
         let (exitcode, reason, cause) = match attempt.end {
             AttemptEnd::Died(status, reason) => (status, reason, None),
-            AttemptEnd::Ended(cause) => (None, String::new(), Some(cause_name(cause))),
+            AttemptEnd::Ended(cause) => (None, String::new(), Some(cause.into())),
         };
         Attempt {
             pid: attempt.pid,
@@ -54,14 +51,6 @@ impl Attempt {
             reason,
             cause,
         }
-    }
-}
-
-fn cause_name(cause: EndCause) -> &'static str {
-    match cause {
-        EndCause::Timeout => "timeout",
-        EndCause::Terminated => "terminated",
-        EndCause::MemoryLimit => "memory limit",
     }
 }
 
@@ -86,26 +75,23 @@ pub struct WorkerDied {
 }
 
 /// The manager ended the worker running task `task_id`, with every process it
-/// started: `cause` is "timeout" (the task ran past its time limit), "terminated"
-/// (`Future.terminate()`) or "memory limit" (the worker's memory passed the limit by
-/// half again; `peak_rss`: the most it was seen to hold). A replacement starts;
-/// `attempts` as for WorkerDied.
+/// started, for `cause` (`peak_rss`: with MEMORY_LIMIT, the most memory the worker was
+/// seen to hold). A replacement starts; `attempts` as for WorkerDied.
 #[pyclass(module = "loky._core", frozen, get_all)]
 pub struct TaskEnded {
     task_id: u64,
     pid: i32,
-    cause: &'static str,
+    cause: EndCause,
     peak_rss: Option<u64>,
     attempts: Vec<Py<Attempt>>,
 }
 
-/// One worker as `Pool.stats()` sees it: `state` is "starting", "idle", "busy" or
-/// "exiting"; `task_id` and `running_for` (seconds) describe its running task;
-/// `rss` is its resident memory in bytes (None if unknown).
+/// One worker as `Pool.stats()` sees it: `task_id` and `running_for` (seconds)
+/// describe its running task; `rss` is its resident memory in bytes (None if unknown).
 #[pyclass(module = "loky._core", frozen, get_all)]
 pub struct WorkerStat {
     pid: i32,
-    state: &'static str,
+    state: WorkerState,
     tasks_done: u64,
     task_id: Option<u64>,
     running_for: Option<f64>,
@@ -119,13 +105,12 @@ pub struct WorkerStarted {
     forked: bool,
 }
 
-/// A worker left the pool, and why (`reason`: "idle timeout", "task limit", "memory
-/// growth", "pool shrank", "shutdown", "died", "killed").
+/// A worker left the pool, and why.
 #[pyclass(module = "loky._core", frozen, get_all)]
 pub struct WorkerExited {
     pid: i32,
     exitcode: Option<i32>,
-    reason: &'static str,
+    reason: ExitReason,
 }
 
 /// A worker's initializer failed; `body` pickles (exception or None, traceback text).
@@ -204,7 +189,7 @@ fn to_python(py: Python<'_>, event: Event) -> PyResult<Py<PyAny>> {
             TaskEnded {
                 task_id,
                 pid,
-                cause: cause_name(cause),
+                cause: cause.into(),
                 peak_rss,
                 attempts: attempts(py, runs)?,
             },
@@ -222,7 +207,7 @@ fn to_python(py: Python<'_>, event: Event) -> PyResult<Py<PyAny>> {
             WorkerExited {
                 pid,
                 exitcode,
-                reason: reason.as_str(),
+                reason: reason.into(),
             },
         )?
         .into_any(),
@@ -384,7 +369,7 @@ impl Pool {
                 .into_iter()
                 .map(|w| WorkerStat {
                     pid: w.pid,
-                    state: w.state,
+                    state: w.state.into(),
                     tasks_done: w.tasks_done,
                     task_id: w.running.map(|(id, _)| id),
                     running_for: w.running.map(|(_, d)| d.as_secs_f64()),
@@ -409,19 +394,9 @@ impl Pool {
         Ok(())
     }
 
-    /// "graceful": finish queued work, then stop the workers. "terminate": SIGTERM
-    /// every worker's tree, SIGKILL after a grace period. "kill": SIGKILL them now.
-    fn shutdown(&self, how: &str) -> PyResult<()> {
-        let mode = match how {
-            "graceful" => Shutdown::Graceful,
-            "terminate" => Shutdown::Terminate,
-            "kill" => Shutdown::Kill,
-            _ => {
-                return Err(PyValueError::new_err(format!(
-                    "unknown shutdown mode {how:?}"
-                )))
-            }
-        };
+    /// Stop the pool as `how` says (see `Shutdown`).
+    fn shutdown(&self, how: Shutdown) -> PyResult<()> {
+        let mode: manager::Shutdown = how.into();
         if self.manager.owned_here() {
             self.manager.shutdown(mode);
         }

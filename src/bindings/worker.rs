@@ -113,10 +113,13 @@ impl WorkerEndpoint {
             .map_err(|e| os_error("", e))
     }
 
-    /// This worker leaves on its own (its memory grew): tasks sent to it go elsewhere.
-    fn retiring(&mut self, py: Python<'_>) -> PyResult<()> {
+    /// This worker leaves on its own: its memory grew past LOKY_MAX_MEMORY_LEAK_SIZE,
+    /// or passed the pool's limit (`over_limit`). Tasks sent to it go elsewhere.
+    #[pyo3(signature = (over_limit=false))]
+    fn retiring(&mut self, py: Python<'_>, over_limit: bool) -> PyResult<()> {
         let inner = &mut self.inner;
-        py.detach(|| inner.retiring()).map_err(|e| os_error("", e))
+        py.detach(|| inner.retiring(over_limit))
+            .map_err(|e| os_error("", e))
     }
 }
 

@@ -25,7 +25,7 @@ use super::policy::{self, ExitReason, Load};
 use super::poll_io::{ManagerIo, Token};
 use super::tasks::Task;
 use super::worker::{Phase, Worker, WorkerId};
-use super::{Config, Event, Shared, Shutdown, WorkerStat};
+use super::{Config, Event, Shared, Shutdown, WorkerStat, WorkerState};
 use crate::spawn::{spawn_worker, Spawned};
 use crate::watch::Watch;
 use crate::wire::{Kind, OutFrame};
@@ -144,7 +144,6 @@ impl ManagerLoop {
                 continue; // a task came in meanwhile, maybe without waking us
             }
             if shutdown.is_none() {
-                // After the look at the queue: an offer must not outlive the sleep.
                 self.offer_idle_worker();
             }
             // While results are due, watch for a moment before sleeping.
@@ -367,10 +366,10 @@ impl ManagerLoop {
                 WorkerStat {
                     pid: w.pid,
                     state: match w.phase {
-                        Phase::Starting => "starting",
-                        Phase::Ready | Phase::Draining(_) if running.is_some() => "busy",
-                        Phase::Ready | Phase::Draining(_) => "idle",
-                        _ => "exiting",
+                        Phase::Starting => WorkerState::Starting,
+                        Phase::Ready | Phase::Draining(_) if running.is_some() => WorkerState::Busy,
+                        Phase::Ready | Phase::Draining(_) => WorkerState::Idle,
+                        _ => WorkerState::Exiting,
                     },
                     tasks_done: w.tasks_done,
                     running,
@@ -408,9 +407,12 @@ impl ManagerLoop {
         }
     }
 
-    /// Offer one idle worker for direct sends while the manager sleeps.
+    /// Offer one idle worker for direct sends while the manager sleeps (after the look
+    /// at the queue: an offer must not outlive the sleep). Not when the pool watches
+    /// its workers' memory: a task sent that way would run while the loop sleeps,
+    /// unwatched.
     fn offer_idle_worker(&mut self) {
-        if self.shared.tasks.lock().queued() > 0 {
+        if self.config.max_worker_memory.is_some() || self.shared.tasks.lock().queued() > 0 {
             return;
         }
         let budget = self.config.max_tasks_per_child;

@@ -23,7 +23,7 @@ use super::Event;
 use crate::platform::{ExitStatus, ExitWatch};
 use crate::shm::Incoming;
 use crate::spawn::Spawned;
-use crate::wire::{decode_exited, Frame, Kind};
+use crate::wire::{decode_exited, decode_retiring, Frame, Kind};
 
 impl ManagerLoop {
     pub(super) fn handle(&mut self, events: Vec<IoEvent>) {
@@ -91,7 +91,11 @@ impl ManagerLoop {
             Some(Kind::Retiring) => {
                 // It exits after this message: its queued tasks go to others.
                 let worker = &mut self.workers[i];
-                worker.phase = Phase::Leaving(ExitReason::MemoryGrowth);
+                worker.phase = Phase::Leaving(if decode_retiring(&frame) {
+                    ExitReason::MemoryLimit
+                } else {
+                    ExitReason::MemoryGrowth
+                });
                 let unstarted: Vec<u64> = worker.held.drain(..).collect();
                 self.shared.tasks.lock().give_back(unstarted);
             }
@@ -161,11 +165,11 @@ impl ManagerLoop {
         }
         let reason = match &phase {
             Phase::Leaving(reason) if worker.held.is_empty() => *reason,
-            Phase::Ending {
-                cause: EndCause::Timeout,
-                ..
-            } => ExitReason::TaskTimeout,
-            Phase::Ending { .. } => ExitReason::TaskTerminated,
+            Phase::Ending { cause, .. } => match cause {
+                EndCause::Timeout => ExitReason::TaskTimeout,
+                EndCause::Terminated => ExitReason::TaskTerminated,
+                EndCause::MemoryLimit => ExitReason::MemoryLimit,
+            },
             Phase::Faulted(_) => ExitReason::Killed,
             _ => ExitReason::Died,
         };

@@ -157,12 +157,20 @@ pub enum Shutdown {
     Kill,
 }
 
+/// What a worker does, as `Manager::stats` reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkerState {
+    Starting,
+    Idle,
+    Busy,
+    Exiting,
+}
+
 /// One worker, as `Manager::stats` reports it.
 #[derive(Clone, Debug)]
 pub struct WorkerStat {
     pub pid: i32,
-    /// "starting", "idle", "busy" or "exiting".
-    pub state: &'static str,
+    pub state: WorkerState,
     pub tasks_done: u64,
     /// The running task and how long it has run.
     pub running: Option<(u64, Duration)>,

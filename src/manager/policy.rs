@@ -47,23 +47,12 @@ pub enum ExitReason {
     TaskTimeout,
     /// Its task was terminated (`Future.terminate()`): ended with its process tree.
     TaskTerminated,
+    /// Its memory passed the pool's limit: after a task it said so itself; while
+    /// running one, it was ended at once.
+    MemoryLimit,
 }
 
 impl ExitReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ExitReason::IdleTimeout => "idle timeout",
-            ExitReason::TaskLimit => "task limit",
-            ExitReason::MemoryGrowth => "memory growth",
-            ExitReason::Shrink => "pool shrank",
-            ExitReason::Shutdown => "shutdown",
-            ExitReason::Died => "died",
-            ExitReason::Killed => "killed",
-            ExitReason::TaskTimeout => "task timeout",
-            ExitReason::TaskTerminated => "task terminated",
-        }
-    }
-
     /// A replacement is owed at once, even with no work queued: the worker left
     /// unplanned. A recycled one is replaced when work comes, like any missing worker.
     pub fn owes_replacement(self) -> bool {
@@ -73,6 +62,7 @@ impl ExitReason {
                 | ExitReason::Killed
                 | ExitReason::TaskTimeout
                 | ExitReason::TaskTerminated
+                | ExitReason::MemoryLimit
         )
     }
 }

@@ -96,6 +96,17 @@ pub fn decode_exited(frame: &Frame) -> (i32, ExitStatus) {
     (frame.header.task_id as i32, code)
 }
 
+/// A RETIRING message: the worker leaves on its own because its memory grew
+/// (`over_limit` false) or passed the pool's limit (true).
+pub fn encode_retiring(over_limit: bool) -> OutFrame {
+    OutFrame::new(0, Kind::Retiring, Arc::new(vec![u8::from(over_limit)]))
+}
+
+/// Whether a RETIRING message says the worker passed the pool's memory limit.
+pub fn decode_retiring(frame: &Frame) -> bool {
+    frame.body.first() == Some(&1)
+}
+
 /// Header flag: a descriptor travels with this frame.
 pub const HAS_FD: u32 = 1;
 
