@@ -16,11 +16,12 @@
 //! does not expect breaks the protocol: the receive fails (InvalidData), and the worker
 //! leaves as when the manager is gone.
 //!
-//! The frames travel on a `Transport`: the blocking socket end `crate::channel::Channel`
-//! on POSIX; another platform's channel (a named pipe) implements the same two calls.
+//! The frames travel on a `Transport`: `crate::channel::Channel`, the blocking end of a
+//! socket on POSIX, of a named pipe on Windows.
 
 use std::io;
-use std::os::fd::{AsFd, RawFd};
+#[cfg(unix)]
+use std::os::fd::RawFd;
 
 use crate::channel::Channel;
 use crate::ledger::LedgerWriter;
@@ -65,9 +66,23 @@ impl Endpoint<Channel> {
     /// it watches for its next task for a moment after each result it sends.
     ///
     /// SAFETY (for callers): `fd` must be an open socket that nothing else closes.
+    #[cfg(unix)]
     pub unsafe fn from_raw_fd(fd: RawFd) -> io::Result<Endpoint<Channel>> {
         // SAFETY: the caller hands the descriptor over.
         let mut channel = unsafe { Channel::from_raw(fd) }?;
+        channel.watch_after_send();
+        Ok(Endpoint::new(channel))
+    }
+
+    /// The worker's end on the pipe handle `value`, inherited from its parent, which it
+    /// takes over (no longer inheritable); it watches for its next task for a moment
+    /// after each result it sends.
+    ///
+    /// SAFETY (for callers): `value` must be an open pipe end that nothing else owns.
+    #[cfg(windows)]
+    pub unsafe fn from_raw_handle(value: usize) -> io::Result<Endpoint<Channel>> {
+        // SAFETY: the caller hands the handle over.
+        let mut channel = unsafe { Channel::from_raw(value) }?;
         channel.watch_after_send();
         Ok(Endpoint::new(channel))
     }
@@ -117,7 +132,7 @@ impl<T: Transport> Endpoint<T> {
         expect(&frame, Kind::Init)?;
         if let Attached::Fd(fd) = &frame.fd {
             // Without it, the manager counts every task it sent here as taken.
-            self.ledger = LedgerWriter::open(fd.as_fd()).ok();
+            self.ledger = LedgerWriter::open(crate::os::borrow(fd)).ok();
         }
         Ok(Some(frame.body))
     }
@@ -177,7 +192,7 @@ impl<T: Transport> Endpoint<T> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod tests {
     use super::*;
     use crate::ledger::TaskLedger;

@@ -4,7 +4,8 @@
 //! registered once when the module loads), so a value stamped with the generation of
 //! its creator tells, with one atomic load, whether this process is still that creator.
 //! Pools, sending caches and received mappings are stamped: a forked child finds them
-//! foreign and never touches its parent's workers or segments through them.
+//! foreign and never touches its parent's workers or segments through them. Windows
+//! has no fork(): there the stamp never changes.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Once;
@@ -12,6 +13,7 @@ use std::sync::Once;
 static GENERATION: AtomicU64 = AtomicU64::new(0);
 static REGISTER: Once = Once::new();
 
+#[cfg(unix)]
 extern "C" fn in_child() {
     // Async-signal-safe: one atomic add.
     GENERATION.fetch_add(1, Ordering::Relaxed);
@@ -21,7 +23,10 @@ extern "C" fn in_child() {
 pub fn register() {
     REGISTER.call_once(|| {
         // SAFETY: registers a handler that only performs an atomic add.
-        unsafe { libc::pthread_atfork(None, None, Some(in_child)) };
+        #[cfg(unix)]
+        unsafe {
+            libc::pthread_atfork(None, None, Some(in_child))
+        };
     });
 }
 
@@ -30,7 +35,7 @@ pub fn generation() -> u64 {
     GENERATION.load(Ordering::Relaxed)
 }
 
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod tests {
     use super::*;
 

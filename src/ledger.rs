@@ -14,9 +14,9 @@
 //! order).
 
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::Ordering;
 
+use crate::os::{AsObject, BorrowedObject};
 use crate::shm::{page_size, OutSegment, Region};
 
 const LEDGER_UNUSED: u64 = 0;
@@ -44,9 +44,15 @@ impl TaskLedger {
     }
 }
 
-impl AsFd for TaskLedger {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.page.as_fd()
+impl AsObject for TaskLedger {
+    #[cfg(unix)]
+    fn as_fd(&self) -> BorrowedObject<'_> {
+        crate::os::borrow(&self.page)
+    }
+
+    #[cfg(windows)]
+    fn as_handle(&self) -> BorrowedObject<'_> {
+        crate::os::borrow(&self.page)
     }
 }
 
@@ -57,7 +63,7 @@ pub struct LedgerWriter {
 
 impl LedgerWriter {
     /// Map the ledger that came with the first message, and mark it in use.
-    pub fn open(fd: BorrowedFd<'_>) -> io::Result<LedgerWriter> {
+    pub fn open(fd: BorrowedObject<'_>) -> io::Result<LedgerWriter> {
         let page = Region::map_whole(fd)?;
         page.state().store(LEDGER_OPEN, Ordering::Release);
         Ok(LedgerWriter { page })
@@ -80,7 +86,7 @@ mod tests {
             ledger.took(0),
             "a ledger the worker never opened says nothing"
         );
-        let worker_side = LedgerWriter::open(ledger.as_fd()).unwrap();
+        let worker_side = LedgerWriter::open(crate::os::borrow(&ledger)).unwrap();
         assert!(!ledger.took(0), "opened: nothing taken yet");
         worker_side.record_taken(0);
         assert!(ledger.took(0));

@@ -6,31 +6,30 @@
 //! its channel), the template's loop, shared segments, and a few process functions.
 //! Rust owns every byte on a socket, every shared segment's life and every wake-up
 //! between threads; Python owns every Python object and every message a user reads.
+//!
+//! One crate for both platform families: the manager, the task table, the frames'
+//! codec, shared segments and the worker's endpoint are common; what each system does
+//! differently sits behind modules of the same name, chosen here (POSIX: sockets,
+//! poll(2), posix_spawn, memfd; Windows: named pipes, an I/O completion port,
+//! CreateProcessW and Job objects, sections; see `platform/windows/mod.rs`). POSIX alone
+//! has the template that forks workers, and fork() to survive.
 
-#[cfg(unix)]
 mod bindings;
+mod endpoint;
+mod fork;
+mod ledger;
+mod manager;
+mod os;
+mod shm;
+mod watch;
+mod wire;
+
 #[cfg(unix)]
 mod channel;
 #[cfg(unix)]
-mod endpoint;
-#[cfg(unix)]
-mod fork;
-#[cfg(unix)]
-mod ledger;
-#[cfg(unix)]
-mod manager;
-#[cfg(unix)]
 mod platform;
-/// On Windows only the platform's own facilities are built so far (see
-/// `platform/windows/mod.rs`); the pool reaches them through the same seam later.
-#[cfg(windows)]
-mod platform {
-    pub mod windows;
-}
 #[cfg(unix)]
 mod procfs;
-#[cfg(unix)]
-mod shm;
 #[cfg(unix)]
 mod spawn;
 #[cfg(unix)]
@@ -38,17 +37,24 @@ mod sys;
 #[cfg(unix)]
 mod template;
 #[cfg(unix)]
-mod watch;
-#[cfg(unix)]
 mod watchdog;
-#[cfg(unix)]
-mod wire;
 
-#[cfg(unix)]
+#[cfg(windows)]
+#[path = "platform/windows/channel.rs"]
+mod channel;
+#[cfg(windows)]
+#[path = "platform/windows/mod.rs"]
+mod platform;
+#[cfg(windows)]
+#[path = "platform/windows/procfs.rs"]
+mod procfs;
+#[cfg(windows)]
+#[path = "platform/windows/spawn.rs"]
+mod spawn;
+
 use pyo3::prelude::*;
 
 /// The module: its classes and functions are in `bindings/`.
-#[cfg(unix)]
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     bindings::module::register(m)

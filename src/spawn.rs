@@ -38,6 +38,19 @@ pub struct Spawned {
     pub channel: OwnedFd,
 }
 
+/// The parent's end of a worker's channel.
+pub type ChannelEnd = OwnedFd;
+
+/// A worker the template forked on the channel `channel` (the template reaps it and
+/// reports its exit; its watch serves to wait for it when the pool is killed).
+pub fn forked(pid: i32, channel: ChannelEnd) -> Option<Spawned> {
+    Some(Spawned {
+        pid,
+        exit: ExitWatch::open(pid),
+        channel,
+    })
+}
+
 /// posix_spawn's functions return the error number instead of setting errno.
 fn spawn_check(ret: libc::c_int) -> io::Result<()> {
     if ret != 0 {

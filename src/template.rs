@@ -124,7 +124,11 @@ impl Server {
         // SAFETY: reads into a live buffer from our non-blocking pipe.
         while unsafe { libc::read(self.wake.0.as_raw_fd(), drained.as_mut_ptr().cast(), 64) } > 0 {}
         while let Some((pid, code)) = platform::reap_any_child() {
-            if self.control.send(encode_exited(pid, Some(code))).is_err() {
+            if self
+                .control
+                .send(encode_exited(pid, Some(code.into())))
+                .is_err()
+            {
                 return false;
             }
         }
@@ -327,7 +331,7 @@ mod tests {
         let (template, exit, mut control) = start_template();
         let orders = [
             ("exit 7", Some(7)),
-            ("kill", Some(-libc::SIGKILL)),
+            ("kill", crate::platform::KILLED),
             ("exit 0", Some(0)),
         ];
         for (order, status) in orders {

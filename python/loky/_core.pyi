@@ -4,6 +4,9 @@ The core owns every byte on a socket (frames and the descriptors they carry), ev
 shared segment's life and every wake-up between threads; the Python layer owns every
 Python object and every message a user reads. Nothing here is public API: the
 ``loky`` package builds its executors on it.
+
+On Windows the POSIX-only functions (`spawn_process`, `serve_template`, the fork
+hooks) are absent, and `cpu_count` and `physical_cores` are there.
 """
 
 import sys
@@ -36,9 +39,7 @@ __all__ = [
     "SharedSegment",
     "OutgoingSegment",
     "InheritedPoolError",
-    "spawn_process",
     "descendants",
-    "serve_template",
     "facilities",
     "children_reaped_by_kernel",
     "watch_parent",
@@ -47,10 +48,12 @@ __all__ = [
     "close_descriptors_beyond_limit",
     "segment_cache_usage",
     "release_cached_segments",
-    "fork_prepare",
-    "fork_parent",
-    "fork_child",
+    "resident_bytes",
 ]
+if sys.platform == "win32":
+    __all__ += ["cpu_count", "physical_cores"]
+else:
+    __all__ += ["spawn_process", "serve_template", "fork_prepare", "fork_parent", "fork_child"]
 
 __version__: Final[str]
 """The distribution's version (from the crate's Cargo.toml)."""
@@ -100,15 +103,17 @@ def segment_cache_usage() -> tuple[int, int]:
 def release_cached_segments() -> None:
     """Let go of every kept segment (receivers keep what they still use)."""
 
-def fork_prepare() -> None:
-    """``os.register_at_fork(before=...)``: snapshot received segments for the child."""
+if sys.platform != "win32":
+    def fork_prepare() -> None:
+        """``os.register_at_fork(before=...)``: snapshot received segments for the
+        child."""
 
-def fork_parent() -> None:
-    """``os.register_at_fork(after_in_parent=...)``: drop the snapshots."""
+    def fork_parent() -> None:
+        """``os.register_at_fork(after_in_parent=...)``: drop the snapshots."""
 
-def fork_child() -> None:
-    """``os.register_at_fork(after_in_child=...)``: received segments become the
-    child's private copies of what they held at fork time."""
+    def fork_child() -> None:
+        """``os.register_at_fork(after_in_child=...)``: received segments become the
+        child's private copies of what they held at fork time."""
 
 # -- named values ------------------------------------------------------------------------
 # Compared by identity (`event.reason is ExitReason.DIED`); `str()` gives the words a
@@ -438,21 +443,35 @@ class WorkerEndpoint:
         LOKY_MAX_MEMORY_LEAK_SIZE, or passed the pool's `max_worker_memory`
         (`over_limit`). The tasks sent to it go to other workers. It exits next."""
 
-def serve_template(parent: int) -> int:
-    """Run as the pool's template on descriptor 3 for the pool of process `parent`:
-    fork a worker per request (with `os.fork`), reap the workers and report their
-    exit statuses. Never returns in the template, which exits once the pool is gone;
-    returns in each forked child, set up as a worker on descriptor 3: the template's
-    pid, for `loky._worker.main`."""
+if sys.platform != "win32":
+    def serve_template(parent: int) -> int:
+        """Run as the pool's template on descriptor 3 for the pool of process
+        `parent`: fork a worker per request (with `os.fork`), reap the workers and
+        report their exit statuses. Never returns in the template, which exits once
+        the pool is gone; returns in each forked child, set up as a worker on
+        descriptor 3: the template's pid, for `loky._worker.main`."""
 
 # -- processes ---------------------------------------------------------------------------
 
-def spawn_process(
-    program: str, args: list[str], env: list[tuple[str, str]], pass_fds: list[int] = ...
-) -> tuple[int, int]:
-    """Fork+exec a plain child with `pass_fds` inherited; (pid, sentinel). The caller
-    owns the sentinel, the read end of a pipe only the child holds (readable once it
-    exited), and reaps the child (waitpid)."""
+if sys.platform != "win32":
+    def spawn_process(
+        program: str, args: list[str], env: list[tuple[str, str]], pass_fds: list[int] = ...
+    ) -> tuple[int, int]:
+        """Fork+exec a plain child with `pass_fds` inherited; (pid, sentinel). The
+        caller owns the sentinel, the read end of a pipe only the child holds (readable
+        once it exited), and reaps the child (waitpid)."""
+else:
+    def cpu_count() -> int:
+        """The processors this process may use: the active processors of every
+        group, less what its affinity leaves out, less what its job's CPU rate cap
+        allows."""
+
+    def physical_cores() -> int | None:
+        """The machine's physical cores; None if they cannot be counted."""
+
+def resident_bytes(pid: int) -> int | None:
+    """The resident memory of process `pid` in bytes (on Windows its working set);
+    None if it cannot be read."""
 
 def descendants(pid: int) -> list[int]:
     """Every live descendant of `pid`, children before grandchildren."""

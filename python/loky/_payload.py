@@ -34,12 +34,14 @@ def cache_bytes():
 
 
 _core.configure_segment_cache(cache_bytes())
-# Received segments become private copies in a child made by os.fork().
-os.register_at_fork(
-    before=_core.fork_prepare,
-    after_in_parent=_core.fork_parent,
-    after_in_child=_core.fork_child,
-)
+# Received segments become private copies in a child made by os.fork() (POSIX: Windows
+# has no fork()).
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        before=_core.fork_prepare,
+        after_in_parent=_core.fork_parent,
+        after_in_child=_core.fork_child,
+    )
 
 
 def release_cached_segments():

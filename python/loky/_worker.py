@@ -214,6 +214,10 @@ class MemoryGuard:
 
     @staticmethod
     def resident_bytes():
+        if sys.platform == "win32":
+            from ._core import resident_bytes
+
+            return resident_bytes(os.getpid())
         try:
             with open("/proc/self/statm", "rb") as statm:
                 return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")

@@ -126,7 +126,8 @@ def _release_submit_locks_in_child() -> None:
         _cpython.reinit_after_fork(executor._submit_lock)
 
 
-os.register_at_fork(after_in_child=_release_submit_locks_in_child)
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork()
+    os.register_at_fork(after_in_child=_release_submit_locks_in_child)
 
 
 class ProcessPoolExecutor(Executor):
@@ -294,10 +295,11 @@ class ProcessPoolExecutor(Executor):
             max_tasks_per_child=options.max_tasks_per_child,
             # Workers are this process's children, as with loky and the standard
             # library, unless the pool replaces them routinely: then a template
-            # process forks the replacements (its children) in a millisecond.
+            # process forks the replacements (its children) in a millisecond
+            # (POSIX: there is no fork() on Windows).
             template_args=(
                 None
-                if options.max_tasks_per_child is None
+                if options.max_tasks_per_child is None or sys.platform == "win32"
                 else ["-c", _inherit.python_code(template_code)]
             ),
             pass_fds=pass_fds + start_fds,

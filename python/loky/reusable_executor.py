@@ -30,8 +30,9 @@ __all__ = ["get_reusable_executor"]
 # successor.
 _executor_lock = threading.RLock()
 # Released in the child of a fork(), whichever thread of the parent held it (see
-# process_executor._release_submit_locks_in_child).
-os.register_at_fork(after_in_child=lambda: _cpython.reinit_after_fork(_executor_lock))
+# process_executor._release_submit_locks_in_child). Windows has no fork().
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=lambda: _cpython.reinit_after_fork(_executor_lock))
 _local = threading.local()  # .executor: this thread's reusable executor
 _executor_ids = iter(range(1 << 62))
 

@@ -1,7 +1,7 @@
 //! The module's functions, and `register`, which adds them and every class to
-//! `loky._core`.
-
-use std::os::fd::IntoRawFd;
+//! `loky._core`. On Windows the POSIX-only ones are absent: `spawn_process` (Python's
+//! own spawn starts processes there), `serve_template` (no fork, so no template) and
+//! the fork hooks.
 
 use pyo3::prelude::*;
 
@@ -10,14 +10,14 @@ use super::pool::{
     InitFailed, Pool, PoolClosed, StartFailed, TaskEnded, TaskResult, WorkerDied, WorkerExited,
     WorkerStarted, WorkerStat,
 };
-use super::worker::{serve_template, TaskMessage, WorkerEndpoint};
-use super::{os_error, InheritedPoolError};
-use crate::spawn::WorkerCommand;
-use crate::{fork, platform, procfs, shm, spawn, watchdog};
+use super::worker::{TaskMessage, WorkerEndpoint};
+use super::InheritedPoolError;
+use crate::{fork, platform, procfs, shm};
 
 /// Fork+exec `program` with `args`, the environment overrides `env`, and `pass_fds`
 /// inherited. Returns (pid, sentinel): the caller owns the sentinel, which becomes
 /// readable once the child exited, and reaps the child with `reap`.
+#[cfg(unix)]
 #[pyfunction]
 #[pyo3(signature = (program, args, env, pass_fds=Vec::new()))]
 fn spawn_process(
@@ -26,6 +26,8 @@ fn spawn_process(
     env: Vec<(String, String)>,
     pass_fds: Vec<i32>,
 ) -> PyResult<(i32, i32)> {
+    use crate::spawn::{self, WorkerCommand};
+    use std::os::fd::IntoRawFd;
     let cmd = WorkerCommand {
         program,
         args,
@@ -33,7 +35,7 @@ fn spawn_process(
         pass_fds,
     };
     let (pid, sentinel) = spawn::spawn_process(&cmd)
-        .map_err(|e| os_error(&format!("could not start '{}'", cmd.program), e))?;
+        .map_err(|e| super::os_error(&format!("could not start '{}'", cmd.program), e))?;
     Ok((pid, sentinel.into_raw_fd()))
 }
 
@@ -41,6 +43,13 @@ fn spawn_process(
 #[pyfunction]
 fn descendants(pid: i32) -> Vec<i32> {
     procfs::descendants(pid)
+}
+
+/// The resident memory of process `pid` in bytes (on Windows its working set, what
+/// psutil calls its rss); None if it cannot be read.
+#[pyfunction]
+fn resident_bytes(pid: i32) -> Option<u64> {
+    procfs::resident_bytes(pid)
 }
 
 /// Which way each operating-system facility used so far went: (name, "fast" or
@@ -51,24 +60,40 @@ fn facilities() -> Vec<(&'static str, String)> {
 }
 
 /// Whether the system reaps this process's children itself, discarding their exit
-/// status (SIGCHLD is ignored, or handled with SA_NOCLDWAIT).
+/// status (SIGCHLD is ignored, or handled with SA_NOCLDWAIT). Never on Windows.
 #[pyfunction]
 fn children_reaped_by_kernel() -> bool {
-    platform::children_reaped_by_kernel()
+    #[cfg(unix)]
+    return platform::children_reaped_by_kernel();
+    #[cfg(windows)]
+    return false;
 }
 
 /// In a process this package started, first thing: close the descriptors numbered at
-/// or above the soft descriptor limit, which posix_spawn could not close for it.
+/// or above the soft descriptor limit, which posix_spawn could not close for it. (On
+/// Windows a process inherits only the handles it was given: nothing to close.)
 #[pyfunction]
 fn close_descriptors_beyond_limit() {
-    spawn::close_beyond_limit();
+    #[cfg(unix)]
+    crate::spawn::close_beyond_limit();
 }
 
 /// In a worker: end this process and everything it started as soon as `parent` (the
-/// process expected as its parent) is gone; at once if it already is.
+/// process expected as its parent) is gone; at once if it already is. (On Windows the
+/// worker's Job object, which only the parent holds, does it: the system closes it when
+/// the parent exits. This only checks that the parent is still there.)
 #[pyfunction]
 fn watch_parent(parent: i32) -> PyResult<()> {
-    watchdog::watch_parent(parent).map_err(|e| os_error("watching the parent process", e))
+    #[cfg(unix)]
+    return crate::watchdog::watch_parent(parent)
+        .map_err(|e| super::os_error("watching the parent process", e));
+    #[cfg(windows)]
+    {
+        if !procfs::is_running(parent) {
+            std::process::exit(1);
+        }
+        Ok(())
+    }
 }
 
 /// Copy `buffers` (C-contiguous buffer objects) into a shared segment of this
@@ -89,8 +114,11 @@ fn write_segment(
 #[pyfunction]
 #[pyo3(signature = (max_bytes, max_segments=None, /))]
 fn configure_segment_cache(max_bytes: u64, max_segments: Option<u64>) {
-    let max_segments = max_segments
-        .unwrap_or_else(|| (platform::descriptor_limit().unwrap_or(1 << 16) / 32).clamp(1, 64));
+    #[cfg(unix)]
+    let descriptors = platform::descriptor_limit().unwrap_or(1 << 16);
+    #[cfg(windows)]
+    let descriptors = 1 << 16; // handles are not that scarce
+    let max_segments = max_segments.unwrap_or((descriptors / 32).clamp(1, 64));
     shm::CACHE.set_limits(max_bytes, max_segments);
 }
 
@@ -107,19 +135,37 @@ fn release_cached_segments() {
 }
 
 /// `os.register_at_fork` hooks: received segments become private copies in the child.
+#[cfg(unix)]
 #[pyfunction]
 fn fork_prepare() {
     shm::fork_prepare();
 }
 
+#[cfg(unix)]
 #[pyfunction]
 fn fork_parent() {
     shm::fork_parent();
 }
 
+#[cfg(unix)]
 #[pyfunction]
 fn fork_child() {
     shm::fork_child();
+}
+
+/// The processors this process may use on Windows: the active processors of every
+/// group, less what its affinity leaves out, less what its job's CPU rate cap allows.
+#[cfg(windows)]
+#[pyfunction]
+fn cpu_count() -> usize {
+    platform::cpu::cpu_count()
+}
+
+/// The physical cores of the machine on Windows; None if they cannot be counted.
+#[cfg(windows)]
+#[pyfunction]
+fn physical_cores() -> Option<usize> {
+    platform::cpu::physical_cores()
 }
 
 /// Add every class and function of `loky._core` to `m`.
@@ -156,10 +202,26 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
         "InheritedPoolError",
         m.py().get_type::<InheritedPoolError>(),
     )?;
+    #[cfg(unix)]
     for function in [
         wrap_pyfunction!(spawn_process, m)?,
+        wrap_pyfunction!(super::worker::serve_template, m)?,
+        wrap_pyfunction!(fork_prepare, m)?,
+        wrap_pyfunction!(fork_parent, m)?,
+        wrap_pyfunction!(fork_child, m)?,
+    ] {
+        m.add_function(function)?;
+    }
+    #[cfg(windows)]
+    for function in [
+        wrap_pyfunction!(cpu_count, m)?,
+        wrap_pyfunction!(physical_cores, m)?,
+    ] {
+        m.add_function(function)?;
+    }
+    for function in [
         wrap_pyfunction!(descendants, m)?,
-        wrap_pyfunction!(serve_template, m)?,
+        wrap_pyfunction!(resident_bytes, m)?,
         wrap_pyfunction!(facilities, m)?,
         wrap_pyfunction!(children_reaped_by_kernel, m)?,
         wrap_pyfunction!(watch_parent, m)?,
@@ -168,9 +230,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
         wrap_pyfunction!(close_descriptors_beyond_limit, m)?,
         wrap_pyfunction!(segment_cache_usage, m)?,
         wrap_pyfunction!(release_cached_segments, m)?,
-        wrap_pyfunction!(fork_prepare, m)?,
-        wrap_pyfunction!(fork_parent, m)?,
-        wrap_pyfunction!(fork_child, m)?,
     ] {
         m.add_function(function)?;
     }

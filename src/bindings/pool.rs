@@ -34,7 +34,7 @@ pub struct TaskResult {
 #[pyclass(module = "loky._core", frozen, get_all)]
 pub struct Attempt {
     pid: i32,
-    exitcode: Option<i32>,
+    exitcode: Option<i64>,
     reason: String,
     cause: Option<EndCause>,
 }
@@ -69,7 +69,7 @@ fn attempts(py: Python<'_>, attempts: Vec<manager::Attempt>) -> PyResult<Vec<Py<
 pub struct WorkerDied {
     task_id: u64,
     pid: i32,
-    exitcode: Option<i32>,
+    exitcode: Option<i64>,
     reason: String,
     attempts: Vec<Py<Attempt>>,
 }
@@ -109,7 +109,7 @@ pub struct WorkerStarted {
 #[pyclass(module = "loky._core", frozen, get_all)]
 pub struct WorkerExited {
     pid: i32,
-    exitcode: Option<i32>,
+    exitcode: Option<i64>,
     reason: ExitReason,
 }
 
@@ -127,7 +127,7 @@ pub struct InitFailed {
 #[pyclass(module = "loky._core", frozen, get_all)]
 pub struct StartFailed {
     pid: i32,
-    exitcode: Option<i32>,
+    exitcode: Option<i64>,
     errno: Option<i32>,
     message: String,
 }

@@ -10,8 +10,6 @@ use super::buffers::{OutgoingSegment, Payload, SharedSegment};
 use super::os_error;
 use crate::endpoint::Endpoint;
 use crate::shm::Incoming;
-use crate::spawn::WORKER_FD;
-use crate::template;
 use crate::wire::Attachment;
 
 /// A task taken to run. Its shared segment comes mapped (`segment`); when it could not
@@ -27,8 +25,10 @@ pub struct TaskMessage {
 }
 
 /// A worker's end of its channel to the manager (descriptor 3, taken over and made
-/// close-on-exec). Blocking calls release the GIL. After each result it watches for
-/// its next task for a moment before it sleeps (see `crate::channel`).
+/// close-on-exec; on Windows the pipe handle named on the command line, made
+/// non-inheritable, and the event that interrupts its tasks is listened to from then
+/// on). Blocking calls release the GIL. After each result it watches for its next task
+/// for a moment before it sleeps (see `crate::channel`).
 #[pyclass(module = "loky._core")]
 pub struct WorkerEndpoint {
     inner: Endpoint,
@@ -38,9 +38,12 @@ pub struct WorkerEndpoint {
 impl WorkerEndpoint {
     #[new]
     fn new() -> PyResult<WorkerEndpoint> {
+        #[cfg(unix)]
         // SAFETY: descriptor 3 is this worker's channel, handed over by its parent.
-        let inner = unsafe { Endpoint::from_raw_fd(WORKER_FD) }
+        let inner = unsafe { Endpoint::from_raw_fd(crate::spawn::WORKER_FD) }
             .map_err(|e| os_error("the worker's channel (descriptor 3)", e))?;
+        #[cfg(windows)]
+        let inner = windows_endpoint()?;
         Ok(WorkerEndpoint { inner })
     }
 
@@ -131,9 +134,37 @@ impl WorkerEndpoint {
 ///
 /// The template has one thread: it waits holding the GIL, and signals the interpreter
 /// handles (Ctrl-C) stay pending there; a forked child starts without them.
+#[cfg(unix)]
 #[pyfunction]
 pub fn serve_template(py: Python<'_>, parent: i32) -> PyResult<i32> {
     let fork = py.import("os")?.getattr("fork")?;
     let fork = || -> std::io::Result<i32> { Ok(fork.call0()?.extract::<i32>()?) };
-    template::serve(parent, fork).map_err(|e| os_error("template", e))
+    crate::template::serve(parent, fork).map_err(|e| os_error("template", e))
+}
+
+/// The worker's end on Windows: its channel and interrupt event, whose handle values its
+/// command line gives (`crate::spawn`); Ctrl-C from the parent raises SIGINT here.
+#[cfg(windows)]
+fn windows_endpoint() -> PyResult<Endpoint> {
+    use std::os::windows::io::{FromRawHandle, OwnedHandle, RawHandle};
+
+    use crate::platform::interrupt;
+
+    let Some((channel, event)) = crate::spawn::worker_handles() else {
+        return Err(pyo3::exceptions::PyRuntimeError::new_err(
+            "this process was not started as a loky worker (its command line names no \
+             channel)",
+        ));
+    };
+    // SAFETY: the parent made this process inherit these two handles for this use, and
+    // named them on its command line; nothing else here owns them.
+    let inner = unsafe { Endpoint::from_raw_handle(channel) }
+        .map_err(|e| os_error("the worker's channel", e))?;
+    // SAFETY: as above.
+    let event = unsafe { OwnedHandle::from_raw_handle(event as RawHandle) };
+    crate::platform::not_inheritable(std::os::windows::io::AsHandle::as_handle(&event))
+        .map_err(|e| os_error("the worker's interrupt event", e))?;
+    interrupt::listen(event, interrupt::raise_sigint)
+        .map_err(|e| os_error("listening for interrupts", e))?;
+    Ok(inner)
 }

@@ -17,15 +17,12 @@
 //! empty; a frame is at most `DIRECT_MAX` bytes). Only the process that owns the pool
 //! may take the offer (the handle checks before it comes here).
 
-use std::os::fd::RawFd;
-use std::time::Duration;
-
 use parking_lot::Mutex;
 
+use super::poll_io::{write_direct, DirectEnd};
 use super::tasks::{Task, TaskTable};
 use super::worker::WorkerId;
-use crate::sys::{poll, pollfd};
-use crate::wire::{FrameWriter, Kind, OutFrame};
+use crate::wire::{Kind, OutFrame};
 
 /// Larger tasks, and tasks with a segment, go through the manager, which writes
 /// without blocking. So do tasks with a time limit: the manager must be awake to arm
@@ -35,7 +32,7 @@ pub const DIRECT_MAX: usize = 64 * 1024;
 #[derive(Default)]
 struct Offer {
     /// The offered worker and its channel.
-    worker: Option<(WorkerId, RawFd)>,
+    worker: Option<(WorkerId, DirectEnd)>,
     /// (worker, task id) sent that way, for the manager to record as the worker's.
     sent: Vec<(WorkerId, u64)>,
 }
@@ -47,7 +44,7 @@ pub struct Direct {
 
 impl Direct {
     /// Manager, before it sleeps: offer this idle worker.
-    pub fn offer(&self, worker: WorkerId, channel: RawFd) {
+    pub fn offer(&self, worker: WorkerId, channel: DirectEnd) {
         self.offer.lock().worker = Some((worker, channel));
     }
 
@@ -69,30 +66,19 @@ impl Direct {
             return Some(task);
         }
         let mut offer = self.offer.lock();
-        let Some((worker, channel)) = offer.worker else {
+        let Some((worker, channel)) = &offer.worker else {
             return Some(task);
         };
+        let worker = *worker;
         if !tasks.lock().sent_directly(&task, worker) {
             return None; // taken back while on its way: it must not run
         }
-        let mut writer = FrameWriter::default();
-        writer.push(OutFrame::new(task.id, Kind::Task, task.body.clone()));
-        if writer.flush(channel).is_err() {
+        let frame = OutFrame::new(task.id, Kind::Task, task.body.clone());
+        if write_direct(channel, frame).is_err() {
             // The worker is going away: leave the task to the manager.
             tasks.lock().finish(task.id);
             offer.worker = None;
             return Some(task);
-        }
-        // The socket was empty (the worker idle), so a small frame went out whole; if
-        // not, finish it before anything else can write there.
-        while !writer.is_empty() {
-            let _ = poll(
-                &mut [pollfd(channel, libc::POLLOUT)],
-                Some(Duration::from_millis(100)),
-            );
-            if writer.flush(channel).is_err() {
-                break; // dead worker: its exit handling re-queues or fails the task
-            }
         }
         offer.worker = None;
         offer.sent.push((worker, task.id));

@@ -13,7 +13,7 @@
 use std::time::{Duration, Instant};
 
 use super::event_loop::ManagerLoop;
-use super::policy;
+use super::policy::{self, Stop};
 use super::poll_io::Token;
 use super::tasks::{EndCause, TaskState};
 use super::worker::Phase;
@@ -79,9 +79,9 @@ impl ManagerLoop {
             if let Phase::Ending { killed, .. } = &mut worker.phase {
                 *killed = true;
             }
-            self.io.kill(token, libc::SIGKILL);
+            self.io.kill(token, Stop::Kill);
         } else {
-            self.io.kill(token, libc::SIGTERM);
+            self.io.kill(token, Stop::Term);
         }
     }
 
@@ -106,7 +106,7 @@ impl ManagerLoop {
             if let Phase::Ending { since, killed, .. } = &mut worker.phase {
                 if !*killed && now.duration_since(*since) >= policy::END_GRACE {
                     *killed = true;
-                    self.io.kill(token, libc::SIGKILL);
+                    self.io.kill(token, Stop::Kill);
                 }
             }
             if self.memory_over_limit(i) {
@@ -180,7 +180,7 @@ impl ManagerLoop {
             return;
         }
         worker.phase = Phase::Faulted(reason);
-        self.io.kill(Token::Worker(worker.id), libc::SIGKILL);
+        self.io.kill(Token::Worker(worker.id), Stop::Kill);
     }
 
     /// Time until the next deadline: an idle timeout, a task's time limit, the end of

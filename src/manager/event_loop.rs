@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 
 use super::forking::Template;
-use super::policy::{self, ExitReason, Load};
+use super::policy::{self, ExitReason, Load, Stop};
 use super::poll_io::{ManagerIo, Token};
 use super::tasks::Task;
 use super::worker::{Phase, Worker, WorkerId};
@@ -106,11 +106,11 @@ impl ManagerLoop {
             };
             match shutdown {
                 Some(Shutdown::Kill) => {
-                    self.end_all(libc::SIGKILL);
+                    self.end_all(Stop::Kill);
                     break;
                 }
                 Some(Shutdown::Terminate) => {
-                    self.end_all(libc::SIGTERM);
+                    self.end_all(Stop::Term);
                     break;
                 }
                 _ => {}
@@ -439,9 +439,9 @@ impl ManagerLoop {
 
     /// End every worker (and the template) with their process trees; queued work is
     /// dropped.
-    fn end_all(&mut self, signal: libc::c_int) {
+    fn end_all(&mut self, how: Stop) {
         self.template = None;
-        self.io.end_all(signal);
+        self.io.end_all(how);
         self.workers.clear();
         self.shared.tasks.lock().clear();
     }

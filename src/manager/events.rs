@@ -15,14 +15,13 @@
 use std::time::Instant;
 
 use super::event_loop::ManagerLoop;
-use super::policy::{self, ExitReason};
+use super::policy::{self, ExitReason, Stop};
 use super::poll_io::{IoEvent, Token};
 use super::tasks::{Attempt, AttemptEnd, EndCause};
 use super::worker::{Phase, Worker};
 use super::Event;
-use crate::platform::{ExitStatus, ExitWatch};
+use crate::platform::ExitStatus;
 use crate::shm::Incoming;
-use crate::spawn::Spawned;
 use crate::wire::{decode_exited, decode_retiring, Frame, Kind};
 
 impl ManagerLoop {
@@ -272,10 +271,9 @@ impl ManagerLoop {
         let Some(channel) = self.template.as_mut().and_then(|t| t.requested.pop_front()) else {
             return;
         };
-        // Its exit is reported by the template (its parent), which reaps it; the watch
-        // serves to wait for it when the pool is killed.
-        let exit = ExitWatch::open(pid);
-        self.add_worker(Spawned { pid, exit, channel }, true);
+        if let Some(spawned) = crate::spawn::forked(pid, channel) {
+            self.add_worker(spawned, true);
+        }
     }
 
     /// The template died (it should not; it was reaped): its workers die with it (their
@@ -292,9 +290,8 @@ impl ManagerLoop {
                 self.handle(vec![frames]);
             }
             if let Some(i) = self.workers.iter().position(|w| w.from_template) {
-                self.io
-                    .kill(Token::Worker(self.workers[i].id), libc::SIGKILL);
-                self.on_exit(i, Some(-libc::SIGKILL));
+                self.io.kill(Token::Worker(self.workers[i].id), Stop::Kill);
+                self.on_exit(i, crate::platform::KILLED);
             }
         }
     }

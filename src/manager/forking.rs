@@ -10,10 +10,9 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
-use crate::spawn::channel_pair;
+use crate::spawn::{channel_pair, ChannelEnd};
 use crate::wire::{empty_body, Kind, OutFrame};
 
 #[derive(Default)]
@@ -21,7 +20,7 @@ pub struct Template {
     /// It said it is ready to fork.
     pub ready: bool,
     /// Our ends of the sockets of workers asked for and not yet forked, in order.
-    pub requested: VecDeque<OwnedFd>,
+    pub requested: VecDeque<ChannelEnd>,
 }
 
 impl Template {

@@ -31,7 +31,12 @@ mod event_loop;
 mod events;
 mod forking;
 pub mod policy;
+#[cfg(unix)]
 mod poll_io;
+#[cfg(windows)]
+mod port_io;
+#[cfg(windows)]
+use port_io as poll_io;
 mod tasks;
 mod worker;
 

@@ -10,6 +10,16 @@ pub const BATCH_BELOW: Duration = Duration::from_millis(1);
 pub const MAX_BATCH: usize = 64;
 /// How long a worker asked to end (SIGTERM) may take before it is killed (SIGKILL).
 pub const END_GRACE: Duration = Duration::from_secs(1);
+
+/// How the manager ends a worker and everything it started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// Asked to end (SIGTERM on POSIX); killed if it is still there after `END_GRACE`.
+    /// (Windows has no such request for a process without a window: it is killed.)
+    Term,
+    /// Killed now (SIGKILL on POSIX, its Job object terminated on Windows).
+    Kill,
+}
 /// How often the memory of workers running a task is looked at, when the pool has a
 /// memory limit (reading a process's resident size costs a few µs).
 pub const MEMORY_WATCH: Duration = Duration::from_millis(25);

@@ -15,11 +15,12 @@
 //! not from here.
 
 use std::collections::HashMap;
+use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::policy;
+use super::policy::{self, Stop};
 use super::worker::WorkerId;
 use crate::platform::{try_reap, wait_for_exit, ExitStatus, ExitWatch, Waker, EXIT_POLL};
 use crate::procfs::kill_tree;
@@ -101,7 +102,7 @@ impl ManagerIo {
 
     /// Whether nothing is queued for `token` and its channel is open: a direct send
     /// may write there.
-    pub fn writable_now(&self, token: Token) -> Option<RawFd> {
+    pub fn writable_now(&self, token: Token) -> Option<DirectEnd> {
         let endpoint = self.endpoints.get(&token)?;
         (!endpoint.closed && endpoint.writer.is_empty()).then(|| endpoint.channel.as_raw_fd())
     }
@@ -133,10 +134,10 @@ impl ManagerIo {
         endpoint.reader.stalled_since()
     }
 
-    /// Send `signal` to the process of `token` and everything it started.
-    pub fn kill(&self, token: Token, signal: libc::c_int) {
+    /// End the process of `token` and everything it started: SIGTERM or SIGKILL.
+    pub fn kill(&self, token: Token, how: Stop) {
         if let Some(endpoint) = self.endpoints.get(&token) {
-            kill_tree(endpoint.pid, signal);
+            kill_tree(endpoint.pid, signal(how));
         }
     }
 
@@ -228,18 +229,18 @@ impl ManagerIo {
         events
     }
 
-    /// End every process (with its tree): `signal` now, then SIGKILL for any still
-    /// alive after the grace period (at once if `signal` is SIGKILL); wait for them all.
-    pub fn end_all(&mut self, signal: libc::c_int) {
+    /// End every process (with its tree): SIGTERM or SIGKILL now, then SIGKILL for any
+    /// still alive after the grace period; wait for them all.
+    pub fn end_all(&mut self, how: Stop) {
         let endpoints: Vec<Endpoint> = self.endpoints.drain().map(|(_, e)| e).collect();
         for endpoint in &endpoints {
-            kill_tree(endpoint.pid, signal);
+            kill_tree(endpoint.pid, signal(how));
         }
         let deadline = Instant::now() + policy::END_GRACE;
         for endpoint in &endpoints {
             let left = deadline.saturating_duration_since(Instant::now());
             let (pid, exit) = (endpoint.pid, &endpoint.exit);
-            if signal == libc::SIGKILL || !wait_for_exit(pid, exit, endpoint.ours, Some(left)) {
+            if how == Stop::Kill || !wait_for_exit(pid, exit, endpoint.ours, Some(left)) {
                 kill_tree(pid, libc::SIGKILL);
                 wait_for_exit(pid, exit, endpoint.ours, None);
             }
@@ -259,6 +260,36 @@ impl ManagerIo {
             kill_tree(endpoint.pid, libc::SIGKILL);
             wait_for_exit(endpoint.pid, &endpoint.exit, true, None);
         }
+    }
+}
+
+/// Where a direct send writes (see `direct.rs`): a worker's socket.
+pub type DirectEnd = RawFd;
+
+/// Write `frame` whole to an idle worker's socket, from a submitting thread (see
+/// `direct.rs`). Err only if none of it went out: the worker is going away.
+pub fn write_direct(channel: &DirectEnd, frame: OutFrame) -> io::Result<()> {
+    let mut writer = FrameWriter::default();
+    writer.push(frame);
+    writer.flush(*channel)?;
+    // The socket was empty (the worker idle), so a small frame went out whole; if
+    // not, finish it before anything else can write there.
+    while !writer.is_empty() {
+        let _ = poll(
+            &mut [pollfd(*channel, libc::POLLOUT)],
+            Some(Duration::from_millis(100)),
+        );
+        if writer.flush(*channel).is_err() {
+            break; // dead worker: its exit handling re-queues or fails the task
+        }
+    }
+    Ok(())
+}
+
+fn signal(how: Stop) -> libc::c_int {
+    match how {
+        Stop::Term => libc::SIGTERM,
+        Stop::Kill => libc::SIGKILL,
     }
 }
 

@@ -238,8 +238,12 @@ impl ExitWatch {
 
 /// How a process ended: its exit code, or minus the signal that killed it; None when
 /// it cannot be known (the kernel reaped the child itself because this process ignores
-/// SIGCHLD, or other code of this process reaped it).
-pub type ExitStatus = Option<i32>;
+/// SIGCHLD, or other code of this process reaped it). 64 bits, as Windows exit codes
+/// are unsigned 32-bit values.
+pub type ExitStatus = Option<i64>;
+
+/// The status of a process ended with `manager`'s `Stop::Kill`.
+pub const KILLED: ExitStatus = Some(-(libc::SIGKILL as i64));
 
 /// Reap our child `pid` if it has exited: Some(its status) once it has, None while it
 /// runs. (A zombie child keeps its pid: no reuse race.) A child that can no longer be
@@ -252,7 +256,7 @@ pub fn try_reap(pid: i32, watch: &ExitWatch) -> Option<ExitStatus> {
     };
     match reaped {
         Ok(None) => None,
-        Ok(Some(code)) => Some(Some(code)),
+        Ok(Some(code)) => Some(Some(code.into())),
         Err(_) => Some(None),
     }
 }

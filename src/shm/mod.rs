@@ -12,7 +12,11 @@
 //!
 //! The state word is the first of the `SEGMENT_HEADER_LEN` bytes before the buffers.
 //! Each side's module owns its half; `fork.rs` owns what a forked child inherits;
-//! `Region` (here) is the one owner of a mapping's address range.
+//! `Region` (`region.rs`) is the one owner of a mapping's address range.
+//!
+//! On Windows a segment is a section backed by the paging file, and its handle travels
+//! instead of a descriptor (duplicated into the receiver by the manager, see
+//! `platform/windows/section.rs`); there is no fork() there, so no `fork.rs`.
 //!
 //! Ownership, stated once:
 //! - A segment is released (FREE) only by the process that mapped it on receipt, and
@@ -40,17 +44,16 @@
 //! in the first process that writes it. When no segment can be made (descriptors or
 //! memory ran out), `write` fails and the caller sends the buffers in-band instead.
 
+#[cfg(unix)]
 mod fork;
 mod receive;
+mod region;
 mod send;
 
-use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd};
-use std::ptr::NonNull;
-use std::sync::atomic::AtomicU64;
-
+#[cfg(unix)]
 pub use fork::{fork_child, fork_parent, fork_prepare};
 pub use receive::{Incoming, Mapping};
+pub use region::{page_size, Region};
 pub use send::{OutSegment, CACHE};
 
 /// Bytes before the first buffer of a segment.
@@ -58,80 +61,3 @@ pub const SEGMENT_HEADER_LEN: usize = 64;
 /// Values of a segment's state word.
 pub const SEGMENT_FREE: u64 = 0;
 pub const SEGMENT_LENT: u64 = 1;
-
-pub fn page_size() -> usize {
-    // SAFETY: sysconf with a valid name has no side effects.
-    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if size > 0 {
-        size as usize
-    } else {
-        4096
-    }
-}
-
-/// A shared file mapped readable and writable in this process, at least a segment
-/// header long; unmapped when dropped.
-#[derive(Debug)]
-pub struct Region {
-    ptr: NonNull<u8>,
-    len: usize,
-}
-
-// SAFETY: the mapping is plain memory owned by this value; nothing in it is tied to
-// the thread that made it.
-unsafe impl Send for Region {}
-unsafe impl Sync for Region {}
-
-impl Region {
-    /// mmap(2) of the first `len` bytes of `fd`, shared.
-    pub fn map(fd: BorrowedFd<'_>, len: usize) -> io::Result<Region> {
-        if len < SEGMENT_HEADER_LEN {
-            return Err(io::Error::other("segment shorter than its header"));
-        }
-        // SAFETY: a fresh mapping at an address the kernel picks; no existing memory
-        // is affected. The result is checked before use.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let ptr = NonNull::new(ptr.cast()).expect("mmap returned null");
-        Ok(Region { ptr, len })
-    }
-
-    /// The whole file `fd`, mapped.
-    pub fn map_whole(fd: BorrowedFd<'_>) -> io::Result<Region> {
-        let len = nix::sys::stat::fstat(fd).map_err(io::Error::from)?.st_size as usize;
-        Region::map(fd, len)
-    }
-
-    pub fn as_ptr(&self) -> *mut u8 {
-        self.ptr.as_ptr()
-    }
-
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// The state word at its start.
-    pub fn state(&self) -> &AtomicU64 {
-        // SAFETY: the mapping is live while `self` is, at least a header long, and
-        // page-aligned, so the word is aligned.
-        unsafe { &*(self.ptr.as_ptr() as *const AtomicU64) }
-    }
-}
-
-impl Drop for Region {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the range mapped in `map`, which nothing uses now.
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
-    }
-}

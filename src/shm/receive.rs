@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::Ordering;
 
@@ -11,9 +10,11 @@ use parking_lot::Mutex;
 
 use super::{Region, SEGMENT_FREE};
 use crate::fork::generation;
+use crate::os::BorrowedObject;
 use crate::wire::Attached;
 
 /// What this process knows of one live received mapping.
+#[cfg_attr(windows, allow(dead_code))] // only fork() makes copies
 pub(super) struct Live {
     pub len: usize,
     /// Made private (in a forked child): it releases nothing.
@@ -39,7 +40,7 @@ pub struct Mapping {
 
 impl Mapping {
     /// Map the whole segment `fd` (which the caller may close afterwards).
-    pub fn new(fd: BorrowedFd<'_>) -> io::Result<Mapping> {
+    pub fn new(fd: BorrowedObject<'_>) -> io::Result<Mapping> {
         let region = Region::map_whole(fd)?;
         RECEIVED.lock().get_or_insert_with(HashMap::new).insert(
             region.as_ptr() as usize,
@@ -66,9 +67,12 @@ impl Mapping {
     /// Fault every page in now (where the kernel can), so the first reads of the
     /// buffers run at memory speed. Best effort.
     pub fn populate(&self) {
-        const MADV_POPULATE_READ: libc::c_int = 22; // Linux 5.14
-                                                    // SAFETY: advice on our own live mapping; failure (old kernel) is harmless.
-        unsafe { libc::madvise(self.as_ptr().cast(), self.len(), MADV_POPULATE_READ) };
+        #[cfg(unix)]
+        {
+            const MADV_POPULATE_READ: libc::c_int = 22; // Linux 5.14
+                                                        // SAFETY: advice on our own live mapping; failure (old kernel) is harmless.
+            unsafe { libc::madvise(self.as_ptr().cast(), self.len(), MADV_POPULATE_READ) };
+        }
     }
 }
 
@@ -89,7 +93,7 @@ impl Incoming {
         match fd {
             Attached::None => Incoming::None,
             Attached::Dropped => Incoming::Dropped,
-            Attached::Fd(fd) => match Mapping::new(fd.as_fd()) {
+            Attached::Fd(fd) => match Mapping::new(crate::os::borrow(&fd)) {
                 Ok(mapping) => Incoming::Mapped(mapping),
                 Err(err) => Incoming::Unmappable(err),
             },
@@ -121,16 +125,18 @@ mod tests {
     fn a_mapping_from_another_process_releases_nothing() {
         let cache = SegmentCache::new(1 << 30, 8);
         let (segment, _) = cache.write(&[&[1u8; 10]]).unwrap();
-        let mut mapping = Mapping::new(segment.as_fd()).unwrap();
+        let mut mapping = Mapping::new(crate::os::borrow(&*segment)).unwrap();
         mapping.owner = generation() + 1; // as if inherited through fork()
         drop(mapping);
         assert!(!segment.is_free());
-        drop(Mapping::new(segment.as_fd()).unwrap());
+        drop(Mapping::new(crate::os::borrow(&*segment)).unwrap());
         assert!(segment.is_free());
     }
 
     #[test]
+    #[cfg(unix)]
     fn a_segment_shorter_than_its_header_is_refused() {
+        use std::os::fd::AsFd;
         let fd = nix::sys::memfd::memfd_create(c"t", nix::sys::memfd::MFdFlags::empty()).unwrap();
         nix::unistd::ftruncate(&fd, 8).unwrap();
         assert!(Mapping::new(fd.as_fd()).is_err());

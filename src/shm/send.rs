@@ -6,7 +6,6 @@
 //! next write.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,6 +14,7 @@ use parking_lot::Mutex;
 
 use super::{page_size, Region, SEGMENT_FREE, SEGMENT_HEADER_LEN, SEGMENT_LENT};
 use crate::fork::generation;
+use crate::os::{AsObject, BorrowedObject, OwnedObject};
 
 /// A buffer lies at the same place within a 4 KiB page as its source (the segment
 /// starts on a page): large copies run at full speed whatever the source's alignment
@@ -27,18 +27,32 @@ const IDLE: Duration = Duration::from_secs(30);
 
 /// A segment this process writes buffers into and sends.
 pub struct OutSegment {
-    fd: OwnedFd,
+    /// Its file (POSIX) or section (Windows).
+    fd: OwnedObject,
     pub(super) region: Region,
 }
 
 impl OutSegment {
     /// A new segment of `capacity` bytes, its pages reserved (see `platform::reserve`).
+    #[cfg(unix)]
     pub fn create(capacity: usize) -> io::Result<OutSegment> {
+        use std::os::fd::{AsFd, AsRawFd};
         let fd = crate::platform::segment_file()?;
         nix::unistd::ftruncate(&fd, capacity as libc::off_t).map_err(io::Error::from)?;
         crate::platform::reserve(fd.as_raw_fd(), capacity)?;
         let region = Region::map(fd.as_fd(), capacity)?;
         Ok(OutSegment { fd, region })
+    }
+
+    /// A new segment of `capacity` bytes, committed (see `platform::section`).
+    #[cfg(windows)]
+    pub fn create(capacity: usize) -> io::Result<OutSegment> {
+        let section = crate::platform::section::Section::new(capacity)?;
+        let region = Region::map(section.as_handle(), capacity)?;
+        Ok(OutSegment {
+            fd: section.into_owned(),
+            region,
+        })
     }
 
     /// Its state word (see `crate::shm`).
@@ -55,9 +69,15 @@ impl OutSegment {
     }
 }
 
-impl AsFd for OutSegment {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+impl AsObject for OutSegment {
+    #[cfg(unix)]
+    fn as_fd(&self) -> BorrowedObject<'_> {
+        crate::os::borrow(&self.fd)
+    }
+
+    #[cfg(windows)]
+    fn as_handle(&self) -> BorrowedObject<'_> {
+        crate::os::borrow(&self.fd)
     }
 }
 
@@ -220,7 +240,7 @@ mod tests {
     use crate::shm::Mapping;
 
     fn receive(segment: &OutSegment) -> Mapping {
-        Mapping::new(segment.as_fd()).unwrap()
+        Mapping::new(crate::os::borrow(segment)).unwrap()
     }
 
     #[test]

@@ -18,17 +18,30 @@
 //! hands the frame over as `Attached::Dropped`, so the consumer can say what ran out
 //! instead of mistaking it for a broken protocol.
 
+mod out;
+#[cfg(unix)]
+mod posix;
+#[cfg(unix)]
 mod reader;
+#[cfg(windows)]
+mod stream;
+#[cfg(unix)]
 mod writer;
 
-use std::io;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
+use crate::os::OwnedObject;
 use crate::platform::ExitStatus;
 
+pub use out::{empty_body, Attachment, Body, OutFrame};
+#[cfg(unix)]
+pub use posix::{recv_with_fd, send_iov, Received};
+#[cfg(unix)]
 pub use reader::FrameReader;
-pub use writer::{empty_body, Attachment, Body, FrameWriter, OutFrame};
+#[cfg(windows)]
+pub use stream::{encode_prefix, StreamReader};
+#[cfg(unix)]
+pub use writer::FrameWriter;
 
 pub const HEADER_LEN: usize = 24;
 
@@ -82,8 +95,9 @@ impl Kind {
 
 /// Template to manager: worker `pid` exited with `status`. The task id field holds the
 /// pid; the body the exit code (i64, little-endian), or nothing when it is unknown.
+#[cfg(unix)]
 pub fn encode_exited(pid: i32, status: ExitStatus) -> OutFrame {
-    let body = status.map_or_else(Vec::new, |code| i64::from(code).to_le_bytes().to_vec());
+    let body = status.map_or_else(Vec::new, |code| code.to_le_bytes().to_vec());
     OutFrame::new(pid as u32 as u64, Kind::Exited, Arc::new(body))
 }
 
@@ -92,7 +106,7 @@ pub fn decode_exited(frame: &Frame) -> (i32, ExitStatus) {
     let code = frame
         .body
         .get(..8)
-        .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")) as i32);
+        .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")));
     (frame.header.task_id as i32, code)
 }
 
@@ -139,11 +153,11 @@ impl Header {
     }
 }
 
-/// The descriptor that came with a received frame.
+/// The descriptor (a handle on Windows) that came with a received frame.
 #[derive(Debug)]
 pub enum Attached {
     None,
-    Fd(OwnedFd),
+    Fd(OwnedObject),
     /// The frame announced one, and the kernel dropped it (`MSG_CTRUNC`): this process
     /// had no descriptor left to receive it into.
     Dropped,
@@ -156,106 +170,9 @@ pub struct Frame {
     pub fd: Attached,
 }
 
-/// Room for one descriptor's control message, on the stack (aligned for cmsghdr):
-/// the buffer and the length to declare.
-fn control_buffer() -> ([u64; 4], usize) {
-    // SAFETY: CMSG_SPACE is a pure size computation.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
-    assert!(space <= std::mem::size_of::<[u64; 4]>());
-    ([0u64; 4], space)
-}
-
-/// sendmsg(2) of `iov`, with a descriptor attached if given. MSG_NOSIGNAL: a dead peer
-/// is an error to handle, not a SIGPIPE.
-pub fn send_iov(sock: RawFd, iov: &[libc::iovec], fd: Option<RawFd>) -> isize {
-    let (mut control, space) = control_buffer();
-    // SAFETY: msghdr is plain data; every pointer set below outlives the sendmsg call,
-    // and the control buffer is large enough for one descriptor (CMSG_SPACE).
-    unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
-        msg.msg_iovlen = iov.len() as _;
-        let Some(fd) = fd else {
-            return libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL);
-        };
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = space as _;
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        (*cmsg).cmsg_level = libc::SOL_SOCKET;
-        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as _;
-        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut RawFd, fd);
-        libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL)
-    }
-}
-
-/// What one recvmsg(2) brought.
-pub struct Received {
-    pub len: usize,
-    pub fd: Option<OwnedFd>,
-    /// A descriptor came and the kernel dropped it (`MSG_CTRUNC`): no room for it here.
-    pub dropped: bool,
-}
-
-/// recvmsg(2) into `buf`, accepting at most one descriptor (close-on-exec).
-pub fn recv_with_fd(sock: RawFd, buf: &mut [u8]) -> io::Result<Received> {
-    let (mut control, space) = control_buffer();
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    // SAFETY: as in send_iov; the kernel writes at most msg_controllen bytes of
-    // control data and at most buf.len() bytes of data.
-    unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1 as _;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = space as _;
-        #[cfg(target_os = "linux")]
-        let flags = libc::MSG_CMSG_CLOEXEC;
-        #[cfg(not(target_os = "linux"))]
-        let flags = 0;
-        let n = libc::recvmsg(sock, &mut msg, flags);
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let mut fd = None;
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        if !cmsg.is_null()
-            && (*cmsg).cmsg_level == libc::SOL_SOCKET
-            && (*cmsg).cmsg_type == libc::SCM_RIGHTS
-        {
-            let raw = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const RawFd);
-            fd = Some(OwnedFd::from_raw_fd(raw));
-            if !cfg!(target_os = "linux") {
-                // No flag to receive it close-on-exec: set it now.
-                let _ = crate::platform::set_cloexec(raw);
-            }
-        }
-        Ok(Received {
-            len: n as usize,
-            dropped: fd.is_none() && msg.msg_flags & libc::MSG_CTRUNC != 0,
-            fd,
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::AsRawFd;
-    use std::sync::Arc;
-
-    fn pair() -> (
-        std::os::unix::net::UnixStream,
-        std::os::unix::net::UnixStream,
-    ) {
-        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
-        a.set_nonblocking(true).unwrap();
-        b.set_nonblocking(true).unwrap();
-        (a, b)
-    }
 
     #[test]
     fn header_roundtrip_keeps_64_bit_lengths() {
@@ -266,6 +183,33 @@ mod tests {
             flags: HAS_FD,
         };
         assert_eq!(Header::decode(&h.encode()), h);
+    }
+
+    #[test]
+    fn every_kind_round_trips_through_its_number() {
+        for kind in Kind::ALL {
+            assert_eq!(Kind::from_u32(kind as u32), Some(kind));
+        }
+        assert_eq!(Kind::from_u32(0), None);
+        // tests/helpers.py writes a raw RESULT header with this number.
+        assert_eq!(Kind::Result as u32, 9);
+    }
+}
+
+#[cfg(all(test, unix))]
+mod socket_tests {
+    use super::*;
+    use std::os::fd::{AsRawFd, OwnedFd};
+    use std::sync::Arc;
+
+    fn pair() -> (
+        std::os::unix::net::UnixStream,
+        std::os::unix::net::UnixStream,
+    ) {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        b.set_nonblocking(true).unwrap();
+        (a, b)
     }
 
     #[test]
@@ -377,24 +321,14 @@ mod tests {
     }
 
     #[test]
-    fn every_kind_round_trips_through_its_number() {
-        for kind in Kind::ALL {
-            assert_eq!(Kind::from_u32(kind as u32), Some(kind));
-        }
-        assert_eq!(Kind::from_u32(0), None);
-        // tests/helpers.py writes a raw RESULT header with this number.
-        assert_eq!(Kind::Result as u32, 9);
-    }
-
-    #[test]
     fn exit_statuses_round_trip_through_an_exited_frame() {
         let (a, b) = pair();
-        let statuses = [Some(0), Some(1), Some(255), Some(-libc::SIGKILL), None];
+        let statuses = [Some(0), Some(1), Some(255), Some(-9), None];
         let mut writer = FrameWriter::default();
         for (i, &status) in statuses.iter().enumerate() {
             writer.push(encode_exited(1000 + i as i32, status));
         }
-        writer.push(encode_exited(i32::MAX, Some(i32::MIN)));
+        writer.push(encode_exited(i32::MAX, Some(i64::MIN)));
         writer.flush(a.as_raw_fd()).unwrap();
         let mut reader = FrameReader::default();
         let mut frames = Vec::new();
@@ -405,7 +339,7 @@ mod tests {
             assert_eq!(frame.header.kind, Kind::Exited as u32);
             assert_eq!(decode_exited(frame), (1000 + i as i32, status));
         }
-        assert_eq!(decode_exited(&frames[5]), (i32::MAX, Some(i32::MIN)));
+        assert_eq!(decode_exited(&frames[5]), (i32::MAX, Some(i64::MIN)));
     }
 
     #[test]

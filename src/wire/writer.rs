@@ -3,61 +3,8 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
-use std::sync::Arc;
 
-use super::{send_iov, Header, Kind, HAS_FD, HEADER_LEN};
-
-/// The bytes of an outgoing body: a Rust buffer, or a Python bytes object kept alive
-/// without a copy.
-pub type Body = Arc<dyn AsRef<[u8]> + Send + Sync>;
-
-/// A descriptor to pass with a frame; the sender keeps its own until the frame is out.
-pub type Attachment = Arc<dyn AsFd + Send + Sync>;
-
-pub fn empty_body() -> Body {
-    Arc::new(Vec::<u8>::new())
-}
-
-/// One outgoing frame: its header, its body (shared with the task table so a task can
-/// be re-sent elsewhere if its worker dies before running it) and optionally a
-/// descriptor that travels with its first byte (SCM_RIGHTS).
-pub struct OutFrame {
-    header: [u8; HEADER_LEN],
-    body: Body,
-    fd: Option<Attachment>,
-}
-
-impl OutFrame {
-    pub fn new(task_id: u64, kind: Kind, body: Body) -> OutFrame {
-        let header = Header {
-            len: (*body).as_ref().len() as u64,
-            task_id,
-            kind: kind as u32,
-            flags: 0,
-        };
-        OutFrame {
-            header: header.encode(),
-            body,
-            fd: None,
-        }
-    }
-
-    pub fn with_fd(mut self, fd: Attachment) -> OutFrame {
-        let mut header = Header::decode(&self.header);
-        header.flags |= HAS_FD;
-        self.header = header.encode();
-        self.fd = Some(fd);
-        self
-    }
-
-    fn body(&self) -> &[u8] {
-        (*self.body).as_ref()
-    }
-
-    fn len(&self) -> usize {
-        HEADER_LEN + self.body().len()
-    }
-}
+use super::{send_iov, OutFrame};
 
 /// Frames waiting to be written to a non-blocking descriptor.
 #[derive(Default)]

@@ -12,7 +12,7 @@
 
 use std::io;
 use std::mem::size_of;
-use std::os::windows::io::{AsHandle, AsRawHandle, BorrowedHandle, OwnedHandle};
+use std::os::windows::io::{AsRawHandle, BorrowedHandle, OwnedHandle};
 use std::ptr::{null, null_mut};
 
 use windows_sys::Win32::Foundation::HANDLE;
@@ -54,8 +54,9 @@ impl Job {
         self.0.as_raw_handle() as HANDLE
     }
 
+    #[cfg_attr(not(test), allow(dead_code))]
     pub fn as_handle(&self) -> BorrowedHandle<'_> {
-        self.0.as_handle()
+        std::os::windows::io::AsHandle::as_handle(&self.0)
     }
 
     pub fn assign(&self, process: BorrowedHandle<'_>) -> io::Result<()> {
@@ -69,7 +70,8 @@ impl Job {
         check(unsafe { TerminateJobObject(self.raw(), exit_code) })
     }
 
-    /// The ids of the processes in the job now.
+    /// The ids of the processes in the job now (the tests look at them).
+    #[cfg_attr(not(test), allow(dead_code))]
     pub fn process_ids(&self) -> io::Result<Vec<u32>> {
         let mut room = 64usize;
         loop {
@@ -113,6 +115,7 @@ mod tests {
     use super::super::process::{exit_code, terminate, Child};
     use super::super::test_child::{open_process, started};
     use super::*;
+    use std::os::windows::io::AsHandle;
 
     /// Start a child that starts a grandchild and sleeps; the grandchild's pid.
     fn tree() -> (Child, OwnedHandle) {

@@ -21,7 +21,9 @@
 
 use std::ffi::OsStr;
 use std::io;
-use std::os::windows::io::{AsRawHandle, BorrowedHandle, FromRawHandle, OwnedHandle, RawHandle};
+use std::os::windows::io::{
+    AsHandle, AsRawHandle, BorrowedHandle, FromRawHandle, OwnedHandle, RawHandle,
+};
 use std::ptr::{null, null_mut};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -176,10 +178,6 @@ impl PipeEnd {
         self.handle.as_raw_handle() as HANDLE
     }
 
-    pub fn as_handle(&self) -> BorrowedHandle<'_> {
-        std::os::windows::io::AsHandle::as_handle(&self.handle)
-    }
-
     /// Run one overlapped operation and wait for it: the bytes it moved.
     fn blocking(
         &self,
@@ -255,6 +253,12 @@ impl PipeEnd {
             Err(err) if is_closed(&err) => Ok(None),
             Err(err) => Err(err),
         }
+    }
+}
+
+impl AsHandle for PipeEnd {
+    fn as_handle(&self) -> BorrowedHandle<'_> {
+        std::os::windows::io::AsHandle::as_handle(&self.handle)
     }
 }
 

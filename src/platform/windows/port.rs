@@ -17,7 +17,7 @@
 //! needs.
 
 use std::io;
-use std::os::windows::io::{AsRawHandle, BorrowedHandle, OwnedHandle};
+use std::os::windows::io::{AsHandle, AsRawHandle, BorrowedHandle, OwnedHandle};
 use std::ptr::{null, null_mut};
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,7 +25,7 @@ use std::time::Duration;
 use windows_sys::Win32::Foundation::{
     ERROR_IO_PENDING, HANDLE, INVALID_HANDLE_VALUE, WAIT_TIMEOUT,
 };
-use windows_sys::Win32::Storage::FileSystem::ReadFile;
+use windows_sys::Win32::Storage::FileSystem::{ReadFile, WriteFile};
 use windows_sys::Win32::System::Threading::{
     CreateEventW, RegisterWaitForSingleObject, UnregisterWaitEx, INFINITE, WT_EXECUTEINWAITTHREAD,
     WT_EXECUTEONLYONCE,
@@ -180,59 +180,48 @@ impl Drop for Watch {
     }
 }
 
-/// One overlapped read on a pipe end associated with a port: its buffer and OVERLAPPED
-/// stay put until the port reports it. Dropped while in flight, it cancels the read
-/// and waits for it to end.
-pub struct PortRead {
+/// An overlapped operation on a pipe end associated with a port, whose OVERLAPPED (and
+/// the caller's buffer) must stay put until the port reports it. Dropped while in
+/// flight, it cancels the operation and waits for it to end.
+struct Pending {
     overlapped: Box<OVERLAPPED>,
-    /// The OVERLAPPED's event, signalled when the read ends (for a drop in flight).
+    /// The OVERLAPPED's event, signalled when the operation ends (for a drop in flight).
     _done: OwnedHandle,
-    buf: Vec<u8>,
-    /// The pipe end a read is in flight on.
+    /// The pipe end an operation is in flight on.
     in_flight: Option<HANDLE>,
 }
 
-// SAFETY: the raw handle is the pipe end's, used only to cancel and wait.
-unsafe impl Send for PortRead {}
+// SAFETY: the raw handle is the pipe end's, used only to collect, cancel and wait.
+unsafe impl Send for Pending {}
 
-impl PortRead {
-    pub fn new(capacity: usize) -> io::Result<PortRead> {
+impl Pending {
+    fn new() -> io::Result<Pending> {
         // SAFETY: an unnamed manual-reset event; the result is checked.
         let done = owned(unsafe { CreateEventW(null(), 1, 0, null()) })?;
         // SAFETY: plain data; zeroed is the required initial value.
         let mut overlapped: Box<OVERLAPPED> = Box::new(unsafe { std::mem::zeroed() });
         overlapped.hEvent = done.as_raw_handle() as HANDLE;
-        Ok(PortRead {
+        Ok(Pending {
             overlapped,
             _done: done,
-            buf: vec![0; capacity],
             in_flight: None,
         })
     }
 
-    /// The id its packets carry (`Packet::operation`).
-    pub fn id(&self) -> usize {
+    fn id(&self) -> usize {
         &*self.overlapped as *const OVERLAPPED as usize
     }
 
-    /// Start reading from `end` (associated with a port). False if the peer already
-    /// closed: no packet will come.
-    pub fn start(&mut self, end: &PipeEnd) -> io::Result<bool> {
-        assert!(self.in_flight.is_none(), "one read at a time");
+    /// Start an operation on `end` with `call(handle, overlapped)` (ReadFile, WriteFile).
+    /// False if the peer already closed: no packet will come.
+    fn start(
+        &mut self,
+        end: &PipeEnd,
+        call: impl FnOnce(HANDLE, *mut OVERLAPPED) -> i32,
+    ) -> io::Result<bool> {
+        assert!(self.in_flight.is_none(), "one operation at a time");
         let handle = end.as_handle().as_raw_handle() as HANDLE;
-        let len = self.buf.len().min(u32::MAX as usize) as u32;
-        // SAFETY: the buffer and the OVERLAPPED are owned by self and stay put until
-        // the read ends (`finish`, or Drop's cancel and wait).
-        let ok = unsafe {
-            ReadFile(
-                handle,
-                self.buf.as_mut_ptr(),
-                len,
-                null_mut(),
-                &mut *self.overlapped,
-            )
-        };
-        if ok == 0 {
+        if call(handle, &mut *self.overlapped) == 0 {
             let err = io::Error::last_os_error();
             if err.raw_os_error() != Some(ERROR_IO_PENDING as i32) {
                 return if super::pipe::is_closed(&err) {
@@ -247,28 +236,29 @@ impl PortRead {
         Ok(true)
     }
 
-    /// Once its packet came: the bytes read (empty once the peer closed).
-    pub fn finish(&mut self) -> io::Result<&[u8]> {
-        let handle = self.in_flight.take().expect("a read in flight");
+    /// Once its packet came: the bytes it moved (0 once the peer closed).
+    fn finish(&mut self) -> io::Result<usize> {
+        let handle = self.in_flight.take().expect("an operation in flight");
         let mut moved = 0u32;
-        // SAFETY: the read has ended (its packet came); this only collects its result.
+        // SAFETY: the operation has ended (its packet came); this only collects its
+        // result.
         let result =
             check(unsafe { GetOverlappedResult(handle, &*self.overlapped, &mut moved, 0) });
         match result {
-            Ok(()) => Ok(&self.buf[..moved as usize]),
-            Err(err) if super::pipe::is_closed(&err) => Ok(&[]),
+            Ok(()) => Ok(moved as usize),
+            Err(err) if super::pipe::is_closed(&err) => Ok(0),
             Err(err) => Err(err),
         }
     }
 }
 
-impl Drop for PortRead {
+impl Drop for Pending {
     fn drop(&mut self) {
         if let Some(handle) = self.in_flight.take() {
             let mut moved = 0u32;
-            // SAFETY: cancels our own read, then waits for it to end, so the buffer and
-            // the OVERLAPPED outlive it. (Its packet still comes: the caller's tokens
-            // say it is stale.)
+            // SAFETY: cancels our own operation, then waits for it to end, so the
+            // buffer and the OVERLAPPED outlive it. (Its packet still comes: the
+            // caller's tokens say it is stale.)
             unsafe {
                 CancelIoEx(handle, &*self.overlapped);
                 GetOverlappedResult(handle, &*self.overlapped, &mut moved, 1);
@@ -277,12 +267,105 @@ impl Drop for PortRead {
     }
 }
 
+/// One overlapped read at a time on a pipe end associated with a port, into a buffer of
+/// its own.
+pub struct PortRead {
+    /// Declared first: dropped (the read cancelled and ended) before the buffer.
+    op: Pending,
+    buf: Vec<u8>,
+}
+
+impl PortRead {
+    pub fn new(capacity: usize) -> io::Result<PortRead> {
+        Ok(PortRead {
+            op: Pending::new()?,
+            buf: vec![0; capacity],
+        })
+    }
+
+    /// The id its packets carry (`Packet::operation`).
+    pub fn id(&self) -> usize {
+        self.op.id()
+    }
+
+    pub fn in_flight(&self) -> bool {
+        self.op.in_flight.is_some()
+    }
+
+    /// Start reading from `end` (associated with a port). False if the peer already
+    /// closed: no packet will come.
+    pub fn start(&mut self, end: &PipeEnd) -> io::Result<bool> {
+        let buf = &mut self.buf;
+        let len = buf.len().min(u32::MAX as usize) as u32;
+        // SAFETY: the buffer and the OVERLAPPED are owned by self and stay put until
+        // the read ends (`finish`, or Drop's cancel and wait).
+        self.op.start(end, |handle, overlapped| unsafe {
+            ReadFile(handle, buf.as_mut_ptr(), len, null_mut(), overlapped)
+        })
+    }
+
+    /// Once its packet came: the bytes read (empty once the peer closed).
+    pub fn finish(&mut self) -> io::Result<&[u8]> {
+        let moved = self.op.finish()?;
+        Ok(&self.buf[..moved])
+    }
+}
+
+/// Bytes to write, kept alive without a copy (a frame's body, shared with its task).
+pub type Bytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
+
+/// One overlapped write at a time on a pipe end associated with a port, from bytes it
+/// keeps until the port reports the write.
+pub struct PortWrite {
+    /// Declared first: dropped (the write cancelled and ended) before the bytes.
+    op: Pending,
+    bytes: Option<Bytes>,
+}
+
+impl PortWrite {
+    pub fn new() -> io::Result<PortWrite> {
+        Ok(PortWrite {
+            op: Pending::new()?,
+            bytes: None,
+        })
+    }
+
+    /// The id its packets carry (`Packet::operation`).
+    pub fn id(&self) -> usize {
+        self.op.id()
+    }
+
+    pub fn in_flight(&self) -> bool {
+        self.op.in_flight.is_some()
+    }
+
+    /// Start writing `bytes` from `from` on to `end` (associated with a port). False if
+    /// the peer already closed: no packet will come.
+    pub fn start(&mut self, end: &PipeEnd, bytes: Bytes, from: usize) -> io::Result<bool> {
+        let data = &(*bytes).as_ref()[from..];
+        let (ptr, len) = (data.as_ptr(), data.len().min(u32::MAX as usize) as u32);
+        self.bytes = Some(bytes.clone());
+        // SAFETY: the bytes are kept by self (an Arc) until the write ends (`finish`,
+        // or Drop's cancel and wait); the OVERLAPPED is owned by self too.
+        self.op.start(end, |handle, overlapped| unsafe {
+            WriteFile(handle, ptr, len, null_mut(), overlapped)
+        })
+    }
+
+    /// Once its packet came: how many bytes were written (0 once the peer closed).
+    pub fn finish(&mut self) -> io::Result<usize> {
+        let moved = self.op.finish();
+        self.bytes = None;
+        moved
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::pipe::pair;
     use super::super::test_child::{child, Event};
     use super::*;
-    use std::os::windows::io::AsHandle;
+
     use std::time::Instant;
 
     #[test]
@@ -386,6 +469,46 @@ mod tests {
         assert!(
             !read.start(&server).unwrap(),
             "no read starts on a closed pipe"
+        );
+    }
+
+    #[test]
+    fn a_write_completes_through_the_port_with_the_bytes_it_keeps() {
+        let port = Port::new().unwrap();
+        let (server, client) = pair().unwrap();
+        port.associate(server.as_handle(), 3).unwrap();
+        let data: Vec<u8> = (0..(6 << 20)).map(|i| (i % 249) as u8).collect(); // > BUFFER
+        let total = data.len();
+        let expected = data.clone();
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            let mut buf = vec![0u8; 1 << 20];
+            while got.len() < expected.len() {
+                let n = client.read(&mut buf).unwrap();
+                assert!(n > 0, "the writer closed early");
+                got.extend_from_slice(&buf[..n]);
+            }
+            got == expected
+        });
+        let mut write = PortWrite::new().unwrap();
+        let bytes: Bytes = Arc::new(data);
+        let mut from = 0;
+        let mut packets = Vec::new();
+        while from < total {
+            assert!(write.start(&server, bytes.clone(), from).unwrap());
+            packets.clear();
+            port.wait(&mut packets, Some(Duration::from_secs(30)))
+                .unwrap();
+            assert_eq!(packets.len(), 1);
+            assert_eq!((packets[0].token, packets[0].operation), (3, write.id()));
+            let written = write.finish().unwrap();
+            assert!(written > 0);
+            from += written;
+        }
+        assert_eq!(from, total);
+        assert!(
+            reader.join().unwrap(),
+            "the bytes arrived intact and in order"
         );
     }
 

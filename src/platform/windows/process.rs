@@ -35,7 +35,7 @@ use windows_sys::Win32::System::Console::{GetStdHandle, STD_ERROR_HANDLE, STD_OU
 use windows_sys::Win32::System::Threading::{
     CreateProcessW, DeleteProcThreadAttributeList, GetCurrentProcess, GetExitCodeProcess,
     InitializeProcThreadAttributeList, ResumeThread, TerminateProcess, UpdateProcThreadAttribute,
-    WaitForSingleObject, CREATE_SUSPENDED, CREATE_UNICODE_ENVIRONMENT,
+    WaitForSingleObject, CREATE_NEW_PROCESS_GROUP, CREATE_SUSPENDED, CREATE_UNICODE_ENVIRONMENT,
     EXTENDED_STARTUPINFO_PRESENT, LPPROC_THREAD_ATTRIBUTE_LIST, PROCESS_INFORMATION,
     PROC_THREAD_ATTRIBUTE_HANDLE_LIST, STARTF_USESTDHANDLES, STARTUPINFOEXW,
 };
@@ -90,6 +90,8 @@ pub struct Command {
     env: Vec<(OsString, OsString)>,
     /// Inheritable duplicates of the handles the child inherits (closed when dropped).
     inherited: Vec<OwnedHandle>,
+    /// Start it in a process group of its own (see `new_process_group`).
+    own_group: bool,
 }
 
 impl Command {
@@ -99,7 +101,15 @@ impl Command {
             args: Vec::new(),
             env: Vec::new(),
             inherited: Vec::new(),
+            own_group: false,
         }
+    }
+
+    /// Start the child in a process group of its own: the console's Ctrl-C does not
+    /// reach it (the parent passes interrupts on its own way, see `interrupt`).
+    pub fn new_process_group(&mut self) -> &mut Command {
+        self.own_group = true;
+        self
     }
 
     pub fn arg(&mut self, arg: impl AsRef<OsStr>) -> &mut Command {
@@ -150,7 +160,11 @@ impl Command {
         startup.StartupInfo.hStdOutput = stdout as HANDLE;
         startup.StartupInfo.hStdError = stderr as HANDLE;
         startup.lpAttributeList = attributes.ptr();
-        let flags = CREATE_SUSPENDED | CREATE_UNICODE_ENVIRONMENT | EXTENDED_STARTUPINFO_PRESENT;
+        let mut flags =
+            CREATE_SUSPENDED | CREATE_UNICODE_ENVIRONMENT | EXTENDED_STARTUPINFO_PRESENT;
+        if self.own_group {
+            flags |= CREATE_NEW_PROCESS_GROUP;
+        }
         // SAFETY: plain data for the call to fill.
         let mut info: PROCESS_INFORMATION = unsafe { std::mem::zeroed() };
         // SAFETY: every pointer is to a live NUL-terminated buffer or structure that
@@ -235,6 +249,28 @@ pub fn duplicate(handle: BorrowedHandle<'_>, inheritable: bool) -> io::Result<Ow
     })?;
     // SAFETY: a fresh handle that we now own.
     Ok(unsafe { OwnedHandle::from_raw_handle(dup as RawHandle) })
+}
+
+/// A duplicate of `handle` in `process` (a handle with PROCESS_DUP_HANDLE access), not
+/// inheritable: the value it has there, for that process to use and close.
+pub fn duplicate_into(
+    handle: BorrowedHandle<'_>,
+    process: BorrowedHandle<'_>,
+) -> io::Result<usize> {
+    let mut remote: HANDLE = null_mut();
+    // SAFETY: duplicates our live handle into a process handle the caller holds.
+    check(unsafe {
+        DuplicateHandle(
+            GetCurrentProcess(),
+            handle.as_raw_handle() as HANDLE,
+            process.as_raw_handle() as HANDLE,
+            &mut remote,
+            0,
+            0,
+            DUPLICATE_SAME_ACCESS,
+        )
+    })?;
+    Ok(remote as usize)
 }
 
 /// The NUL device, for reading, not inheritable (the start duplicates it).

@@ -36,7 +36,6 @@ use super::{check, owned};
 /// A section: memory that several processes can map.
 pub struct Section {
     handle: OwnedHandle,
-    len: usize,
 }
 
 impl Section {
@@ -58,11 +57,7 @@ impl Section {
                 null(),
             )
         })?;
-        Ok(Section { handle, len })
-    }
-
-    pub fn len(&self) -> usize {
-        self.len
+        Ok(Section { handle })
     }
 
     pub fn as_handle(&self) -> BorrowedHandle<'_> {
@@ -70,34 +65,28 @@ impl Section {
     }
 
     /// Map the whole section, readable and writable.
+    #[cfg(test)]
     pub fn map(&self) -> io::Result<View> {
         View::of(self.as_handle())
     }
 
+    /// The section's handle, owned.
+    pub fn into_owned(self) -> OwnedHandle {
+        self.handle
+    }
+
     /// Give up this handle without closing it, for another process to take
     /// (`take_from`, which closes it here): its value.
+    #[cfg(test)]
     pub fn into_raw(self) -> usize {
         std::os::windows::io::IntoRawHandle::into_raw_handle(self.handle) as usize
     }
 
     /// A duplicate of the section's handle in `process`: the value the handle has
     /// there, for that process to map (and then close).
+    #[cfg(test)]
     pub fn share_with(&self, process: BorrowedHandle<'_>) -> io::Result<usize> {
-        let mut remote: HANDLE = null_mut();
-        // SAFETY: duplicates our live handle into a process handle the caller holds
-        // (with PROCESS_DUP_HANDLE access).
-        check(unsafe {
-            DuplicateHandle(
-                GetCurrentProcess(),
-                self.handle.as_raw_handle() as HANDLE,
-                process.as_raw_handle() as HANDLE,
-                &mut remote,
-                0,
-                0,
-                DUPLICATE_SAME_ACCESS,
-            )
-        })?;
-        Ok(remote as usize)
+        super::process::duplicate_into(self.handle.as_handle(), process)
     }
 
     /// Take the section handle `value` out of `process` (closing it there).
@@ -122,6 +111,7 @@ impl Section {
 }
 
 /// A mapped view of a whole section. Holds no handle.
+#[derive(Debug)]
 pub struct View {
     ptr: NonNull<u8>,
     len: usize,
@@ -181,6 +171,7 @@ impl View {
     ///
     /// SAFETY (for callers): no other thread of this process writes the view while
     /// the slice lives.
+    #[cfg(test)]
     pub unsafe fn bytes(&self) -> &[u8] {
         // SAFETY: the view is live for `len` bytes; see the function's contract.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
@@ -188,6 +179,7 @@ impl View {
 
     /// SAFETY (for callers): nothing else of this process reads or writes the view
     /// while the slice lives.
+    #[cfg(test)]
     #[allow(clippy::mut_from_ref)]
     pub unsafe fn bytes_mut(&self) -> &mut [u8] {
         // SAFETY: the view is live and writable for `len` bytes; see the contract.
@@ -221,7 +213,6 @@ mod tests {
         let section = Section::new(3 * PAGE).unwrap();
         let a = section.map().unwrap();
         let b = View::of(section.as_handle()).unwrap();
-        assert_eq!(section.len(), 3 * PAGE);
         drop(section);
         assert_eq!((a.len(), b.len()), (3 * PAGE, 3 * PAGE));
         // SAFETY: this test is the only user of both views.

@@ -2,7 +2,9 @@
 //! again with a role (the `helper` test, ignored in normal runs), and a few handles.
 
 use std::io;
-use std::os::windows::io::{AsRawHandle, BorrowedHandle, FromRawHandle, OwnedHandle, RawHandle};
+use std::os::windows::io::{
+    AsHandle, AsRawHandle, BorrowedHandle, FromRawHandle, OwnedHandle, RawHandle,
+};
 use std::ptr::null;
 use std::time::Duration;
 
@@ -23,7 +25,7 @@ pub fn child(role: &str) -> Command {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     for arg in [
         "--exact",
-        "platform::windows::test_child::helper",
+        "platform::test_child::helper",
         "--ignored",
         "--quiet",
         "--test-threads=1",
@@ -68,7 +70,7 @@ impl Event {
     }
 
     pub fn as_handle(&self) -> BorrowedHandle<'_> {
-        std::os::windows::io::AsHandle::as_handle(&self.0)
+        self.0.as_handle()
     }
 
     pub fn is_set(&self) -> bool {
@@ -141,11 +143,7 @@ fn helper() {
         }
         "grandparent" => {
             let mut grandchild = std::process::Command::new(std::env::current_exe().unwrap())
-                .args([
-                    "--exact",
-                    "platform::windows::test_child::helper",
-                    "--ignored",
-                ])
+                .args(["--exact", "platform::test_child::helper", "--ignored"])
                 .env("LOKY_TEST_ROLE", "sleep")
                 .spawn()
                 .unwrap();
