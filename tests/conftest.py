@@ -127,7 +127,7 @@ def no_process_left_behind(request):
     descriptions = [_describe(p) for p in leftovers.values()]
     for pid in leftovers:
         try:
-            os.kill(pid, signal.SIGKILL)
+            os.kill(pid, getattr(signal, "SIGKILL", signal.SIGTERM))
         except OSError:
             pass
     psutil.wait_procs(list(leftovers.values()), timeout=5)

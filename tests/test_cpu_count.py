@@ -9,6 +9,7 @@ The cgroup and topology files are faked (`_cpu_count_cgroup` takes a root direct
 checked with the helpers replaced, so these tests do not depend on the machine."""
 
 import os
+import sys
 import warnings
 
 import pytest
@@ -447,9 +448,15 @@ def test_real_machine_physical_cores_not_above_logical():
     assert 1 <= loky.cpu_count(only_physical_cores=True) <= loky.cpu_count()
 
 
-def test_windows_helpers_say_they_are_windows_only():
-    with pytest.raises(NotImplementedError, match="Windows"):
-        context._count_physical_cores_win32()
+def test_windows_helpers_count_windows_cores_only():
+    if sys.platform != "win32":
+        with pytest.raises(NotImplementedError, match="Windows"):
+            context._count_physical_cores_win32()
+        return
+    cores = context._count_physical_cores_win32()
+    assert 1 <= cores <= os.cpu_count()
+    assert context._count_physical_cores_win32_ctypes() == cores
+    assert 1 <= context._cpu_count_win32() <= os.cpu_count()
 
 
 def test_cpu_count_in_a_worker_sees_its_env(executor_factory):

@@ -89,9 +89,25 @@ class _ExceptionWithTraceback:
         return _rebuild_exc, (self.exc, self.tb)
 
 
+# Windows: the exception codes a crashed process exits with (its exit code is the
+# NTSTATUS of the exception nobody handled).
+_WINDOWS_CRASHES = {
+    0x80000003: "BREAKPOINT",
+    0xC0000005: "ACCESS_VIOLATION",
+    0xC000001D: "ILLEGAL_INSTRUCTION",
+    0xC0000094: "INTEGER_DIVIDE_BY_ZERO",
+    0xC00000FD: "STACK_OVERFLOW",
+    0xC000013A: "CONTROL_C_EXIT",
+    0xC0000374: "HEAP_CORRUPTION",
+    0xC0000409: "STACK_BUFFER_OVERRUN",
+}
+
+
 def _signal_name(exitcode):
     if exitcode is None:
         return "UNKNOWN"
+    if exitcode in _WINDOWS_CRASHES:
+        return _WINDOWS_CRASHES[exitcode]
     if exitcode < 0:
         import signal
 
@@ -102,8 +118,16 @@ def _signal_name(exitcode):
     return "EXIT" if exitcode != 255 else "UNKNOWN"
 
 
+def _format_exitcode(exitcode):
+    if exitcode is None:
+        return "UNKNOWN"
+    if exitcode >= 0x80000000:  # a Windows exception code: read in hex
+        return f"{_signal_name(exitcode)}({exitcode:#010X})".replace("0X", "0x")
+    return f"{_signal_name(exitcode)}({exitcode})"
+
+
 def _format_exitcodes(exitcodes):
-    codes = ", ".join("UNKNOWN" if e is None else f"{_signal_name(e)}({e})" for e in exitcodes)
+    codes = ", ".join(_format_exitcode(e) for e in exitcodes)
     note = _unknown_status_note() if None in exitcodes else ""
     return "{" + codes + "}" + note
 

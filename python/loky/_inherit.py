@@ -16,6 +16,10 @@ environment and ``sys.path``:
 `child_settings` runs in the parent; `apply` and `import_main` in the child. Workers
 import this module at start, so it imports nothing heavy at the top: in particular a
 worker pays for ``multiprocessing`` only if a task uses it.
+
+What a child inherits is named by number: descriptors on POSIX, which the child gets
+under the same numbers; on Windows inheritable handles, which it gets under the same
+values (the core lists them at the start, and the child inherits no other).
 """
 
 import os
@@ -57,15 +61,24 @@ def share_tracker(tracker):
 def _tracker_fd():
     """The tracker pipe to hand down (the tracker starts if needed); None unless this
     process uses the tracker (it imported `loky.backend.resource_tracker`, as joblib
-    does)."""
-    return None if _tracker is None else _tracker.getfd()
+    does). On Windows, the pipe's handle, made inheritable."""
+    if _tracker is None:
+        return None
+    fd = _tracker.getfd()
+    if sys.platform == "win32":
+        import msvcrt
+
+        os.set_inheritable(fd, True)  # the handle under the descriptor
+        return msvcrt.get_osfhandle(fd)
+    return fd
 
 
 def _mp_tracker_fd():
     """multiprocessing's own tracker pipe, if this process uses that tracker (shared
     memory, semaphores): children then report to the same tracker, so that a segment
-    created here and unlinked in a child is not reported as leaked."""
-    if "multiprocessing.resource_tracker" not in sys.modules:
+    created here and unlinked in a child is not reported as leaked. (None on Windows,
+    where multiprocessing runs no tracker.)"""
+    if "multiprocessing.resource_tracker" not in sys.modules or sys.platform == "win32":
         return None
     from ._cpython import mp_tracker_fd
 
@@ -129,18 +142,17 @@ class _SpawningScope:
     multiprocessing's Popen objects do: locks, semaphores, events, conditions, queues
     and connections made from a multiprocessing context refuse to be pickled at any
     other time. Each descriptor they name is duplicated here, above the worker's
-    channel (fd 3), and the children inherit the duplicate under its number; whoever
-    started the pickling owns the duplicates and closes them once no more processes
-    will be started from that data."""
+    channel (fd 3), and the children inherit the duplicate under its number (on
+    Windows: each handle, as an inheritable duplicate the children inherit under its
+    value); whoever started the pickling owns the duplicates and closes them
+    (`close_passed`) once no more processes will be started from that data."""
 
     def __init__(self):
-        self.duplicates = {}  # the caller's descriptor -> our duplicate
+        self.duplicates = {}  # the caller's descriptor (handle) -> our duplicate
 
     def duplicate_for_child(self, fd):
-        import fcntl
-
         if fd not in self.duplicates:
-            self.duplicates[fd] = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 4)
+            self.duplicates[fd] = _inheritable_duplicate(fd)
         return self.duplicates[fd]
 
     class DupFd:
@@ -162,11 +174,39 @@ def dumps_at_start(dumps):
     try:
         return dumps(), list(scope.duplicates.values())
     except BaseException:
-        for fd in scope.duplicates.values():
-            os.close(fd)
+        close_passed(scope.duplicates.values())
         raise
     finally:
         set_spawning_popen(outer)
+
+
+def _inheritable_duplicate(fd):
+    """A duplicate of `fd` that children can inherit under its number: above the
+    worker's channel (fd 3) and close-on-exec (the core passes it on explicitly); on
+    Windows, of the handle `fd`, inheritable."""
+    if sys.platform == "win32":
+        import _winapi
+
+        me = _winapi.GetCurrentProcess()
+        return _winapi.DuplicateHandle(me, fd, me, 0, True, _winapi.DUPLICATE_SAME_ACCESS)
+    import fcntl
+
+    return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 4)
+
+
+def close_passed(passed):
+    """Close the duplicates `dumps_at_start` made (descriptors; handles on Windows)."""
+    if sys.platform == "win32":
+        import _winapi
+
+        close = _winapi.CloseHandle
+    else:
+        close = os.close
+    for fd in passed:
+        try:
+            close(fd)
+        except OSError:
+            pass
 
 
 def multiprocessing_reducers():
@@ -186,6 +226,12 @@ def apply(settings):
     """In a new interpreter, before it unpickles anything from its parent."""
     global TRACKER_FD
     TRACKER_FD = settings.get("tracker_fd")
+    if TRACKER_FD is not None and sys.platform == "win32":
+        import msvcrt
+
+        # An inherited handle: the descriptor over it, not passed on any further.
+        TRACKER_FD = msvcrt.open_osfhandle(TRACKER_FD, os.O_WRONLY)
+        os.set_inheritable(TRACKER_FD, False)
     if _tracker is not None and TRACKER_FD is not None:
         # Imported before this point (a tracker imported later reads TRACKER_FD).
         _tracker.use_inherited_pipe(TRACKER_FD)

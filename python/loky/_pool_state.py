@@ -23,7 +23,7 @@ import os
 import warnings
 from time import monotonic
 
-from . import _core, _cpython, _live_pools
+from . import _core, _cpython, _inherit, _live_pools
 from ._core import EndCause, ExitReason
 from ._errors import (
     BrokenProcessPool,
@@ -267,8 +267,7 @@ def _run_results(state):
             pass
     finally:
         state.closed = True
-        for fd in state.start_fds:
-            os.close(fd)
+        _inherit.close_passed(state.start_fds)
         state.start_fds = []
         state.processes.finish_all()
         # Outcomes handed to a waiting thread are that thread's to apply.

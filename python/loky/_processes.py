@@ -10,6 +10,7 @@ standard library's executors uses (tools read `_processes` to find the workers).
 
 import os
 import signal
+import sys
 import threading
 import weakref
 
@@ -101,19 +102,27 @@ class WorkerProcess:
         self._signal(signal.SIGTERM)
 
     def kill(self):
-        self._signal(signal.SIGKILL)
+        # (Windows has no SIGKILL: os.kill ends the process there whatever the signal.)
+        self._signal(getattr(signal, "SIGKILL", signal.SIGTERM))
 
     def _signal(self, signum):
         # The core reaps its workers: while it lists this pid, the pid is this worker.
         if self.is_alive() and self.pid in self._pool.pids():
             try:
                 os.kill(self.pid, signum)
-            except ProcessLookupError:
-                pass
+            except OSError:
+                pass  # gone meanwhile (Windows: no such process, or access denied)
 
     @property
     def sentinel(self):
-        """A descriptor that becomes readable when the worker ends (a pidfd; Linux)."""
+        """A descriptor that becomes readable when the worker ends (a pidfd; Linux), or
+        on Windows a handle to the process (signalled once it ended), which
+        `multiprocessing.connection.wait` takes as well."""
+        if self._sentinel is None and sys.platform == "win32":
+            import _winapi
+
+            self._sentinel = _winapi.OpenProcess(_winapi.SYNCHRONIZE, False, self.pid)
+            weakref.finalize(self, _winapi.CloseHandle, self._sentinel)
         if self._sentinel is None:
             if not hasattr(os, "pidfd_open"):
                 raise NotImplementedError("a worker's sentinel needs pidfds (Linux)")

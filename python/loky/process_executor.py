@@ -246,8 +246,7 @@ class ProcessPoolExecutor(Executor):
         try:
             state = self._start_state(pass_fds, init, start_fds)
         except BaseException:
-            for fd in start_fds:
-                os.close(fd)
+            _inherit.close_passed(start_fds)
             raise
         self._state = state
         return state

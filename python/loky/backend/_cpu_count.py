@@ -21,6 +21,7 @@ __all__ = [
     "_cpu_count_env",
     "_cpu_count_affinity_set",
     "_cpu_count_cgroup",
+    "_cpu_count_win32",
     "_quota_cpus",
     "_read",
     "_PROC_CPUINFO",
@@ -41,6 +42,8 @@ def cpu_count(only_physical_cores: bool = False) -> int:
     The minimum of the machine's CPUs, the CPU affinity mask, the CPU quota of this
     process's own cgroup and its ancestors (v2 ``cpu.max`` or v1 ``cpu.cfs_quota_us``,
     rounded up) and the ``LOKY_MAX_CPU_COUNT`` environment variable; never below 1.
+    On Windows, the affinity mask and the CPU rate cap of the process's job (rounded
+    up) take the place of the affinity set and the cgroup quota.
     With `only_physical_cores`, hyper-threads of one core count once: on Linux among
     the CPUs of the affinity mask, elsewhere over the whole machine. If the physical
     cores cannot be counted, a warning says so (once) and logical CPUs are counted.
@@ -52,6 +55,8 @@ def cpu_count(only_physical_cores: bool = False) -> int:
         _cpu_count_cgroup(os_cpu_count),
         _cpu_count_env(os_cpu_count),
     ]
+    if sys.platform == "win32":
+        limits.append(_cpu_count_win32())
     if cpu_set is not None:
         limits.append(len(cpu_set))
     if only_physical_cores:
@@ -91,6 +96,14 @@ def _cpu_count_affinity_set():
         return os.sched_getaffinity(0)
     except (AttributeError, NotImplementedError, OSError):
         return None
+
+
+def _cpu_count_win32():
+    """The processors this process may use on Windows: the active ones, less what its
+    affinity leaves out, less what its job's CPU rate cap allows (the core asks)."""
+    from .. import _core
+
+    return _core.cpu_count()
 
 
 def _read(path):
@@ -171,6 +184,8 @@ def _count_physical_cores(cpu_set=None):
     try:
         if sys.platform == "linux":
             count = _count_physical_cores_linux(cpu_set)
+        elif sys.platform == "win32":
+            count = _count_physical_cores_win32()
         elif cpu_set is not None:
             raise NotImplementedError("only Linux tells which core each CPU is on")
         elif sys.platform == "darwin" or sys.platform.startswith("freebsd"):
@@ -235,12 +250,20 @@ def _count_physical_cores_sysctl():
     return int(done.stdout)
 
 
-# loky's Windows core counters, for code that refers to them. This package does not
-# run on Windows; the PowerShell one is complete (it is only a command and a sum).
 def _count_physical_cores_win32():
-    raise NotImplementedError("this package does not run on Windows")
+    """The machine's physical cores (Windows only; the core asks the system, with
+    GetLogicalProcessorInformationEx)."""
+    if sys.platform != "win32":
+        raise NotImplementedError("this counts the cores of a Windows machine only")
+    from .. import _core
+
+    count = _core.physical_cores()
+    if count is None:
+        raise OSError("Windows did not list the processor cores")
+    return count
 
 
+# loky's names for its Windows counters.
 _count_physical_cores_win32_ctypes = _count_physical_cores_win32
 
 

@@ -34,14 +34,18 @@ class _HandsOnCpuCountHelpers(types.ModuleType):
 
 sys.modules[__name__].__class__ = _HandsOnCpuCountHelpers
 
-# The most workers an executor may have on Windows, where this package does not run
-# (loky's limit there, from WaitForMultipleObjects); kept for code that reads it.
+# loky's limit on an executor's workers on Windows (from WaitForMultipleObjects), kept
+# for code that reads it. This package has no such limit: its manager waits on an I/O
+# completion port.
 _MAX_WINDOWS_WORKERS = 61
 
 # The start methods an executor accepts. All of them start workers as fresh
 # interpreters through this package's spawner; "loky_init_main" and "spawn" also
 # import the parent's ``__main__`` module in each worker, as ``__mp_main__``.
-START_METHODS = ["loky", "loky_init_main", "spawn", "forkserver"]
+# "forkserver" is a POSIX name (multiprocessing has no such context on Windows).
+START_METHODS = ["loky", "loky_init_main", "spawn"]
+if sys.platform != "win32":
+    START_METHODS.append("forkserver")
 
 _DEFAULT_START_METHOD = None
 
@@ -50,6 +54,11 @@ def get_context(method=None):
     """The multiprocessing context for `method` (default: the method chosen with
     `set_start_method`, else "loky")."""
     method = method or _DEFAULT_START_METHOD or "loky"
+    if method in ("fork", "forkserver") and sys.platform == "win32":
+        raise ValueError(
+            f"The {method!r} start method does not exist on Windows. Value should be "
+            f"in {START_METHODS}."
+        )
     if method == "fork":
         _warn_fork()
     if method in _CONTEXTS:
@@ -110,6 +119,11 @@ def executor_start_method(context):
             "context must be None, a start method name or a multiprocessing context, "
             f"got {context!r}"
         )
+    if method == "fork" and sys.platform == "win32":
+        raise ValueError(
+            "The 'fork' start method does not exist on Windows. Use context='loky' "
+            "(the default), 'loky_init_main' or 'spawn'."
+        )
     if method == "fork":
         if isinstance(context, str):
             _warn_fork()  # as get_context("fork") would: the name is looked up first
@@ -118,6 +132,11 @@ def executor_start_method(context):
             "always fresh interpreters (posix_spawn), because forking a process that "
             "runs threads can deadlock. Use context='loky' (the default), "
             "'loky_init_main' or 'spawn'."
+        )
+    if method == "forkserver" and sys.platform == "win32":
+        raise ValueError(
+            "The 'forkserver' start method does not exist on Windows. Use "
+            "context='loky' (the default), 'loky_init_main' or 'spawn'."
         )
     if method not in START_METHODS:
         raise ValueError(

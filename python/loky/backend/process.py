@@ -1,6 +1,7 @@
 """`LokyProcess`: a `multiprocessing` process started as a fresh interpreter by this
-package's spawner (posix_spawn, never a bare fork)."""
+package's spawner (posix_spawn, never a bare fork; CreateProcess on Windows)."""
 
+import sys
 from multiprocessing.process import BaseProcess
 
 
@@ -33,7 +34,10 @@ class LokyProcess(BaseProcess):
 
     @staticmethod
     def _Popen(process_obj):
-        from .popen_loky_posix import Popen
+        if sys.platform == "win32":
+            from .popen_loky_win32 import Popen
+        else:
+            from .popen_loky_posix import Popen
 
         return Popen(process_obj)
 

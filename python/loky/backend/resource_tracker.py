@@ -17,6 +17,9 @@ of processes shares, once nobody uses them, even if the processes die.
   Whatever is still registered then was leaked by a process that died: the tracker
   deletes it (files first, folders last, since folders may contain tracked files),
   says so on stderr, and exits. In normal operation it prints nothing.
+- On Windows the pipe's ends are handles: the tracker gets the read end's value on its
+  command line (inherited, the only handle it inherits besides its standard ones), and
+  the workers the write end's (see `loky._inherit`).
 """
 
 import base64
@@ -62,8 +65,8 @@ _CLEANUP_FUNCS = {
     "semlock": _unlink_semaphore,
 }
 
-# Windows' process API. This package runs on POSIX only, where a tracker has no process
-# handle (`ResourceTracker._proc_handle` stays None) and this stays None.
+# Windows' process API, as loky names it (the tracker's process is a
+# `subprocess.Popen` here: `ResourceTracker._process`).
 _winapi = None
 
 
@@ -98,8 +101,10 @@ class ResourceTracker:
         self._pid = None
         # The exit status of the last tracker seen dead.
         self._exitcode = None
-        # Windows' handle of the tracker process: always None here (see `_winapi`).
+        # loky's Windows handle of the tracker process: None here, where the tracker
+        # started on Windows is `_process` (a subprocess.Popen; None elsewhere).
         self._proc_handle = None
+        self._process = None
 
     def _after_fork_in_child(self):
         # A forked child keeps using the tracker (it has the pipe) but is not the
@@ -128,6 +133,9 @@ class ResourceTracker:
             self._launch()
 
     def _tracker_exited(self):
+        if self._process is not None:
+            self._exitcode = self._process.poll()
+            return self._exitcode is not None
         try:
             pid, status = os.waitpid(self._pid, os.WNOHANG)
         except ChildProcessError:
@@ -152,7 +160,7 @@ class ResourceTracker:
         if self._proc_handle is not None:
             _winapi.CloseHandle(self._proc_handle)
         status = self._exitcode
-        self._fd = self._pid = self._exitcode = self._proc_handle = None
+        self._fd = self._pid = self._exitcode = self._proc_handle = self._process = None
         what = "" if status is None else f" (exit status {status})"
         warnings.warn(
             f"loky resource_tracker: process died unexpectedly{what}, relaunching it. "
@@ -165,35 +173,18 @@ class ResourceTracker:
     def _launch(self):
         """Start the tracker with the read end of a new pipe; keep the write end."""
         read_end, write_end = os.pipe()
-        code = _inherit.python_code(
-            f"from loky.backend.resource_tracker import main; "
-            f"main({read_end}, {bool(VERBOSE)})"
-        )
-        # The tracker must survive the parent, and ^C at the terminal (which reaches
-        # the whole process group) must not kill it: it ignores SIGINT and SIGTERM, and
-        # it is started with them blocked so that none lands before it ignores them.
-        # posix_spawn keeps the signal mask across exec; stdin and stdout go to
-        # /dev/null, stderr stays, for the warnings about leaked resources.
-        blocked = {signal.SIGINT, signal.SIGTERM}
         try:
-            os.set_inheritable(read_end, True)
-            pid = os.posix_spawn(
-                sys.executable,
-                [sys.executable, "-c", code],
-                os.environ,
-                file_actions=[
-                    (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                    (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
-                ],
-                setsigmask=blocked,
-            )
+            if sys.platform == "win32":
+                self._process = _start_windows(read_end)
+                self._pid = self._process.pid
+            else:
+                self._pid = _start_posix(read_end)
         except BaseException:
             os.close(write_end)
             raise
         finally:
             os.close(read_end)
         self._fd = write_end
-        self._pid = pid
 
     def _send(self, cmd, name, rtype):
         if rtype not in _CLEANUP_FUNCS:
@@ -228,6 +219,53 @@ class ResourceTracker:
         self._send("MAYBE_UNLINK", name, rtype)
 
 
+def _tracker_code(pipe):
+    return _inherit.python_code(
+        f"from loky.backend.resource_tracker import main; main({pipe}, {bool(VERBOSE)})"
+    )
+
+
+def _start_posix(read_end):
+    """The tracker's pid, started on `read_end`.
+
+    The tracker must survive the parent, and ^C at the terminal (which reaches the
+    whole process group) must not kill it: it ignores SIGINT and SIGTERM, and it is
+    started with them blocked so that none lands before it ignores them. posix_spawn
+    keeps the signal mask across exec; stdin and stdout go to /dev/null, stderr stays,
+    for the warnings about leaked resources."""
+    os.set_inheritable(read_end, True)
+    return os.posix_spawn(
+        sys.executable,
+        [sys.executable, "-c", _tracker_code(read_end)],
+        os.environ,
+        file_actions=[
+            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+        ],
+        setsigmask={signal.SIGINT, signal.SIGTERM},
+    )
+
+
+def _start_windows(read_end):
+    """The tracker's process (a `subprocess.Popen`), started on the handle of `read_end`,
+    which it alone inherits (with its standard handles), in a process group of its own
+    so that the console's Ctrl-C does not reach it; stdin and stdout go to NUL, stderr
+    stays."""
+    import msvcrt
+    import subprocess
+
+    handle = msvcrt.get_osfhandle(read_end)
+    os.set_inheritable(read_end, True)
+    info = subprocess.STARTUPINFO(lpAttributeList={"handle_list": [handle]})
+    return subprocess.Popen(
+        [sys.executable, "-c", _tracker_code(handle)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        startupinfo=info,
+        creationflags=subprocess.CREATE_NEW_PROCESS_GROUP,
+    )
+
+
 _resource_tracker = ResourceTracker()
 ensure_running = _resource_tracker.ensure_running
 register = _resource_tracker.register
@@ -257,7 +295,12 @@ def main(fd, verbose=False):
     could not be deleted, 3 if a message could not be understood."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    if sys.platform == "win32":
+        import msvcrt
+
+        fd = msvcrt.open_osfhandle(fd, os.O_RDONLY)  # `fd` named the pipe's handle
+    else:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     counts = {rtype: {} for rtype in _CLEANUP_FUNCS}
     exit_code = 0
     if verbose:

@@ -90,6 +90,8 @@ pub struct Command {
     env: Vec<(OsString, OsString)>,
     /// Inheritable duplicates of the handles the child inherits (closed when dropped).
     inherited: Vec<OwnedHandle>,
+    /// Inheritable handles of the caller's the child inherits as they are (`pass`).
+    passed: Vec<HANDLE>,
     /// Start it in a process group of its own (see `new_process_group`).
     own_group: bool,
 }
@@ -101,6 +103,7 @@ impl Command {
             args: Vec::new(),
             env: Vec::new(),
             inherited: Vec::new(),
+            passed: Vec::new(),
             own_group: false,
         }
     }
@@ -133,6 +136,14 @@ impl Command {
         Ok(value)
     }
 
+    /// Let the child inherit the caller's handle `value` itself, which must be
+    /// inheritable and stay open during the start: it has the same value in the child
+    /// (as a POSIX descriptor passed keeps its number).
+    pub fn pass(&mut self, value: usize) -> &mut Command {
+        self.passed.push(value as HANDLE);
+        self
+    }
+
     /// Start the child, suspended until it is in its job. The inheritable duplicates
     /// are closed, started or not.
     pub fn spawn(mut self) -> io::Result<Child> {
@@ -146,6 +157,7 @@ impl Command {
             .inherited
             .iter()
             .map(|h| h.as_raw_handle() as HANDLE)
+            .chain(self.passed.iter().copied())
             .collect();
         let attributes = AttributeList::with_handles(&handles)?;
 

@@ -24,8 +24,8 @@ pub struct WorkerCommand {
     pub program: String,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
-    /// POSIX descriptors to inherit: none on Windows, where a process that needs a
-    /// handle of its parent duplicates it from there.
+    /// Handles the worker inherits under the same values (inheritable ones: a
+    /// tracker's pipe, the handles of locks and queues handed over in `initargs`).
     pub pass_fds: Vec<i32>,
 }
 
@@ -52,12 +52,6 @@ pub fn forked(_pid: i32, _channel: ChannelEnd) -> Option<Spawned> {
 }
 
 pub fn spawn_worker(cmd: &WorkerCommand) -> io::Result<Spawned> {
-    if !cmd.pass_fds.is_empty() {
-        return Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "descriptors cannot be passed to a process by number on Windows",
-        ));
-    }
     let (ours, theirs) = channel_pair()?;
     let interrupt = Interrupt::new()?;
     let mut command = Command::new(&cmd.program);
@@ -66,6 +60,9 @@ pub fn spawn_worker(cmd: &WorkerCommand) -> io::Result<Spawned> {
     }
     for (key, value) in &cmd.env {
         command.env(key, value);
+    }
+    for &handle in &cmd.pass_fds {
+        command.pass(handle as u32 as usize);
     }
     let channel = command.inherit(theirs.as_handle())?;
     let event = command.inherit(interrupt.as_handle())?;
