@@ -4,6 +4,8 @@
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
+use crate::sys::check;
+
 /// Room for one descriptor's control message, on the stack (aligned for cmsghdr):
 /// the buffer and the length to declare.
 fn control_buffer() -> ([u64; 4], usize) {
@@ -64,10 +66,7 @@ pub fn recv_with_fd(sock: RawFd, buf: &mut [u8]) -> io::Result<Received> {
         let flags = libc::MSG_CMSG_CLOEXEC;
         #[cfg(not(target_os = "linux"))]
         let flags = 0;
-        let n = libc::recvmsg(sock, &mut msg, flags);
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let n = check(libc::recvmsg(sock, &mut msg, flags))?;
         let mut fd = None;
         let cmsg = libc::CMSG_FIRSTHDR(&msg);
         if !cmsg.is_null()

@@ -5,6 +5,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 
 use super::{send_iov, OutFrame};
+use crate::sys::check;
 
 /// Frames waiting to be written to a non-blocking descriptor.
 #[derive(Default)]
@@ -57,16 +58,14 @@ impl FrameWriter {
                     break;
                 }
             }
-            let n = send_iov(fd, &iov, passing);
-            if n < 0 {
-                let err = io::Error::last_os_error();
-                match err.kind() {
+            match check(send_iov(fd, &iov, passing)) {
+                Ok(n) => self.advance(n as usize),
+                Err(err) => match err.kind() {
                     io::ErrorKind::Interrupted => continue,
                     io::ErrorKind::WouldBlock => return Ok(()),
                     _ => return Err(err),
-                }
+                },
             }
-            self.advance(n as usize);
         }
         Ok(())
     }
