@@ -105,6 +105,20 @@ def shutdown_leftover_executors():
         current.shutdown(wait=True, kill_workers=True)
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``posix_only(reason)`` say why (a marker without a reason is an
+    error); on Windows they are skipped with it (CI deselects them there with
+    ``-m "not posix_only"``, and counts them)."""
+    for item in items:
+        marker = item.get_closest_marker("posix_only")
+        if marker is None:
+            continue
+        if not marker.args or not str(marker.args[0]).strip():
+            raise pytest.UsageError(f"{item.nodeid}: posix_only needs its reason")
+        if sys.platform == "win32":
+            item.add_marker(pytest.mark.skip(reason=f"POSIX only: {marker.args[0]}"))
+
+
 @pytest.fixture(autouse=True)
 def no_process_left_behind(request):
     yield

@@ -42,6 +42,16 @@ def wait_for_path(path, value, timeout=30):
     return value
 
 
+def slow_first_run(record, seconds):
+    """Sleeps `seconds` the first time (`record` holds no line yet), returns at once
+    the next ones; appends this pid to `record` each time."""
+    first = not read_lines(record)
+    append_line(record, str(os.getpid()))
+    if first:
+        time.sleep(seconds)
+    return "fast"
+
+
 def check_in_then_wait_for_path(record, path, value, timeout=30):
     """Append this worker's pid to `record` (the test sees the task run), then block
     until `path` exists (a gate the test opens); return `value`."""
@@ -202,9 +212,20 @@ def raise_custom_base_exception(message):
 # -- tasks that kill their worker ------------------------------------------------------
 
 
+# How a worker that read address 0 is reported: a signal on POSIX, the exception code
+# on Windows.
+SEGFAULT_STATUS = "{ACCESS_VIOLATION(0xC0000005)}" if sys.platform == "win32" else "{SIGSEGV(-11)}"
+
+
 def segfault(record_to=None):
+    """Read address 0: the process dies (on Windows ctypes would catch that fault
+    and raise OSError; faulthandler's reader does not)."""
     if record_to is not None:
         append_line(record_to, str(os.getpid()))
+    if sys.platform == "win32":
+        import faulthandler
+
+        faulthandler._read_null()
     import ctypes
 
     ctypes.string_at(0)
@@ -214,6 +235,11 @@ def exit_with(code, record_to=None):
     if record_to is not None:
         append_line(record_to, str(os.getpid()))
     os._exit(code)
+
+
+# What ends a process at once with os.kill: SIGKILL, or on Windows (where os.kill
+# ends a process whatever the signal, and SIGKILL does not exist) SIGTERM.
+KILL_SIGNAL = getattr(signal, "SIGKILL", signal.SIGTERM)
 
 
 def kill_self(signum):
@@ -231,11 +257,39 @@ def when_forked(parent_pid, fn, *args):
 
 # -- a worker's channel, written raw ---------------------------------------------------
 
-# A worker's channel is its descriptor 3. Each message on it starts with a 24-byte
-# header: body length (u64), task id (u64), kind (u32), flags (u32), little-endian;
-# kind 9 is a task's result (src/wire/mod.rs).
+# A worker's channel is its descriptor 3 (on Windows, the pipe handle its command line
+# names: --loky-channel=<value>). Each message on it starts with a 24-byte header: body
+# length (u64), task id (u64), kind (u32), flags (u32), little-endian; kind 9 is a
+# task's result (src/wire/mod.rs).
 WORKER_CHANNEL_FD = 3
 RESULT_KIND = 9
+
+
+def _worker_channel_handle():
+    prefix = "--loky-channel="
+    return next(int(a[len(prefix):]) for a in sys.argv if a.startswith(prefix))
+
+
+def write_to_worker_channel(data):
+    """In a worker: write `data` on its channel, as stray native code would."""
+    if sys.platform != "win32":
+        os.write(WORKER_CHANNEL_FD, data)
+        return
+    import _winapi
+
+    # The pipe end is opened for overlapped I/O: an overlapped write, waited for.
+    overlapped, _ = _winapi.WriteFile(_worker_channel_handle(), data, overlapped=True)
+    overlapped.GetOverlappedResult(True)
+
+
+def close_worker_channel():
+    """In a worker: close its channel under the worker's feet."""
+    if sys.platform != "win32":
+        os.close(WORKER_CHANNEL_FD)
+        return
+    import _winapi
+
+    _winapi.CloseHandle(_worker_channel_handle())
 
 
 def raw_result_header(body_length, task_id=0):
@@ -245,11 +299,20 @@ def raw_result_header(body_length, task_id=0):
     return pack("<QQII", body_length, task_id, RESULT_KIND, 0)
 
 
+# A command that sleeps 100 s (Windows has no `sleep`).
+SLEEPER = (
+    [sys.executable, "-c", "import time; time.sleep(100)"]
+    if sys.platform == "win32"
+    else ["sleep", "100"]
+)
+
+
 def start_grandchild_and_sleep(pid_file, new_session=False):
-    """Start `sleep 100` as a child of this worker, publish its pid, then block."""
+    """Start a process that sleeps 100 s as a child of this worker (in a session of
+    its own if `new_session`: POSIX), publish its pid, then block."""
     import subprocess
 
-    child = subprocess.Popen(["sleep", "100"], start_new_session=new_session)
+    child = subprocess.Popen(SLEEPER, start_new_session=new_session)
     tmp = f"{pid_file}.tmp"
     with open(tmp, "w") as f:
         f.write(f"{os.getpid()} {child.pid}\n")
@@ -466,6 +529,19 @@ def run_script(
         cwd=str(tmp_path),
         env=full_env,
     )
+
+
+def readline_within(stream, timeout):
+    """The next line of `stream` (a child's stdout), or None if none came within
+    `timeout` seconds. (A thread reads it: select() takes no pipes on Windows.)"""
+    import queue
+
+    lines = queue.Queue()
+    threading.Thread(target=lambda: lines.put(stream.readline()), daemon=True).start()
+    try:
+        return lines.get(timeout=timeout)
+    except queue.Empty:
+        return None
 
 
 def signal_name(signum):

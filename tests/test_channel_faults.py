@@ -1,9 +1,9 @@
 """Issue 3: a worker whose channel breaks or carries garbage must not wedge the pool or
 bring down the parent ("no failure may hang the pool, the caller, or interpreter exit").
 
-A worker talks to the parent on file descriptor 3 (see README). These tasks damage that
-channel the way a crash in the middle of a write, or a stray write from native code,
-would.
+A worker talks to the parent on file descriptor 3 (see README; a pipe handle on
+Windows). These tasks damage that channel the way a crash in the middle of a write, or
+a stray write from native code, would.
 """
 
 import os
@@ -16,22 +16,20 @@ import helpers
 
 pytestmark = pytest.mark.timeout(60)
 
-CHANNEL_FD = helpers.WORKER_CHANNEL_FD
-
 
 def die_in_the_middle_of_a_frame():
     """As if the worker were killed while writing its result."""
-    os.write(CHANNEL_FD, helpers.raw_result_header(1000) + b"x" * 10)
+    helpers.write_to_worker_channel(helpers.raw_result_header(1000) + b"x" * 10)
     os._exit(0)
 
 
 def close_the_channel():
-    os.close(CHANNEL_FD)
+    helpers.close_worker_channel()
     return "closed"
 
 
 def write_garbage():
-    os.write(CHANNEL_FD, b"\xff" * 64)
+    helpers.write_to_worker_channel(b"\xff" * 64)
     return "garbage"
 
 
@@ -71,9 +69,10 @@ def test_garbage_on_the_channel_fails_the_task_instead_of_hanging(executor_facto
 ABSURD_LENGTH_SCRIPT = """
 import os, struct, time
 from loky import ProcessPoolExecutor
+import helpers
 
 def announce_an_absurd_length():
-    os.write(3, struct.pack("<QQII", 1 << 60, 0, 1, 0))
+    helpers.write_to_worker_channel(struct.pack("<QQII", 1 << 60, 0, 1, 0))
     time.sleep(1)
     return "absurd"
 
@@ -90,7 +89,10 @@ executor.shutdown(kill_workers=True)
 
 @pytest.mark.timeout(90)
 def test_absurd_frame_length_does_not_kill_the_parent(tmp_path):
-    result = helpers.run_script(tmp_path, ABSURD_LENGTH_SCRIPT, timeout=60)
+    tests = os.path.dirname(helpers.__file__)
+    result = helpers.run_script(
+        tmp_path, ABSURD_LENGTH_SCRIPT, timeout=60, env={"PYTHONPATH": tests}
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "error" in result.stdout
     assert "parent alive, then 16" in result.stdout

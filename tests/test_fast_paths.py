@@ -205,6 +205,7 @@ def _raise_alarm(signum, frame):
     raise _Alarm()
 
 
+@pytest.mark.posix_only("interrupts the wait with SIGALRM, which Windows does not have")
 def test_a_signal_interrupts_a_wait_and_the_outcome_is_not_lost(executor_factory, tmp_path):
     executor = executor_factory(max_workers=1)
     gate = tmp_path / "gate"

@@ -16,6 +16,7 @@ import os
 import pickle
 import random
 import signal
+import sys
 import threading
 
 import psutil
@@ -45,7 +46,8 @@ KINDS = {
     "sys_exit": 3,
     "segfault": 4,
     "exit": 4,
-    "sigkill": 2,
+    # (POSIX: a worker ending itself with a signal.)
+    **({} if sys.platform == "win32" else {"sigkill": 2}),
     "unpicklable_arg": 4,
     "unpicklable_result": 4,
     "task_unpickle": 3,
@@ -66,12 +68,12 @@ def make_task(kind, i, rng):
     if kind == "sys_exit":
         return helpers.call_sys_exit, (i,), expect_sys_exit(i)
     if kind == "segfault":
-        return helpers.segfault, (), expect_terminated("{SIGSEGV(-11)}")
+        return helpers.segfault, (), expect_terminated(helpers.SEGFAULT_STATUS)
     if kind == "exit":
         code = rng.randrange(1, 100)
         return helpers.exit_with, (code,), expect_terminated(f"{{EXIT({code})}}")
     if kind == "sigkill":
-        return helpers.kill_self, (signal.SIGKILL,), expect_terminated("{SIGKILL(-9)}")
+        return helpers.kill_self, (helpers.KILL_SIGNAL,), expect_terminated("{SIGKILL(-9)}")
     if kind == "unpicklable_arg":
         return helpers.takes_anything, (helpers.Unpicklable(),), expect_pickling_error
     if kind == "unpicklable_result":

@@ -17,7 +17,10 @@ from loky import get_reusable_executor
 import helpers
 import transport_tasks as tasks
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [
+    pytest.mark.timeout(120),
+    pytest.mark.posix_only("os.fork(): Windows has no fork()"),
+]
 
 BIG = 1 << 20  # float64 items: 8 MiB, sent through a shared segment
 

@@ -80,6 +80,7 @@ print("shutdown took:", round(time.monotonic() - started, 2), flush=True)
 """
 
 
+@pytest.mark.posix_only("ignores SIGCHLD, a POSIX signal")
 @pytest.mark.parametrize("env", PATHS)
 @pytest.mark.parametrize("tasks_per_child", [None, 1], ids=["exec", "template"])
 def test_sigchld_ignored_deaths_are_seen_and_shutdown_returns(tmp_path, env, tasks_per_child):
@@ -130,6 +131,7 @@ with open("results.txt", "w") as out:
 """
 
 
+@pytest.mark.posix_only("closes the parent's stdio with sh redirections")
 @pytest.mark.parametrize("closed", ["2>&-", ">&-", "<&- >&- 2>&-"])
 def test_workers_run_when_the_parent_has_its_stdio_closed(tmp_path, closed):
     env = {"PYTHONPATH": os.path.dirname(__file__)}
@@ -162,7 +164,7 @@ print("receive:", r.shape[0] == 64 << 20 and int(r.sum()) == 64 << 20, flush=Tru
 
 
 def _can_mount_a_small_shm():
-    if os.geteuid() != 0 or shutil.which("unshare") is None:
+    if not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("unshare") is None:
         return False
     probe = subprocess.run(
         ["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /dev/shm"],
@@ -171,6 +173,7 @@ def _can_mount_a_small_shm():
     return probe.returncode == 0
 
 
+@pytest.mark.posix_only("mounts a small /dev/shm (Windows sections take no file system)")
 @pytest.mark.skipif(not _can_mount_a_small_shm(), reason="needs root and unshare -m")
 @pytest.mark.parametrize(
     "env",
@@ -211,6 +214,7 @@ except Exception as exc:
 """
 
 
+@pytest.mark.posix_only("lowers RLIMIT_NOFILE; Windows handles have no such limit")
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts /proc/self/fd")
 @pytest.mark.parametrize("env", PATHS)
 def test_a_descriptor_limit_too_low_to_start_is_named(tmp_path, env):
@@ -259,7 +263,7 @@ except Exception as exc:
 def _runs_as_nobody():
     """Whether a process of user `nobody` can run this interpreter with this
     package (the limit on processes does not apply to root)."""
-    if os.geteuid() != 0 or not hasattr(os, "setuid"):
+    if not hasattr(os, "setuid") or os.geteuid() != 0:
         return False
     try:
         probe = subprocess.run(
@@ -274,6 +278,7 @@ def _runs_as_nobody():
     return probe.returncode == 0
 
 
+@pytest.mark.posix_only("lowers RLIMIT_NPROC as user nobody")
 @pytest.mark.skipif(not _runs_as_nobody(), reason="needs root and an interpreter `nobody` can run")
 def test_a_process_limit_too_low_to_start_is_named(tmp_path):
     script = tmp_path / "nproc.py"
@@ -308,7 +313,7 @@ ANNOUNCED = 2 << 30
 
 def write_a_header_and_nothing_more():
     """A frame header announcing 2 GiB on the worker's channel, then no body."""
-    os.write(helpers.WORKER_CHANNEL_FD, helpers.raw_result_header(ANNOUNCED))
+    helpers.write_to_worker_channel(helpers.raw_result_header(ANNOUNCED))
     return "returned"
 
 
@@ -346,6 +351,7 @@ def fork_and_return_in_both(child_exit=None):
     return os.waitstatus_to_exitcode(status)
 
 
+@pytest.mark.posix_only("a task calls os.fork(), which Windows does not have")
 @pytest.mark.parametrize("child_exit", [None, 3])
 def test_a_process_forked_by_a_task_never_speaks_on_the_channel(executor_factory, child_exit):
     executor = executor_factory(max_workers=1)

@@ -121,13 +121,13 @@ def test_starting_worker_killed_from_outside_is_replaced_once(executor_factory, 
     # The second worker is held in its initializer: kill it before it is ready. A
     # worker of this pool started fine, so the death is not a start failure: replaced.
     assert helpers.wait_until(lambda: len(distinct_pids(path)) == 2, timeout=30)
-    os.kill(int(helpers.read_lines(path)[1]), signal.SIGKILL)
+    os.kill(int(helpers.read_lines(path)[1]), helpers.KILL_SIGNAL)
     assert helpers.wait_until(lambda: len(distinct_pids(path)) == 3, timeout=30)
     assert executor.submit(helpers.square, 4).result(timeout=30) == 16
     assert executor._flags.broken is None
     # Its replacement killed too, with no worker ready in between: the pool can no
     # longer start workers, and says so instead of respawning forever.
-    os.kill(int(helpers.read_lines(path)[2]), signal.SIGKILL)
+    os.kill(int(helpers.read_lines(path)[2]), helpers.KILL_SIGNAL)
     assert helpers.wait_until(lambda: executor._flags.broken is not None, timeout=30)
     exc = submit_or_error(executor, helpers.square, 1)
     assert isinstance(exc, BrokenProcessPool) and "before it was ready" in str(exc)
@@ -141,7 +141,7 @@ def test_starting_worker_killed_from_outside_is_replaced_once(executor_factory, 
         pytest.param(helpers.record_pid_then_sys_exit, None, id="sys-exit"),
         pytest.param(
             helpers.record_pid_then_segfault,
-            "{SIGSEGV(-11)}",
+            helpers.SEGFAULT_STATUS,
             id="segfaults",
         ),
         pytest.param(

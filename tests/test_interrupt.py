@@ -65,6 +65,7 @@ def run_until_tasks_run(tmp_path, mode):
     return proc, json.loads(proc.stdout.readline())
 
 
+@pytest.mark.posix_only("sends SIGINT to a script or its process group, as a terminal does")
 @pytest.mark.parametrize("mode", ["result", "map"])
 @pytest.mark.parametrize("to", ["process group", "parent only"])
 def test_ctrl_c_while_waiting_ends_the_script_and_its_workers(tmp_path, mode, to):
@@ -86,6 +87,7 @@ def test_ctrl_c_while_waiting_ends_the_script_and_its_workers(tmp_path, mode, to
         proc.communicate()
 
 
+@pytest.mark.posix_only("sends SIGINT to a script or its process group, as a terminal does")
 def test_interrupted_tasks_fail_with_keyboard_interrupt_and_workers_survive(tmp_path):
     proc, workers = run_until_tasks_run(tmp_path, "continue")
     try:
@@ -98,6 +100,7 @@ def test_interrupted_tasks_fail_with_keyboard_interrupt_and_workers_survive(tmp_
         proc.communicate()
 
 
+@pytest.mark.posix_only("sends SIGINT to a script or its process group, as a terminal does")
 def test_a_users_own_sigint_handler_keeps_working(tmp_path):
     proc, workers = run_until_tasks_run(tmp_path, "own handler")
     try:
@@ -109,6 +112,47 @@ def test_a_users_own_sigint_handler_keeps_working(tmp_path):
     finally:
         proc.kill()
         proc.communicate()
+
+
+RAISED_IN_THE_PARENT = """
+import signal, sys, threading
+from loky import get_reusable_executor
+import helpers
+
+tmp = sys.argv[1]
+executor = get_reusable_executor(max_workers=2)
+workers = sorted(helpers.pids_of_all_workers(executor, 2))
+futures = [executor.submit(helpers.pid_then_sleep, f"{tmp}/task{i}", 30) for i in range(2)]
+for i in range(2):
+    helpers.wait_for_pid(f"{tmp}/task{i}")
+try:
+    # SIGINT as a Ctrl-C brings it to the interpreter (on Windows the console's
+    # Ctrl-C reaches the parent only: its workers are in a process group of their own).
+    threading.Thread(target=signal.raise_signal, args=(signal.SIGINT,)).start()
+    futures[0].result()
+except KeyboardInterrupt:
+    print([type(f.exception(timeout=30)).__name__ for f in futures], flush=True)
+    print(sorted(helpers.pids_of_all_workers(executor, 2)) == workers, flush=True)
+print("end", flush=True)
+"""
+
+
+def test_sigint_in_the_parent_interrupts_the_running_tasks_and_workers_survive(tmp_path):
+    # The parent passes it on to its busy workers (SIGINT to their process groups on
+    # POSIX, their interrupt events on Windows): their tasks get KeyboardInterrupt.
+    result = helpers.run_script(
+        tmp_path,
+        RAISED_IN_THE_PARENT,
+        timeout=90,
+        env={"PYTHONPATH": os.path.dirname(helpers.__file__)},
+        args=[str(tmp_path)],
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "['KeyboardInterrupt', 'KeyboardInterrupt']",
+        "True",
+        "end",
+    ], result.stderr
 
 
 def test_an_interruption_raised_while_checking_the_future_is_not_lost(tmp_path):

@@ -19,7 +19,16 @@ import lifecycle_tasks as tasks
 pytestmark = pytest.mark.timeout(90)
 
 
-@pytest.mark.parametrize("context", ["loky", "spawn", "forkserver"])
+@pytest.mark.parametrize(
+    "context",
+    [
+        "loky",
+        "spawn",
+        pytest.param(
+            "forkserver", marks=pytest.mark.posix_only("multiprocessing's 'forkserver' context")
+        ),
+    ],
+)
 def test_events_queues_and_locks_reach_the_workers_through_initargs(executor_factory, context):
     ctx = get_context(context) if context == "loky" else multiprocessing.get_context(context)
     event, queue, lock = ctx.Event(), ctx.Queue(), ctx.Lock()
@@ -40,6 +49,7 @@ def test_events_queues_and_locks_reach_the_workers_through_initargs(executor_fac
     assert blocked.result(timeout=30) in pids
 
 
+@pytest.mark.posix_only("POSIX named semaphores, listed in /dev/shm")
 def test_loky_context_semaphores_are_named_after_the_process_that_made_them():
     # As loky names them (/dev/shm/sem.loky-<pid>-...): a semaphore left behind tells
     # who made it. Conditions, events and barriers are made of such semaphores.
@@ -73,6 +83,7 @@ def _descriptors_open_on(fd):
     return count
 
 
+@pytest.mark.posix_only("identifies descriptors through /proc/self/fd")
 def test_the_descriptors_handed_down_are_closed_with_the_pool(executor_factory):
     queue = multiprocessing.get_context("spawn").Queue()
     # Both ends of the queue's pipe name the same pipe: two descriptors.
@@ -119,7 +130,7 @@ def test_flags_follow_the_executor(executor_factory):
     assert (flags.shutdown, flags.broken, flags.kill_workers) == (False, None, False)
     executor.submit(tasks.square, 2).result(timeout=30)
     # A worker's death does not break the pool here.
-    os.kill(next(iter(executor._processes)), signal.SIGKILL)
+    os.kill(next(iter(executor._processes)), helpers.KILL_SIGNAL)
     assert executor.submit(tasks.square, 3).result(timeout=30) == 9
     assert flags.broken is None
     executor.shutdown(wait=True, kill_workers=True)

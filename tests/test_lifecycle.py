@@ -296,6 +296,7 @@ def test_idle_respawns_are_children_of_this_process(executor_factory):
     assert list(executor._processes) == [pid]
 
 
+@pytest.mark.posix_only("workers forked by the template: Windows has no fork()")
 def test_recycled_workers_fork_from_the_template(executor_factory):
     # A pool that replaces workers routinely (max_tasks_per_child) forks replacements
     # from a pre-started template process. The template starts once the first worker
@@ -317,6 +318,7 @@ def test_recycled_workers_fork_from_the_template(executor_factory):
     assert template.ppid() == os.getpid()
 
 
+@pytest.mark.posix_only("workers forked by the template: Windows has no fork()")
 def test_template_starts_while_a_worker_is_starting(executor_factory, tmp_path):
     # Under steady recycling a replacement is nearly always starting; the template
     # must start all the same once a worker has spent its tasks. One worker here never

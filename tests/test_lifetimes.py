@@ -4,8 +4,6 @@ gone within a second; the worker's channel is never inherited by what a task sta
 import inspect
 import json
 import os
-import select
-import signal
 import subprocess
 import sys
 import time
@@ -47,16 +45,16 @@ def test_processes_tasks_started_die_with_the_parent(tmp_path, session):
         env=env,
     )
     try:
-        ready, _, _ = select.select([proc.stdout], [], [], 90)
-        assert ready, "the parent script printed nothing"
-        pairs = json.loads(proc.stdout.readline())
+        line = helpers.readline_within(proc.stdout, 90)
+        assert line, "the parent script printed nothing"
+        pairs = json.loads(line)
         everything = [pid for pair in pairs for pid in pair]
         assert not any(helpers.pid_gone(pid) for pid in everything)
-        os.kill(proc.pid, signal.SIGKILL)
+        proc.kill()  # SIGKILL; on Windows, TerminateProcess
         killed_at = time.monotonic()
         proc.wait(timeout=30)
         # Within a second of the parent's death (with room for a loaded machine to
-        # report it): workers and the `sleep` processes their tasks started.
+        # report it): workers and the sleeping processes their tasks started.
         alive = helpers.wait_pids_gone(everything, timeout=5)
         assert alive == [], f"{alive} outlived the parent"
         assert time.monotonic() - killed_at < 5
@@ -105,6 +103,20 @@ def descriptors_of_a_started_process(how, tmp):
     return out.strip().split("|")
 
 
+def channel_inheritable():
+    if sys.platform == "win32":
+        return os.get_handle_inheritable(helpers._worker_channel_handle())
+    return os.get_inheritable(helpers.WORKER_CHANNEL_FD)
+
+
+def test_the_workers_channel_is_not_inheritable(executor_factory):
+    # What keeps it from the processes a task starts (on Windows, from those started
+    # with every inheritable handle: os.system, close_fds=False).
+    executor = executor_factory(max_workers=1)
+    assert executor.submit(channel_inheritable).result(timeout=60) is False
+
+
+@pytest.mark.posix_only("names descriptors through /proc/self/fd")
 @pytest.mark.parametrize("how", ["subprocess", "os.system"])
 def test_processes_a_task_starts_never_inherit_the_workers_channel(
     executor_factory, how, tmp_path
@@ -122,6 +134,7 @@ def _report_descriptors(connection):
     connection.send(open_descriptors())
 
 
+@pytest.mark.posix_only("names descriptors through /proc/self/fd")
 @pytest.mark.parametrize("max_tasks_per_child", [None, 1])
 def test_inheritable_descriptors_from_outside_reach_no_child(
     executor_factory, max_tasks_per_child

@@ -39,6 +39,7 @@ with ProcessPoolExecutor(max_workers=2) as executor:
 """
 
 
+@pytest.mark.posix_only("lowers RLIMIT_NOFILE; Windows handles have no such limit")
 def test_thousands_of_live_large_results_fit_in_a_small_descriptor_limit(tmp_path):
     result = helpers.run_script(tmp_path, MANY_LIVE_RESULTS, timeout=170)
     assert result.returncode == 0, result.stderr
@@ -87,6 +88,7 @@ executor.shutdown()
 """
 
 
+@pytest.mark.posix_only("lowers RLIMIT_NOFILE; Windows handles have no such limit")
 def test_running_out_of_descriptors_falls_back_or_fails_one_task_with_the_cause(tmp_path):
     result = helpers.run_script(tmp_path, OUT_OF_DESCRIPTORS, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -117,6 +119,7 @@ executor.shutdown()
 """
 
 
+@pytest.mark.posix_only("measures the peak memory with resource.getrusage")
 def test_an_in_band_payload_costs_one_copy_beyond_the_pickle(tmp_path):
     # The argument itself, plus its pickle: 2x. A copy more (3x) is a defect.
     result = helpers.run_script(tmp_path, ONE_COPY, timeout=150)
@@ -147,6 +150,7 @@ print(most)
 """
 
 
+@pytest.mark.posix_only("lowers RLIMIT_NOFILE; Windows handles have no such limit")
 def test_the_cache_keeps_no_more_segments_than_a_share_of_the_descriptor_limit(tmp_path):
     # 128 descriptors: 4 segments at most (a 32nd). The worker keeps every array it
     # gets, so none of their segments is free to be written again.
@@ -190,6 +194,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.posix_only("lowers RLIMIT_NOFILE; Windows handles have no such limit")
 def test_an_inherited_descriptor_beyond_the_limit_neither_stops_workers_nor_reaches_them(
     tmp_path,
 ):

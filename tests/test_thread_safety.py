@@ -1,6 +1,7 @@
 """Issue 4: many threads calling `get_reusable_executor` and `submit` at once never get
 a shut-down executor and never lose a task."""
 
+import os
 import threading
 
 import pytest
@@ -148,7 +149,7 @@ def test_replacing_while_a_done_callback_submits_does_not_hang(tmp_path, resubmi
         tmp_path,
         f"""
         import os, sys, threading
-        sys.path.insert(0, {helpers.__file__.rsplit("/", 1)[0]!r})
+        sys.path.insert(0, {os.path.dirname(helpers.__file__)!r})
         import helpers
         from loky import get_reusable_executor
 

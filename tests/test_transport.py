@@ -2,6 +2,7 @@
 through shared memory (see loky/_payload.py); many small tasks travel in batches."""
 
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -130,6 +131,11 @@ def test_cancelled_futures_of_a_long_queue_do_not_run(executor_factory):
 
 
 def _open_fds():
+    """This process's open descriptors (handles on Windows)."""
+    if sys.platform == "win32":
+        import psutil
+
+        return psutil.Process().num_handles()
     return len(os.listdir("/proc/self/fd"))
 
 
@@ -240,6 +246,7 @@ def test_a_cache_of_size_zero_keeps_nothing(executor_factory, cache_limits):
     assert _core.segment_cache_usage() == (0, 0)
 
 
+@pytest.mark.posix_only("os.fork(): Windows has no fork()")
 def test_a_forked_child_does_not_reuse_its_parent_segments(executor_factory):
     executor = executor_factory(max_workers=1)
     executor.submit(tasks.describe, np.arange(BIG, dtype=np.float64)).result()

@@ -11,6 +11,7 @@ import helpers
 
 pytestmark = [
     pytest.mark.timeout(60),
+    pytest.mark.posix_only("reads the CPU time of threads and processes from /proc"),
     pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="reads /proc"),
 ]
 

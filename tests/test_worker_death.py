@@ -3,6 +3,7 @@
 import concurrent.futures
 import os
 import signal
+import sys
 import time
 
 import pytest
@@ -33,14 +34,21 @@ def wait_for_running(path, timeout=30):
     return int(path.read_text().split()[0])
 
 
+SIGNALLED = pytest.mark.posix_only("a worker ended by a POSIX signal")
 DEATHS = [
-    pytest.param(helpers.segfault, (), "{SIGSEGV(-11)}", id="segfault"),
+    pytest.param(helpers.segfault, (), helpers.SEGFAULT_STATUS, id="segfault"),
     pytest.param(helpers.exit_with, (1,), "{EXIT(1)}", id="exit1"),
     pytest.param(helpers.exit_with, (3,), "{EXIT(3)}", id="exit3"),
     pytest.param(helpers.exit_with, (0,), "{EXIT(0)}", id="exit0"),
-    pytest.param(helpers.kill_self, (signal.SIGKILL,), "{SIGKILL(-9)}", id="sigkill"),
-    pytest.param(helpers.kill_self, (signal.SIGTERM,), "{SIGTERM(-15)}", id="sigterm"),
-    pytest.param(helpers.kill_self, (signal.SIGABRT,), "{SIGABRT(-6)}", id="sigabrt"),
+    pytest.param(
+        helpers.kill_self, (helpers.KILL_SIGNAL,), "{SIGKILL(-9)}", id="sigkill", marks=SIGNALLED
+    ),
+    pytest.param(
+        helpers.kill_self, (signal.SIGTERM,), "{SIGTERM(-15)}", id="sigterm", marks=SIGNALLED
+    ),
+    pytest.param(
+        helpers.kill_self, (signal.SIGABRT,), "{SIGABRT(-6)}", id="sigabrt", marks=SIGNALLED
+    ),
 ]
 
 
@@ -57,6 +65,7 @@ def test_task_killing_its_worker(executor_factory, fn, args, status):
     assert len(helpers.pids_of_all_workers(executor, 2)) == 2
 
 
+@pytest.mark.posix_only("workers forked by the template: Windows has no fork()")
 @pytest.mark.parametrize("fn, args, status", DEATHS)
 def test_a_worker_forked_by_the_template_dying_names_its_exit_status(
     executor_factory, fn, args, status
@@ -76,8 +85,15 @@ def test_a_worker_forked_by_the_template_dying_names_its_exit_status(
 
 @pytest.mark.parametrize(
     "signum, status",
-    [(signal.SIGTERM, "{SIGTERM(-15)}"), (signal.SIGKILL, "{SIGKILL(-9)}")],
-    ids=["SIGTERM", "SIGKILL"],
+    [
+        # (os.kill ends a Windows process with the signal's number as its exit code.)
+        pytest.param(
+            signal.SIGTERM,
+            "{EXIT(15)}" if sys.platform == "win32" else "{SIGTERM(-15)}",
+            id="SIGTERM",
+        ),
+        pytest.param(helpers.KILL_SIGNAL, "{SIGKILL(-9)}", id="SIGKILL", marks=SIGNALLED),
+    ],
 )
 def test_worker_killed_from_outside_while_running(executor_factory, tmp_path, signum, status):
     # As from `kill` or the OOM killer.
@@ -101,7 +117,7 @@ def test_worker_killed_from_outside_while_running(executor_factory, tmp_path, si
 def test_idle_worker_killed_from_outside_is_replaced(executor_factory):
     executor = executor_factory(max_workers=1)
     victim = executor.submit(helpers.get_pid).result(timeout=30)
-    os.kill(victim, signal.SIGKILL)
+    os.kill(victim, helpers.KILL_SIGNAL)
     assert helpers.wait_pids_gone([victim], timeout=10) == []
     # Nothing was running: no future fails, and the next task runs on a new worker.
     futures = [executor.submit(helpers.get_pid) for _ in range(5)]
@@ -116,7 +132,7 @@ def test_tasks_sent_to_a_worker_dying_idle_run_elsewhere(executor_factory):
     executor = executor_factory(max_workers=1)
     for _ in range(20):
         victim = executor.submit(helpers.get_pid).result(timeout=30)
-        os.kill(victim, signal.SIGKILL)
+        os.kill(victim, helpers.KILL_SIGNAL)
         futures = [executor.submit(helpers.get_pid) for _ in range(3)]
         pids = {f.result(timeout=30) for f in futures}
         assert victim not in pids
@@ -127,7 +143,7 @@ def test_many_crashes_in_a_row(executor_factory):
     doomed = [executor.submit(helpers.segfault) for _ in range(6)]
     doomed += [executor.submit(helpers.exit_with, 5) for _ in range(6)]
     for future in doomed[:6]:
-        check_terminated_error(future.exception(timeout=60), "{SIGSEGV(-11)}")
+        check_terminated_error(future.exception(timeout=60), helpers.SEGFAULT_STATUS)
     for future in doomed[6:]:
         check_terminated_error(future.exception(timeout=60), "{EXIT(5)}")
     assert executor.submit(helpers.square, 4).result(timeout=30) == 16
@@ -173,7 +189,7 @@ def test_crash_fails_only_the_crashing_task_when_tasks_are_batched(executor_fact
     before = [executor.submit(helpers.square, i) for i in range(300)]
     doomed = executor.submit(helpers.segfault, str(record))
     after = [executor.submit(helpers.square, i) for i in range(300)]
-    check_terminated_error(doomed.exception(timeout=60), "{SIGSEGV(-11)}")
+    check_terminated_error(doomed.exception(timeout=60), helpers.SEGFAULT_STATUS)
     failed = [
         i
         for i, f in enumerate(before + after)
@@ -203,7 +219,9 @@ from loky import ProcessPoolExecutor
 from loky.process_executor import TerminatedWorkerError
 
 def crash_in_a_named_function():
-    import ctypes
+    import ctypes, faulthandler
+    if sys.platform == "win32":
+        faulthandler._read_null()  # ctypes would catch the fault there
     ctypes.string_at(0)
 
 executor = ProcessPoolExecutor(max_workers=1)
@@ -221,10 +239,11 @@ executor.shutdown()
 def test_segfault_prints_the_worker_python_traceback(tmp_path):
     result = helpers.run_script(tmp_path, SEGFAULT_SCRIPT)
     assert result.returncode == 0, result.stderr
-    assert "{SIGSEGV(-11)}" in result.stdout
+    assert helpers.SEGFAULT_STATUS in result.stdout
     assert "after 1024" in result.stdout
     # faulthandler's report from the worker, on the parent's stderr.
-    assert "Segmentation fault" in result.stderr, result.stderr
+    fault = "access violation" if sys.platform == "win32" else "Segmentation fault"
+    assert fault in result.stderr, result.stderr
     assert "crash_in_a_named_function" in result.stderr, result.stderr
     assert "script.py" in result.stderr, result.stderr
 
@@ -234,7 +253,7 @@ def test_faulthandler_respects_user_setting(tmp_path):
     # PYTHONFAULTHANDLER set by the user decides (here: on, via the environment).
     result = helpers.run_script(tmp_path, SEGFAULT_SCRIPT, env={"PYTHONFAULTHANDLER": "1"})
     assert result.returncode == 0, result.stderr
-    assert "{SIGSEGV(-11)}" in result.stdout
+    assert helpers.SEGFAULT_STATUS in result.stdout
     assert "crash_in_a_named_function" in result.stderr
 
 

@@ -60,6 +60,15 @@ INTERNALS = (
     ("multiprocessing.spawn", "get_preparation_data"),
     ("multiprocessing.spawn", "prepare"),
 )
+if sys.platform == "win32":
+    # No fork() to reinitialize locks after, and no multiprocessing tracker to share:
+    # the package uses neither internal there.
+    INTERNALS = tuple(
+        (module, dotted)
+        for module, dotted in INTERNALS
+        if not dotted.endswith("._at_fork_reinit")
+        and module != "multiprocessing.resource_tracker"
+    )
 
 _ABSENT = object()
 

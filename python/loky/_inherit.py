@@ -211,12 +211,33 @@ def close_passed(passed):
 
 def multiprocessing_reducers():
     """The reducers multiprocessing registered for its own pickler (connections,
-    sockets, ...), which its objects need to travel at process start."""
+    sockets, ...), which its objects need to travel at process start. On Windows a
+    pipe connection travels as a handle every worker inherits (multiprocessing's own
+    reducer lets one process take it: a single child's), see `_reduce_pipe_connection`."""
     if "multiprocessing.reduction" not in sys.modules:
         return {}
     from ._cpython import mp_reducers
 
-    return mp_reducers()
+    reducers = mp_reducers()
+    connection = sys.modules.get("multiprocessing.connection")
+    if sys.platform == "win32" and hasattr(connection, "PipeConnection"):
+        reducers[connection.PipeConnection] = _reduce_pipe_connection
+    return reducers
+
+
+def _reduce_pipe_connection(conn):
+    """A pipe connection of this process, for every worker of a pool (Windows): its
+    handle, duplicated for the workers to inherit under one value."""
+    from ._cpython import get_spawning_popen
+
+    handle = get_spawning_popen().duplicate_for_child(conn.fileno())
+    return _rebuild_pipe_connection, (handle, conn.readable, conn.writable)
+
+
+def _rebuild_pipe_connection(handle, readable, writable):
+    from multiprocessing.connection import PipeConnection
+
+    return PipeConnection(handle, readable, writable)
 
 
 # -- child side -----------------------------------------------------------------------

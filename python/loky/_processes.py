@@ -17,6 +17,22 @@ import weakref
 from . import _core
 
 
+# The exit code a Windows process ended by `terminate()` gets, which the core (as
+# multiprocessing) reports as -SIGTERM; the access right that allows it.
+_TERMINATED = 0x10000
+_PROCESS_TERMINATE = 0x0001
+
+
+def _terminate_windows(pid):
+    import _winapi
+
+    handle = _winapi.OpenProcess(_PROCESS_TERMINATE, False, pid)
+    try:
+        _winapi.TerminateProcess(handle, _TERMINATED)
+    finally:
+        _winapi.CloseHandle(handle)
+
+
 class WorkerProcesses:
     """The `WorkerProcess` objects of one pool, by pid, until their worker's exit is
     known; then that exit code, for a while (see `alive`)."""
@@ -102,13 +118,16 @@ class WorkerProcess:
         self._signal(signal.SIGTERM)
 
     def kill(self):
-        # (Windows has no SIGKILL: os.kill ends the process there whatever the signal.)
+        # (Windows has no SIGKILL: the process is ended as by terminate().)
         self._signal(getattr(signal, "SIGKILL", signal.SIGTERM))
 
     def _signal(self, signum):
         # The core reaps its workers: while it lists this pid, the pid is this worker.
         if self.is_alive() and self.pid in self._pool.pids():
             try:
+                if sys.platform == "win32":
+                    _terminate_windows(self.pid)
+                    return
                 os.kill(self.pid, signum)
             except OSError:
                 pass  # gone meanwhile (Windows: no such process, or access denied)

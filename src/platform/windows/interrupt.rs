@@ -17,6 +17,7 @@ use std::os::windows::io::{AsHandle, AsRawHandle, BorrowedHandle, OwnedHandle};
 use std::ptr::null;
 
 use windows_sys::Win32::Foundation::HANDLE;
+use windows_sys::Win32::System::LibraryLoader::{GetModuleHandleA, GetProcAddress};
 use windows_sys::Win32::System::Threading::{
     CreateEventW, SetEvent, WaitForSingleObject, INFINITE,
 };
@@ -63,11 +64,59 @@ pub fn listen(event: OwnedHandle, on_interrupt: fn()) -> io::Result<()> {
     Ok(())
 }
 
-/// What a worker's listener does: raise SIGINT in this process.
+/// What a worker's listener does: raise SIGINT in this process, through the C runtime
+/// whose handler table the interpreter uses (`interpreter_runtime`).
 pub fn raise_sigint() {
-    // SAFETY: the C runtime's raise runs the SIGINT handler installed in this process
-    // (the interpreter's, which only records the signal and wakes its waits).
-    unsafe { libc::raise(libc::SIGINT) };
+    match runtime_function(c"raise") {
+        // SAFETY: the C runtime's `int raise(int)`; it runs the SIGINT handler
+        // installed there (the interpreter's, which only records the signal and wakes
+        // its waits).
+        Some(raise) => unsafe {
+            let raise: unsafe extern "C" fn(libc::c_int) -> libc::c_int =
+                std::mem::transmute(raise);
+            raise(libc::SIGINT);
+        },
+        // SAFETY: as above, with this crate's own C runtime.
+        None => unsafe {
+            libc::raise(libc::SIGINT);
+        },
+    }
+}
+
+/// The C runtime every CPython since 3.5 links, the Universal CRT: the interpreter
+/// installs its signal handlers in that runtime's table. This crate's own C runtime
+/// (msvcrt.dll, with the GNU toolchain) keeps a table of its own, where a raised SIGINT
+/// finds no handler and ends the process.
+const INTERPRETER_RUNTIME: &std::ffi::CStr = c"ucrtbase.dll";
+
+/// `name` in the interpreter's C runtime, if this process has loaded it.
+fn runtime_function(name: &std::ffi::CStr) -> Option<unsafe extern "system" fn() -> isize> {
+    // SAFETY: looks a loaded module up by a NUL-terminated name (no load, no
+    // reference taken: the runtime stays loaded as long as the interpreter).
+    let module = unsafe { GetModuleHandleA(INTERPRETER_RUNTIME.as_ptr().cast()) };
+    if module.is_null() {
+        return None;
+    }
+    // SAFETY: a NUL-terminated export name, in a loaded module.
+    unsafe { GetProcAddress(module, name.as_ptr().cast()) }
+}
+
+/// Install `handler` for SIGINT in the same C runtime `raise_sigint` raises it in.
+#[cfg(test)]
+pub fn on_sigint(handler: extern "C" fn(libc::c_int)) {
+    type Signal = unsafe extern "C" fn(libc::c_int, libc::sighandler_t) -> libc::sighandler_t;
+    let handler = handler as *const () as libc::sighandler_t;
+    match runtime_function(c"signal") {
+        // SAFETY: the C runtime's `signal`; the handler only adds to an atomic counter.
+        Some(signal) => unsafe {
+            let signal: Signal = std::mem::transmute(signal);
+            signal(libc::SIGINT, handler);
+        },
+        // SAFETY: as above, with this crate's own C runtime.
+        None => unsafe {
+            libc::signal(libc::SIGINT, handler);
+        },
+    }
 }
 
 #[cfg(test)]

@@ -274,13 +274,7 @@ extern "C" fn count_sigint(_: libc::c_int) {
 /// 0 after a while).
 fn interrupted() -> i32 {
     let handles = handles_from_env();
-    // SAFETY: installs a handler that only adds to an atomic counter.
-    unsafe {
-        libc::signal(
-            libc::SIGINT,
-            count_sigint as *const () as libc::sighandler_t,
-        )
-    };
+    super::interrupt::on_sigint(count_sigint);
     // SAFETY: the parent passed this event on for us to own.
     let event = unsafe { take(handles[0] as usize) };
     super::interrupt::listen(event, super::interrupt::raise_sigint).unwrap();
