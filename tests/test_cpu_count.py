@@ -12,6 +12,7 @@ import os
 import sys
 import warnings
 
+import psutil
 import pytest
 
 import loky
@@ -28,7 +29,7 @@ NO_QUOTA = 1000
 
 def _machine():
     """What the machine allows without any cgroup or env limit."""
-    return min(os.cpu_count(), len(os.sched_getaffinity(0)))
+    return min(os.cpu_count(), len(psutil.Process().cpu_affinity()))
 
 
 def _tree(root, files):
@@ -112,9 +113,10 @@ def test_affinity_mask_limits_the_count(tmp_path):
     result = helpers.run_script(
         tmp_path,
         """
-        import os
+        import psutil
         import loky
-        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+        this = psutil.Process()
+        this.cpu_affinity(sorted(this.cpu_affinity())[:1])
         print(loky.cpu_count(), loky.cpu_count(only_physical_cores=True))
         """,
         timeout=30,
@@ -136,10 +138,12 @@ def test_max_workers_default_uses_the_environment_limit(monkeypatch):
 @pytest.fixture
 def sources(monkeypatch):
     """Replace each source of the count; returns a dict to set them."""
-    values = {"os": 8, "affinity": None, "cgroup": 8, "physical": (4, None)}
+    values = {"os": 8, "affinity": None, "cgroup": 8, "windows": 8, "physical": (4, None)}
     monkeypatch.setattr(os, "cpu_count", lambda: values["os"])
     monkeypatch.setattr(context, "_cpu_count_affinity_set", lambda: values["affinity"])
     monkeypatch.setattr(context, "_cpu_count_cgroup", lambda n: values["cgroup"])
+    # (Windows' own count: its processors, affinity and job; asked there only.)
+    monkeypatch.setattr(context, "_cpu_count_win32", lambda: values["windows"])
     monkeypatch.setattr(
         context, "_count_physical_cores", lambda cpu_set=None: values["physical"]
     )
@@ -158,6 +162,9 @@ def test_the_count_is_the_tightest_source(sources, monkeypatch):
     monkeypatch.delenv("LOKY_MAX_CPU_COUNT")
     sources["cgroup"] = 8
     assert context.cpu_count(only_physical_cores=True) == 4
+    if sys.platform == "win32":
+        sources["windows"] = 1
+        assert context.cpu_count() == 1
 
 
 def test_unknown_machine_count_counts_one(sources):
@@ -167,7 +174,10 @@ def test_unknown_machine_count_counts_one(sources):
 
 
 def test_physical_cores_unknown_warns_once_and_counts_logical(monkeypatch, tmp_path):
-    monkeypatch.setattr(context, "_PROC_CPUINFO", str(tmp_path / "missing"))
+    if sys.platform == "win32":
+        monkeypatch.setattr(loky._core, "physical_cores", lambda: None)
+    else:
+        monkeypatch.setattr(context, "_PROC_CPUINFO", str(tmp_path / "missing"))
     expected = loky.cpu_count()
     with pytest.warns(UserWarning, match="Could not find the number of physical cores"):
         assert loky.cpu_count(only_physical_cores=True) == expected
@@ -394,6 +404,14 @@ def test_same_core_id_on_two_packages_counts_twice(monkeypatch, tmp_path):
     assert context._count_physical_cores_linux() == 2
 
 
+# The count from the CPUs of an affinity mask reads Linux's topology files (elsewhere
+# the machine's cores are counted).
+LINUX_TOPOLOGY = pytest.mark.skipif(
+    sys.platform != "linux", reason="counts cores from Linux's /proc/cpuinfo and sysfs"
+)
+
+
+@LINUX_TOPOLOGY
 def test_only_the_cpus_of_the_affinity_mask_count(monkeypatch, tmp_path):
     # cpu0/cpu1 and cpu2/cpu3 are hyper-threads of two cores.
     _cpuinfo(monkeypatch, tmp_path, [(0, 0, 0), (1, 0, 0), (2, 0, 1), (3, 0, 1)])
@@ -403,6 +421,7 @@ def test_only_the_cpus_of_the_affinity_mask_count(monkeypatch, tmp_path):
     assert context._count_physical_cores({0, 1, 2, 3}) == (2, None)
 
 
+@LINUX_TOPOLOGY
 def test_physical_cores_are_kept_per_affinity_mask(monkeypatch, tmp_path):
     _cpuinfo(monkeypatch, tmp_path, [(0, 0, 0), (1, 0, 0), (2, 0, 1), (3, 0, 1)])
     assert context._count_physical_cores({0, 1}) == (1, None)
@@ -433,6 +452,7 @@ def test_without_core_ids_in_cpuinfo_sysfs_is_read(monkeypatch, tmp_path):
     assert context._count_physical_cores_linux({0, 1}) == 1
 
 
+@LINUX_TOPOLOGY
 def test_no_topology_anywhere_is_an_error(monkeypatch, tmp_path):
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor\t: 0\n\n")
