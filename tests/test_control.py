@@ -197,6 +197,7 @@ def test_map_progress_bar_with_tqdm(executor_factory, capsys):
     assert "25/25" in err and "100%" in err
 
 
+@pytest.mark.posix_only("multiprocessing's 'forkserver' start method")
 def test_a_progress_bar_leaves_no_process_behind(tmp_path):
     # Under "forkserver" (multiprocessing's default from CPython 3.14 on Linux) tqdm's
     # usual lock starts multiprocessing's resource tracker, which outlives the pool.
