@@ -157,6 +157,16 @@ class ProcessPoolExecutor(Executor):
             after a task is replaced before its next task (no task fails); one past it
             by half again while it runs a task is ended at once, and that task fails
             with `MemoryLimitError`. None (default): not watched, at no cost.
+        forward_logging: a logging level (``logging.INFO``, or its name): records
+            logged in the workers at or above it are handled by this process's logger
+            of the same name, with the worker's pid as ``record.process``. Never
+            blocks a task: records a slow parent does not take in time are dropped,
+            and counted. None (default): the workers' logging is their own.
+        inner_max_num_threads: the number of threads each worker's BLAS and OpenMP
+            runtimes (and numba, numexpr) may use: the workers start with their
+            thread-count variables (OMP_NUM_THREADS, OPENBLAS_NUM_THREADS,
+            MKL_NUM_THREADS...) set to it, except those `env` or this process's
+            environment sets. None (default): nothing is set.
     """
 
     def __init__(
@@ -171,6 +181,8 @@ class ProcessPoolExecutor(Executor):
         env: dict[str, str] | None = None,
         max_tasks_per_child: int | None = None,
         max_worker_memory: int | None = None,
+        forward_logging: int | str | None = None,
+        inner_max_num_threads: int | None = None,
     ) -> None:
         self._setup(
             ExecutorOptions(
@@ -184,6 +196,8 @@ class ProcessPoolExecutor(Executor):
                 env=env,
                 max_tasks_per_child=max_tasks_per_child,
                 max_worker_memory=max_worker_memory,
+                forward_logging=forward_logging,
+                inner_max_num_threads=inner_max_num_threads,
             )
         )
 
@@ -287,7 +301,7 @@ class ProcessPoolExecutor(Executor):
         return _core.Pool(
             program=sys.executable,
             args=["-c", _inherit.python_code(worker_code)],
-            env=list(options.env.items()),
+            env=list(options.worker_env().items()),
             init=init,
             max_workers=self._max_workers,
             idle_timeout=options.timeout,
