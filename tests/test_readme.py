@@ -35,3 +35,22 @@ def test_beyond_one_machine_snippet_runs_on_a_local_cluster(tmp_path):
         str([i * i for i in range(5)]),
         str([i * i for i in range(5)]),
     ]
+
+
+@pytest.mark.timeout(120)
+def test_asyncio_script_awaits_100_tasks_and_ends_the_one_past_its_timeout(tmp_path):
+    script = tmp_path / "awaiting.py"
+    script.write_text(_section_code("asyncio"))
+    out = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=100,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr
+    expected_sum = sum(i * i for i in range(100) if i != 42)
+    assert out.stdout.splitlines() == [
+        f"99 results, sum {expected_sum}",
+        "ended by the timeout: [42]",
+    ]
