@@ -18,6 +18,8 @@ mod fork;
 #[cfg(unix)]
 mod ledger;
 #[cfg(unix)]
+mod logs;
+#[cfg(unix)]
 mod manager;
 #[cfg(unix)]
 mod platform;

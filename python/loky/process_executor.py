@@ -64,6 +64,7 @@ from ._map import executor_map
 from ._options import NO_LIMITS, ExecutorOptions, check_task_limits
 from ._payload import pack, release_cached_segments
 from ._pool_state import _log, _PoolState, _run_results
+from ._worker_logs import handle_worker_logs
 from ._processes import WorkerProcess
 from .backend import reduction
 
@@ -233,6 +234,7 @@ class ProcessPoolExecutor(Executor):
             "sys_path": list(sys.path),
             "pickler": reduction.get_loky_pickler_name(),
             "max_worker_memory": self._options.max_worker_memory,
+            "forward_logging": self._options.forward_logging,
         }
         # Resource tracker pipe, joblib switch, authkey, __main__ (see _inherit.py).
         settings.update(child_settings)
@@ -282,13 +284,19 @@ class ProcessPoolExecutor(Executor):
         state.thread = threading.Thread(
             target=_run_results, args=(state,), name="loky-results", daemon=True
         )
+        if self._options.forward_logging is not None:
+            state.log_thread = threading.Thread(
+                target=handle_worker_logs, args=(pool,), name="loky-logs", daemon=True
+            )
         _live_pools.add(state)
-        try:
-            state.thread.start()
-        except RuntimeError as exc:
-            _live_pools.discard(state)
-            pool.shutdown(_core.Shutdown.KILL)
-            raise _thread_start_error("result thread", exc) from None
+        for name, thread in [("result thread", state.thread), ("log thread", state.log_thread)]:
+            try:
+                if thread is not None:
+                    thread.start()
+            except RuntimeError as exc:
+                _live_pools.discard(state)
+                pool.shutdown(_core.Shutdown.KILL)
+                raise _thread_start_error(name, exc) from None
         # An executor dropped without shutdown() finishes its work, then stops.
         weakref.finalize(self, _shut_down_unreferenced, pool, self._flags).atexit = False
         _live_pools.forward_interrupts()
@@ -316,6 +324,7 @@ class ProcessPoolExecutor(Executor):
             ),
             pass_fds=pass_fds + start_fds,
             max_worker_memory=options.max_worker_memory,
+            forward_logs=options.forward_logging is not None,
         )
 
     # -- public API ---------------------------------------------------------------
@@ -491,6 +500,9 @@ class ProcessPoolExecutor(Executor):
             state.thread.join()
             while not state.pool.join(0.1):  # in slices, so signals get through
                 pass
+            # The records the workers sent before they exited are handled by now.
+            if state.log_thread not in (None, threading.current_thread()):
+                state.log_thread.join()
 
     def worker_stats(self) -> list[WorkerStats]:
         """One record per live worker (see `WorkerStats`): what each is doing now.
