@@ -54,3 +54,22 @@ def test_asyncio_script_awaits_100_tasks_and_ends_the_one_past_its_timeout(tmp_p
         f"99 results, sum {expected_sum}",
         "ended by the timeout: [42]",
     ]
+
+
+@pytest.mark.timeout(120)
+def test_logging_snippet_shows_the_workers_records(tmp_path):
+    script = tmp_path / "logs.py"
+    script.write_text(_section_code("Logging"))
+    out = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=100,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stderr.splitlines()
+    assert sorted(line.split(" ", 1)[1] for line in lines) == [
+        f"myapp: working on {i}" for i in range(4)
+    ]
+    assert all(re.fullmatch(r"LokyProcess-\d+", line.split(" ", 1)[0]) for line in lines)
