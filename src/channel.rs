@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use crate::fork::generation;
+use crate::sys::{poll, pollfd};
 use crate::watch::Watch;
 use crate::wire::{Frame, FrameReader, FrameWriter, OutFrame};
 
@@ -70,30 +71,18 @@ fn set_flags(fd: RawFd) -> io::Result<()> {
 
 /// Whether `fd` has something to read (or was closed), without waiting.
 fn ready_now(fd: RawFd) -> bool {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: polls one live pollfd, without waiting.
-    unsafe { libc::poll(&mut pfd, 1, 0) != 0 }
+    !matches!(
+        poll(&mut [pollfd(fd, libc::POLLIN)], Some(Duration::ZERO)),
+        Ok(0)
+    )
 }
 
 /// Wait until `fd` is ready for `events` (EINTR retried).
 fn wait_for(fd: RawFd, events: libc::c_short) -> io::Result<()> {
-    let mut pfd = libc::pollfd {
-        fd,
-        events,
-        revents: 0,
-    };
     loop {
-        // SAFETY: polls one live pollfd.
-        if unsafe { libc::poll(&mut pfd, 1, -1) } >= 0 {
-            return Ok(());
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
+        match poll(&mut [pollfd(fd, events)], None) {
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other.map(drop),
         }
     }
 }

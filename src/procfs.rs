@@ -78,12 +78,17 @@ pub fn is_running(pid: i32) -> bool {
 
 /// Every live descendant of `root`, children before grandchildren.
 pub fn descendants(root: i32) -> Vec<i32> {
+    descendants_of(&[root])
+}
+
+/// Every live descendant of each of `roots` (one look at the process table for all).
+fn descendants_of(roots: &[i32]) -> Vec<i32> {
     let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
     for (pid, ppid) in all_processes() {
         children.entry(ppid).or_default().push(pid);
     }
     let mut found = Vec::new();
-    let mut frontier = vec![root];
+    let mut frontier = roots.to_vec();
     while let Some(pid) = frontier.pop() {
         for &child in children.get(&pid).map(Vec::as_slice).unwrap_or_default() {
             found.push(child);
@@ -113,14 +118,21 @@ pub fn resident_bytes(pid: i32) -> Option<u64> {
 /// and to every descendant that left the group. Descendants are listed before anything
 /// is signalled, so that a tree ending itself (`pid` is this process) still reaches them.
 pub fn kill_tree(pid: i32, signal: libc::c_int) {
-    let found = descendants(pid);
-    // SAFETY: plain kill syscalls on pids of our own tree.
+    kill_trees(&[pid], signal);
+}
+
+/// `kill_tree` for each of `roots`, with one look at the process table for all.
+pub fn kill_trees(roots: &[i32], signal: libc::c_int) {
+    let found = descendants_of(roots);
+    // SAFETY: plain kill syscalls on pids of our own trees.
     unsafe {
         for &child in &found {
             libc::kill(child, signal);
         }
-        libc::killpg(pid, signal);
-        libc::kill(pid, signal);
+        for &pid in roots {
+            libc::killpg(pid, signal);
+            libc::kill(pid, signal);
+        }
     }
 }
 

@@ -39,6 +39,7 @@ use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, Signal};
 use crate::channel::Channel;
 use crate::platform;
 use crate::spawn::{close_beyond_limit, WORKER_FD};
+use crate::sys::{check, poll, pollfd};
 use crate::wire::{empty_body, encode_exited, Attached, Kind, OutFrame};
 
 /// How often the parent is looked at where no pidfd says at once that it exited.
@@ -75,14 +76,8 @@ fn parent_is(pid: i32) -> bool {
 /// Wait up to `timeout` (None: for ever) until one of `fds` is readable (EINTR: back
 /// early); whether each one is.
 fn wait_readable<const N: usize>(fds: [RawFd; N], timeout: Option<Duration>) -> [bool; N] {
-    let mut polled = fds.map(|fd| libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    });
-    let ms = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as i32);
-    // SAFETY: `polled` is a live array of N pollfd structures.
-    let n = unsafe { libc::poll(polled.as_mut_ptr(), N as libc::nfds_t, ms) };
+    let mut polled = fds.map(|fd| pollfd(fd, libc::POLLIN));
+    let n = poll(&mut polled, timeout).unwrap_or(0);
     polled.map(|p| n > 0 && p.revents != 0)
 }
 
@@ -170,15 +165,11 @@ impl Server {
         // Its number is the worker's channel's from here on: not closed, let go of.
         let _ = control.into_raw_fd();
         // SAFETY: dup2 onto descriptor 3, which this process let go of just above.
-        if unsafe { libc::dup2(socket.as_raw_fd(), WORKER_FD) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        check(unsafe { libc::dup2(socket.as_raw_fd(), WORKER_FD) })?;
         // A process group of its own, as every worker has (Ctrl-C reaches it only
         // through the parent); it ends with the template through its watchdog.
         // SAFETY: setpgid on this process.
-        if unsafe { libc::setpgid(0, 0) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        check(unsafe { libc::setpgid(0, 0) })?;
         if !parent_is(template) {
             // The template died meanwhile: no pool to serve.
             // SAFETY: ends this process at once, holding nothing.

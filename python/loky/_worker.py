@@ -359,6 +359,15 @@ def serve_template(parent_pid):
     as a worker of the template and never comes back here."""
     from ._core import serve_template as serve
 
+    # What each worker's start imports (its setup, its exit), imported once here for
+    # every worker forked from this process: none of it starts a thread or runs user
+    # code.
+    import atexit  # noqa: F401
+    import faulthandler  # noqa: F401
+    import gc  # noqa: F401
+
+    from . import _cpython, _inherit  # noqa: F401
+
     template_pid = serve(parent_pid)
     code = 0
     try:

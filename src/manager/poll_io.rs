@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use super::policy;
 use super::worker::WorkerId;
 use crate::platform::{try_reap, wait_for_exit, ExitStatus, ExitWatch, Waker, EXIT_POLL};
-use crate::procfs::kill_tree;
+use crate::procfs::{kill_tree, kill_trees};
 use crate::spawn::Spawned;
 use crate::sys::{poll, pollfd};
 use crate::watch::Watch;
@@ -232,16 +232,25 @@ impl ManagerIo {
     /// alive after the grace period (at once if `signal` is SIGKILL); wait for them all.
     pub fn end_all(&mut self, signal: libc::c_int) {
         let endpoints: Vec<Endpoint> = self.endpoints.drain().map(|(_, e)| e).collect();
-        for endpoint in &endpoints {
-            kill_tree(endpoint.pid, signal);
-        }
-        let deadline = Instant::now() + policy::END_GRACE;
-        for endpoint in &endpoints {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let (pid, exit) = (endpoint.pid, &endpoint.exit);
-            if signal == libc::SIGKILL || !wait_for_exit(pid, exit, endpoint.ours, Some(left)) {
-                kill_tree(pid, libc::SIGKILL);
-                wait_for_exit(pid, exit, endpoint.ours, None);
+        let pids: Vec<i32> = endpoints.iter().map(|e| e.pid).collect();
+        kill_trees(&pids, signal);
+        // SIGKILL ends them at once (a group's members cannot fork past it): wait.
+        let grace = (signal != libc::SIGKILL).then_some(policy::END_GRACE);
+        let deadline = grace.map(|g| Instant::now() + g);
+        let stragglers: Vec<&Endpoint> = endpoints
+            .iter()
+            .filter(|e| {
+                let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                !wait_for_exit(e.pid, &e.exit, e.ours, left)
+            })
+            .collect();
+        if !stragglers.is_empty() {
+            kill_trees(
+                &stragglers.iter().map(|e| e.pid).collect::<Vec<_>>(),
+                libc::SIGKILL,
+            );
+            for e in stragglers {
+                wait_for_exit(e.pid, &e.exit, e.ours, None);
             }
         }
     }

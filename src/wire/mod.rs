@@ -26,6 +26,7 @@ use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
 use crate::platform::ExitStatus;
+use crate::sys::check;
 
 pub use reader::FrameReader;
 pub use writer::{empty_body, Attachment, Body, FrameWriter, OutFrame};
@@ -232,10 +233,7 @@ pub fn recv_with_fd(sock: RawFd, buf: &mut [u8]) -> io::Result<Received> {
         let flags = libc::MSG_CMSG_CLOEXEC;
         #[cfg(not(target_os = "linux"))]
         let flags = 0;
-        let n = libc::recvmsg(sock, &mut msg, flags);
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let n = check(libc::recvmsg(sock, &mut msg, flags))?;
         let mut fd = None;
         let cmsg = libc::CMSG_FIRSTHDR(&msg);
         if !cmsg.is_null()

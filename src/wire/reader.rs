@@ -5,6 +5,8 @@ use std::io;
 use std::os::fd::{OwnedFd, RawFd};
 use std::time::Instant;
 
+use crate::sys::check;
+
 use super::{recv_with_fd, Attached, Frame, Header, Received, HAS_FD, HEADER_LEN};
 
 pub struct FrameReader {
@@ -33,15 +35,14 @@ fn read_into(fd: RawFd, body: &mut Vec<u8>) -> io::Result<usize> {
     let spare = body.spare_capacity_mut();
     loop {
         // SAFETY: `spare` is writable memory of spare.len() bytes, owned by `body`.
-        let n = unsafe { libc::read(fd, spare.as_mut_ptr().cast(), spare.len()) };
-        if n >= 0 {
-            // SAFETY: read(2) initialized the first n bytes of the spare capacity.
-            unsafe { body.set_len(body.len() + n as usize) };
-            return Ok(n as usize);
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
+        match check(unsafe { libc::read(fd, spare.as_mut_ptr().cast(), spare.len()) }) {
+            Ok(n) => {
+                // SAFETY: read(2) initialized the first n bytes of the spare capacity.
+                unsafe { body.set_len(body.len() + n as usize) };
+                return Ok(n as usize);
+            }
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(err),
         }
     }
 }

@@ -6,6 +6,7 @@ use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::sync::Arc;
 
 use super::{send_iov, Header, Kind, HAS_FD, HEADER_LEN};
+use crate::sys::check;
 
 /// The bytes of an outgoing body: a Rust buffer, or a Python bytes object kept alive
 /// without a copy.
@@ -110,16 +111,14 @@ impl FrameWriter {
                     break;
                 }
             }
-            let n = send_iov(fd, &iov, passing);
-            if n < 0 {
-                let err = io::Error::last_os_error();
-                match err.kind() {
+            match check(send_iov(fd, &iov, passing)) {
+                Ok(n) => self.advance(n as usize),
+                Err(err) => match err.kind() {
                     io::ErrorKind::Interrupted => continue,
                     io::ErrorKind::WouldBlock => return Ok(()),
                     _ => return Err(err),
-                }
+                },
             }
-            self.advance(n as usize);
         }
         Ok(())
     }
