@@ -248,3 +248,15 @@ def test_records_of_the_last_tasks_are_handled_when_the_script_ends(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert out.stderr.splitlines() == [f"record {i}" for i in range(3000)]
+
+
+def test_workers_forked_from_the_template_forward_too(captured):
+    executor = ProcessPoolExecutor(
+        max_workers=1, max_tasks_per_child=1, forward_logging=logging.WARNING
+    )
+    pids = [executor.submit(log_numbered, 2).result(timeout=60) for _ in range(3)]
+    executor.shutdown(wait=True)
+    assert len(set(pids)) == 3, "a new worker for each task"
+    assert [(r.process, r.getMessage()) for r in captured.records] == [
+        (pid, f"record {i}") for pid in pids for i in range(2)
+    ]
