@@ -64,7 +64,6 @@ from ._map import executor_map
 from ._options import NO_LIMITS, ExecutorOptions, check_task_limits
 from ._payload import pack, release_cached_segments
 from ._pool_state import _log, _PoolState, _run_results
-from ._worker_logs import handle_worker_logs
 from ._processes import WorkerProcess
 from .backend import reduction
 
@@ -285,6 +284,8 @@ class ProcessPoolExecutor(Executor):
             target=_run_results, args=(state,), name="loky-results", daemon=True
         )
         if self._options.forward_logging is not None:
+            from ._worker_logs import handle_worker_logs
+
             state.log_thread = threading.Thread(
                 target=handle_worker_logs, args=(pool,), name="loky-logs", daemon=True
             )
