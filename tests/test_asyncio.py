@@ -3,8 +3,7 @@ awaiting coroutine, and a timeout-bounded await that ends its task."""
 
 import asyncio
 import concurrent.futures
-import subprocess
-import sys
+import os
 import threading
 
 import pytest
@@ -158,20 +157,15 @@ def test_reusable_executor_futures_are_awaitable():
     assert asyncio.run(_awaited(executor.submit(helpers.square, 8))) == 64
 
 
-def test_a_program_that_never_awaits_does_not_import_asyncio():
-    code = (
-        "import sys\n"
-        "from loky import get_reusable_executor\n"
-        "import helpers\n"
-        "assert get_reusable_executor(max_workers=1).submit(helpers.square, 3).result() == 9\n"
-        "print('asyncio' in sys.modules)\n"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=helpers.__file__.rsplit("/", 1)[0],
-    )
+def test_a_program_that_never_awaits_does_not_import_asyncio(tmp_path):
+    code = """
+        import sys
+        from loky import get_reusable_executor
+        import helpers
+        assert get_reusable_executor(max_workers=1).submit(helpers.square, 3).result() == 9
+        print('asyncio' in sys.modules)
+    """
+    tests = os.path.dirname(helpers.__file__)
+    out = helpers.run_script(tmp_path, code, env={"PYTHONPATH": tests})
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+import helpers
+
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
@@ -39,15 +41,7 @@ def test_beyond_one_machine_snippet_runs_on_a_local_cluster(tmp_path):
 
 @pytest.mark.timeout(120)
 def test_asyncio_script_awaits_100_tasks_and_ends_the_one_past_its_timeout(tmp_path):
-    script = tmp_path / "awaiting.py"
-    script.write_text(_section_code("asyncio"))
-    out = subprocess.run(
-        [sys.executable, str(script)],
-        capture_output=True,
-        text=True,
-        timeout=100,
-        cwd=tmp_path,
-    )
+    out = helpers.run_script(tmp_path, _section_code("asyncio"), timeout=100)
     assert out.returncode == 0, out.stderr
     expected_sum = sum(i * i for i in range(100) if i != 42)
     assert out.stdout.splitlines() == [
@@ -58,15 +52,7 @@ def test_asyncio_script_awaits_100_tasks_and_ends_the_one_past_its_timeout(tmp_p
 
 @pytest.mark.timeout(120)
 def test_logging_snippet_shows_the_workers_records(tmp_path):
-    script = tmp_path / "logs.py"
-    script.write_text(_section_code("Logging"))
-    out = subprocess.run(
-        [sys.executable, str(script)],
-        capture_output=True,
-        text=True,
-        timeout=100,
-        cwd=tmp_path,
-    )
+    out = helpers.run_script(tmp_path, _section_code("Logging"), timeout=100)
     assert out.returncode == 0, out.stderr
     lines = out.stderr.splitlines()
     assert sorted(line.split(" ", 1)[1] for line in lines) == [

@@ -4,8 +4,6 @@ the same name, in order per worker, without ever making a task wait."""
 import atexit
 import logging
 import os
-import subprocess
-import sys
 import threading
 import time
 
@@ -232,20 +230,14 @@ def test_reusable_executor_forwards_too(captured):
 def test_records_of_the_last_tasks_are_handled_when_the_script_ends(tmp_path):
     # Nobody waits for the task nor shuts the executor down; nothing configures logging:
     # the records reach the parent's last-resort handler (stderr) before it exits.
-    code = (
-        "import logging\n"
-        "from loky import ProcessPoolExecutor\n"
-        "import test_worker_logs\n"
-        "executor = ProcessPoolExecutor(max_workers=1, forward_logging=logging.WARNING)\n"
-        "executor.submit(test_worker_logs.log_numbered, 3000)\n"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=os.path.dirname(__file__),
-    )
+    code = """
+        import logging
+        from loky import ProcessPoolExecutor
+        import test_worker_logs
+        executor = ProcessPoolExecutor(max_workers=1, forward_logging=logging.WARNING)
+        executor.submit(test_worker_logs.log_numbered, 3000)
+    """
+    out = helpers.run_script(tmp_path, code, env={"PYTHONPATH": os.path.dirname(__file__)})
     assert out.returncode == 0, out.stderr
     assert out.stderr.splitlines() == [f"record {i}" for i in range(3000)]
 
