@@ -26,7 +26,8 @@ pub const WORKER_BYTES: usize = 1 << 20;
 pub const PARENT_RECORDS: usize = 10_000;
 pub const PARENT_BYTES: usize = 16 << 20;
 
-/// One record: pickled by the worker's Python side; `pid`: the worker it came from.
+/// One record, pickled by the worker's Python side; `pid`: the worker it came from (in
+/// the parent's queue; 0 in the worker's own).
 #[derive(Debug)]
 pub struct LogRecord {
     pub pid: i32,
