@@ -160,7 +160,10 @@ fn fork_child() {
     shm::fork_child();
 }
 
-#[pymodule]
+// Every shared state of the core is behind a lock or an atomic, and its Python classes
+// are immutable but for a worker's channel (whose methods PyO3 borrow-checks): it needs
+// no GIL. The free-threaded build is compiled in CI, not run (see README).
+#[pymodule(gil_used = false)]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     fork::register();
     platform::reread_settings();
