@@ -10,11 +10,17 @@
 //! before it sleeps (`watch_after_send`, see `crate::watch`): a caller that waits for
 //! each result sends the next task within a few µs of it, sooner than a sleeping
 //! process wakes.
+//!
+//! The write side may be shared with other threads of the process (`writer`): each
+//! send writes its frames whole, together, under one lock, so frames never interleave.
 
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 use crate::fork::generation;
 use crate::sys::{poll, pollfd};
@@ -22,9 +28,9 @@ use crate::watch::Watch;
 use crate::wire::{Frame, FrameReader, FrameWriter, OutFrame};
 
 pub struct Channel {
-    fd: OwnedFd,
     reader: FrameReader,
-    writer: FrameWriter,
+    /// The write side, which also holds the descriptor.
+    writer: ChannelWriter,
     /// Frames read and not yet taken, oldest first.
     queued: VecDeque<Frame>,
     closed: bool,
@@ -32,6 +38,14 @@ pub struct Channel {
     watch: Option<Watch>,
     /// With a watch: when the last frame went out, if no wait began since.
     sent_at: Option<Instant>,
+}
+
+/// The write side of a channel, for any thread of the process that owns it: a send
+/// writes its frames completely and together (one lock), waiting for room as needed.
+#[derive(Clone)]
+pub struct ChannelWriter {
+    fd: Arc<OwnedFd>,
+    frames: Arc<Mutex<FrameWriter>>,
     /// Stamp of the process that took the socket: the only one that may use it.
     owner: u64,
 }
@@ -73,6 +87,40 @@ fn wait_for(fd: RawFd, events: libc::c_short) -> io::Result<()> {
     }
 }
 
+/// Refuse in a process forked from the owner: its frames would interleave with the
+/// owner's on the same socket.
+fn check_owner(owner: u64) -> io::Result<()> {
+    if owner == generation() {
+        return Ok(());
+    }
+    Err(io::Error::other(
+        "this channel belongs to the process that opened it; a process forked from it \
+         may not use it",
+    ))
+}
+
+impl ChannelWriter {
+    /// Write the frames `frames` makes, completely and with nothing between them.
+    /// `frames` is called under the lock: what it takes from a queue goes out in the
+    /// order taken, whichever thread sends.
+    pub fn send_with<I: IntoIterator<Item = OutFrame>>(
+        &self,
+        frames: impl FnOnce() -> I,
+    ) -> io::Result<()> {
+        check_owner(self.owner)?;
+        let fd = self.fd.as_raw_fd();
+        let mut writer = self.frames.lock();
+        frames().into_iter().for_each(|frame| writer.push(frame));
+        loop {
+            writer.flush(fd)?;
+            if writer.is_empty() {
+                return Ok(());
+            }
+            wait_for(fd, libc::POLLOUT)?;
+        }
+    }
+}
+
 impl Channel {
     /// Take ownership of the socket `fd`.
     ///
@@ -80,28 +128,18 @@ impl Channel {
     pub unsafe fn from_raw(fd: RawFd) -> io::Result<Channel> {
         set_flags(fd)?;
         Ok(Channel {
-            // SAFETY: the caller hands the descriptor over.
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
             reader: FrameReader::default(),
-            writer: FrameWriter::default(),
+            writer: ChannelWriter {
+                // SAFETY: the caller hands the descriptor over.
+                fd: Arc::new(unsafe { OwnedFd::from_raw_fd(fd) }),
+                frames: Arc::default(),
+                owner: generation(),
+            },
             queued: VecDeque::new(),
             closed: false,
             watch: None,
             sent_at: None,
-            owner: generation(),
         })
-    }
-
-    /// Refuse in a process forked from the owner: its frames would interleave with
-    /// the owner's on the same socket.
-    fn check_owner(&self) -> io::Result<()> {
-        if self.owner == generation() {
-            return Ok(());
-        }
-        Err(io::Error::other(
-            "this channel belongs to the process that opened it; a process forked from \
-             it may not use it",
-        ))
     }
 
     /// Watch for the next frame for up to `WATCH_AFTER_SEND` after each send, before
@@ -133,13 +171,26 @@ impl Channel {
     }
 
     pub fn fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+        self.writer.fd.as_raw_fd()
     }
 
     /// Let go of the descriptor without closing it (a forked child takes its number
-    /// over for another socket).
+    /// over for another socket). Only for a channel whose write side is not shared.
     pub fn into_raw_fd(self) -> RawFd {
-        self.fd.into_raw_fd()
+        match Arc::try_unwrap(self.writer.fd) {
+            Ok(owned) => owned.into_raw_fd(),
+            Err(shared) => {
+                // A writer elsewhere holds it too: never closed, as asked.
+                let fd = shared.as_raw_fd();
+                std::mem::forget(shared);
+                fd
+            }
+        }
+    }
+
+    /// The write side, for another thread: its sends and this end's never interleave.
+    pub fn writer(&self) -> ChannelWriter {
+        self.writer.clone()
     }
 
     /// Whether a frame is waiting to be taken without a read.
@@ -150,7 +201,7 @@ impl Channel {
     /// The next frame, waiting for it as long as needed; None once the peer closed (or
     /// broke the framing, which the peer's side reports).
     pub fn recv(&mut self) -> io::Result<Option<Frame>> {
-        self.check_owner()?;
+        check_owner(self.writer.owner)?;
         loop {
             if let Some(frame) = self.queued.pop_front() {
                 return Ok(Some(frame));
@@ -170,18 +221,20 @@ impl Channel {
 
     /// Write `frame` completely, waiting for room as needed.
     pub fn send(&mut self, frame: OutFrame) -> io::Result<()> {
-        self.check_owner()?;
-        self.writer.push(frame);
-        loop {
-            self.writer.flush(self.fd())?;
-            if self.writer.is_empty() {
-                if self.watch.is_some() {
-                    self.sent_at = Some(Instant::now());
-                }
-                return Ok(());
-            }
-            wait_for(self.fd(), libc::POLLOUT)?;
+        self.send_with(|| std::iter::once(frame))
+    }
+
+    /// Write the frames `frames` makes (see `ChannelWriter::send_with`); with a watch,
+    /// the next receive watches from then.
+    pub fn send_with<I: IntoIterator<Item = OutFrame>>(
+        &mut self,
+        frames: impl FnOnce() -> I,
+    ) -> io::Result<()> {
+        self.writer.send_with(frames)?;
+        if self.watch.is_some() {
+            self.sent_at = Some(Instant::now());
         }
+        Ok(())
     }
 }
 

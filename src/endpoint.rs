@@ -9,6 +9,9 @@
 //!        ◄───────────────────────────────────────── send_result(id, outcome; its segment)
 //!        ◄───────────────────────────────────────── retiring() then exit (memory)
 //!  EXIT, or the end of the stream ────────────────► recv_*() gives None: the worker exits
+//!        ◄── LOG (records, with forward_logs()) ─── the log writer thread, any time;
+//!                                                    every message above takes the
+//!                                                    records queued before it first
 //! ```
 //!
 //! EXIT and the end of the stream mean the same: leave once everything sent before is
@@ -16,33 +19,101 @@
 //! does not expect breaks the protocol: the receive fails (InvalidData), and the worker
 //! leaves as when the manager is gone.
 //!
+//! With log forwarding (`forward_logs`, see `crate::logs`), the worker's logging
+//! handler queues records from any thread without waiting, and a thread of the endpoint
+//! writes them as LOG messages through the channel's shared write side; each message
+//! the worker loop sends goes out after the records queued before it, under the same
+//! lock, so a task's records reach the manager before its result.
+//!
 //! The frames travel on a `Transport`: `crate::channel::Channel`, the blocking end of a
 //! socket on POSIX, of a named pipe on Windows.
 
 use std::io;
 #[cfg(unix)]
 use std::os::fd::RawFd;
+use std::sync::Arc;
 
-use crate::channel::Channel;
+use crate::channel::{Channel, ChannelWriter};
 use crate::ledger::LedgerWriter;
+use crate::logs::{LogBatch, LogQueue, Waited, WORKER_BYTES, WORKER_RECORDS};
 use crate::shm::Incoming;
-use crate::wire::{empty_body, encode_retiring, Attached, Attachment, Body, Frame, Kind, OutFrame};
+use crate::wire::{
+    empty_body, encode_log, encode_retiring, Attached, Attachment, Body, Frame, Kind, OutFrame,
+};
 
-/// Blocking frame I/O on one channel.
+/// Blocking frame I/O on one channel, whose write side other threads may share.
 pub trait Transport {
+    type Writer: FrameSink + Send + 'static;
     /// The next frame, waiting as long as needed; None once the peer closed its end.
     fn recv(&mut self) -> io::Result<Option<Frame>>;
-    /// Write `frame` completely.
-    fn send(&mut self, frame: OutFrame) -> io::Result<()>;
+    /// Write the frames `frames` makes completely, with no frame of another thread
+    /// between them; `frames` is called under the write side's lock.
+    fn send_with<I: IntoIterator<Item = OutFrame>>(
+        &mut self,
+        frames: impl FnOnce() -> I,
+    ) -> io::Result<()>;
+    /// The write side, for another thread of this process.
+    fn writer(&self) -> Self::Writer;
+}
+
+/// The shared write side of a channel (see `Transport::send_with`).
+pub trait FrameSink {
+    fn send_with<I: IntoIterator<Item = OutFrame>>(
+        &self,
+        frames: impl FnOnce() -> I,
+    ) -> io::Result<()>;
 }
 
 impl Transport for Channel {
+    type Writer = ChannelWriter;
+
     fn recv(&mut self) -> io::Result<Option<Frame>> {
         Channel::recv(self)
     }
 
-    fn send(&mut self, frame: OutFrame) -> io::Result<()> {
-        Channel::send(self, frame)
+    fn send_with<I: IntoIterator<Item = OutFrame>>(
+        &mut self,
+        frames: impl FnOnce() -> I,
+    ) -> io::Result<()> {
+        Channel::send_with(self, frames)
+    }
+
+    fn writer(&self) -> ChannelWriter {
+        Channel::writer(self)
+    }
+}
+
+impl FrameSink for ChannelWriter {
+    fn send_with<I: IntoIterator<Item = OutFrame>>(
+        &self,
+        frames: impl FnOnce() -> I,
+    ) -> io::Result<()> {
+        ChannelWriter::send_with(self, frames)
+    }
+}
+
+/// The LOG messages of `batch`: the count of dropped records travels with the first
+/// (alone, if no record is left).
+fn log_frames(batch: LogBatch) -> Vec<OutFrame> {
+    let mut dropped = batch.dropped;
+    let mut frames: Vec<OutFrame> = batch
+        .records
+        .into_iter()
+        .map(|record| encode_log(std::mem::take(&mut dropped), Arc::new(record.body)))
+        .collect();
+    if dropped > 0 {
+        frames.push(encode_log(dropped, empty_body()));
+    }
+    frames
+}
+
+/// The log writer thread: sends what the queue holds as it comes, until it is closed
+/// or the channel breaks. Takes under the write side's lock (see `Endpoint::send`).
+fn write_logs(queue: &LogQueue, writer: &impl FrameSink) {
+    while queue.wait(None) == Waited::Ready {
+        if writer.send_with(|| log_frames(queue.take())).is_err() {
+            return;
+        }
     }
 }
 
@@ -59,6 +130,8 @@ pub struct Endpoint<T: Transport = Channel> {
     ledger: Option<LedgerWriter>,
     /// Told to leave (EXIT or the end of the stream): nothing more is read.
     leaving: bool,
+    /// With log forwarding: the records to send.
+    logs: Option<Arc<LogQueue>>,
 }
 
 impl Endpoint<Channel> {
@@ -107,7 +180,44 @@ impl<T: Transport> Endpoint<T> {
             transport,
             ledger: None,
             leaving: false,
+            logs: None,
         }
+    }
+
+    /// Write `frame` after the log records queued so far.
+    fn send(&mut self, frame: OutFrame) -> io::Result<()> {
+        match &self.logs {
+            None => self.transport.send_with(|| std::iter::once(frame)),
+            Some(logs) => self.transport.send_with(|| {
+                let mut frames = log_frames(logs.take());
+                frames.push(frame);
+                frames
+            }),
+        }
+    }
+
+    /// Forward log records from now on: the queue the worker's logging handler puts
+    /// them in (from any thread, never waiting), which a thread of its own sends.
+    pub fn forward_logs(&mut self) -> io::Result<Arc<LogQueue>> {
+        if let Some(logs) = &self.logs {
+            return Ok(logs.clone());
+        }
+        let logs = Arc::new(LogQueue::new(WORKER_RECORDS, WORKER_BYTES));
+        let (queue, writer) = (logs.clone(), self.transport.writer());
+        std::thread::Builder::new()
+            .name("loky-log-writer".into())
+            .spawn(move || write_logs(&queue, &writer))?;
+        self.logs = Some(logs.clone());
+        Ok(logs)
+    }
+
+    /// Send the log records queued so far, and forward no more (the worker exits).
+    pub fn finish_logs(&mut self) -> io::Result<()> {
+        let Some(logs) = self.logs.take() else {
+            return Ok(());
+        };
+        logs.close();
+        self.transport.send_with(|| log_frames(logs.take()))
     }
 
     /// The next frame, or None once told to leave.
@@ -161,14 +271,12 @@ impl<T: Transport> Endpoint<T> {
 
     /// Initialized: ready for tasks.
     pub fn ready(&mut self) -> io::Result<()> {
-        self.transport
-            .send(OutFrame::new(0, Kind::Ready, empty_body()))
+        self.send(OutFrame::new(0, Kind::Ready, empty_body()))
     }
 
     /// It cannot get ready: `report` says why (the worker exits next).
     pub fn start_failed(&mut self, report: Body) -> io::Result<()> {
-        self.transport
-            .send(OutFrame::new(0, Kind::InitFailed, report))
+        self.send(OutFrame::new(0, Kind::InitFailed, report))
     }
 
     /// The outcome of task `task_id`, with the segment holding its large buffers.
@@ -182,13 +290,13 @@ impl<T: Transport> Endpoint<T> {
         if let Some(segment) = segment {
             frame = frame.with_fd(segment);
         }
-        self.transport.send(frame)
+        self.send(frame)
     }
 
     /// It leaves on its own (its memory grew, or passed the pool's limit: `over_limit`):
     /// tasks sent to it go elsewhere.
     pub fn retiring(&mut self, over_limit: bool) -> io::Result<()> {
-        self.transport.send(encode_retiring(over_limit))
+        self.send(encode_retiring(over_limit))
     }
 }
 
@@ -196,8 +304,9 @@ impl<T: Transport> Endpoint<T> {
 mod tests {
     use super::*;
     use crate::ledger::TaskLedger;
+    use crate::logs::LogRecord;
     use crate::shm::CACHE;
-    use crate::wire::Header;
+    use crate::wire::{decode_log, Header};
     use std::os::fd::IntoRawFd;
     use std::sync::Arc;
 
@@ -301,6 +410,71 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         let err = worker.recv_task().err().unwrap();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    }
+
+    fn log(i: u32, len: usize) -> LogRecord {
+        let mut body = i.to_le_bytes().to_vec();
+        body.resize(len, 0);
+        LogRecord { pid: 0, body }
+    }
+
+    /// Until a frame of `kind`: (the number of each LOG record, the drops counted).
+    fn read_logs_until(manager: &mut Channel, kind: Kind) -> (Vec<u32>, u64) {
+        let (mut numbers, mut dropped) = (Vec::new(), 0);
+        loop {
+            let frame = manager.recv().unwrap().unwrap();
+            if frame.header.kind == kind as u32 {
+                return (numbers, dropped);
+            }
+            assert_eq!(frame.header.kind, Kind::Log as u32);
+            let (count, body) = decode_log(frame);
+            dropped += count;
+            if !body.is_empty() {
+                numbers.push(u32::from_le_bytes(body[..4].try_into().unwrap()));
+            }
+        }
+    }
+
+    #[test]
+    fn log_records_go_in_order_and_before_the_next_message() {
+        let (mut manager, mut worker) = endpoint_pair();
+        let logs = worker.forward_logs().unwrap();
+        for i in 0..50 {
+            assert!(logs.push(log(i, 100)));
+        }
+        worker.send_result(7, empty_body(), None).unwrap();
+        assert_eq!(
+            read_logs_until(&mut manager, Kind::Result),
+            ((0..50).collect(), 0)
+        );
+        // From the writer thread alone, while the worker sends nothing.
+        assert!(logs.push(log(50, 10)));
+        let frame = manager.recv().unwrap().unwrap();
+        assert_eq!(header(&frame), (Some(Kind::Log), 0));
+        assert_eq!(frame.body[..4], 50u32.to_le_bytes());
+    }
+
+    #[test]
+    fn a_manager_that_does_not_read_never_makes_the_logging_thread_wait() {
+        let (mut manager, mut worker) = endpoint_pair();
+        let logs = worker.forward_logs().unwrap();
+        let total = 20_000; // 20 MB: past the socket's buffers and the queue's bound
+        let (done, pushed) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let kept = (0..total).filter(|&i| logs.push(log(i, 1000))).count();
+            done.send(kept).unwrap();
+        });
+        let kept = pushed
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("pushing never waits for the reader");
+        assert!(kept < total as usize, "some were dropped");
+        // The manager reads now: every record is either received, in order, or counted.
+        let reader = std::thread::spawn(move || read_logs_until(&mut manager, Kind::Result));
+        worker.send_result(1, empty_body(), None).unwrap();
+        let (numbers, dropped) = reader.join().unwrap();
+        assert_eq!(numbers.len() as u64 + dropped, u64::from(total));
+        assert!(numbers.windows(2).all(|w| w[0] < w[1]), "in order");
+        assert_eq!(numbers[0], 0, "the oldest are kept");
     }
 
     #[test]

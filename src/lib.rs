@@ -18,6 +18,7 @@ mod bindings;
 mod endpoint;
 mod fork;
 mod ledger;
+mod logs;
 mod manager;
 mod os;
 mod shm;
@@ -54,8 +55,11 @@ mod spawn;
 
 use pyo3::prelude::*;
 
-/// The module: its classes and functions are in `bindings/`.
-#[pymodule]
+/// The module: its classes and functions are in `bindings/`. Every shared state of the
+/// core is behind a lock or an atomic, and its Python classes are immutable but for a
+/// worker's endpoint (whose methods PyO3 borrow-checks): it needs no GIL. The
+/// free-threaded build is compiled in CI, not run (see README).
+#[pymodule(gil_used = false)]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     bindings::module::register(m)
 }

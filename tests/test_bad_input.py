@@ -73,6 +73,26 @@ def test_integral_types_from_numpy_are_accepted():
         ({"initargs": "ab"}, TypeError, "initargs must be a tuple"),
         ({"context": 3}, TypeError, "context must be None"),
         ({"context": "nope"}, ValueError, "Unknown start method 'nope'"),
+        (
+            {"inner_max_num_threads": "2"},
+            TypeError,
+            r"^inner_max_num_threads must be an int or None, got '2' \(str\)$",
+        ),
+        (
+            {"inner_max_num_threads": 1.0},
+            TypeError,
+            r"^inner_max_num_threads must be an int or None, got 1.0 \(float\)$",
+        ),
+        ({"inner_max_num_threads": 0}, ValueError, "^inner_max_num_threads must be greater than 0$"),
+        ({"inner_max_num_threads": -2}, ValueError, "^inner_max_num_threads must be greater"),
+        (
+            {"forward_logging": 2.5},
+            TypeError,
+            r"^forward_logging must be a logging level .* got 2.5 \(float\)$",
+        ),
+        ({"forward_logging": True}, TypeError, r"^forward_logging must be .* got True \(bool\)"),
+        ({"forward_logging": -10}, ValueError, "^forward_logging must be a logging level >= 0"),
+        ({"forward_logging": "LOUD"}, ValueError, "^forward_logging .* 'LOUD' is not a level name"),
     ],
 )
 @pytest.mark.parametrize("make", [ProcessPoolExecutor, get_reusable_executor])
@@ -191,7 +211,7 @@ def test_the_constructors_take_lokys_arguments_in_lokys_order():
     def parameters(function):
         return [(p.name, p.default) for p in inspect.signature(function).parameters.values()]
 
-    # loky 3.7's, then what this package adds (max_tasks_per_child, max_worker_memory).
+    # loky 3.7's, then what this package adds (max_tasks_per_child and after).
     assert parameters(ProcessPoolExecutor) == [
         ("max_workers", None),
         ("job_reducers", None),
@@ -203,6 +223,8 @@ def test_the_constructors_take_lokys_arguments_in_lokys_order():
         ("env", None),
         ("max_tasks_per_child", None),
         ("max_worker_memory", None),
+        ("forward_logging", None),
+        ("inner_max_num_threads", None),
     ]
     assert parameters(get_reusable_executor) == [
         ("max_workers", None),
@@ -217,6 +239,8 @@ def test_the_constructors_take_lokys_arguments_in_lokys_order():
         ("env", None),
         ("max_tasks_per_child", None),
         ("max_worker_memory", None),
+        ("forward_logging", None),
+        ("inner_max_num_threads", None),
     ]
 
 

@@ -19,11 +19,13 @@ def test_none_is_missing_on_the_versions_checked(tmp_path):
     version = "%d.%d" % sys.version_info[:2]
     if version not in _cpython.CHECKED_ON:
         pytest.skip(f"CPython {version} is not among those checked")
-    # In a fresh interpreter: looking imports the modules that hold the internals, and
-    # with multiprocessing.resource_tracker imported, the next executor of this test
-    # process would start multiprocessing's tracker, which outlives the test.
-    done = helpers.run_script(tmp_path, "from loky import _cpython; print(_cpython.missing())")
-    assert (done.stdout, done.stderr) == ("[]\n", "")
+    # In a fresh interpreter: looking imports multiprocessing.resource_tracker, after
+    # which executors made here would start (and keep) multiprocessing's tracker.
+    result = helpers.run_script(
+        tmp_path, "from loky import _cpython\nprint(_cpython.missing())\n"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "[]\n"
 
 
 # Run first in every process of the script (as sitecustomize): what the standard library

@@ -48,7 +48,8 @@ def test_import_loky_gives_its_submodules():
 
 
 @pytest.mark.parametrize(
-    "module", ["loky.process_executor", "loky.reusable_executor", "cloudpickle"]
+    "module",
+    ["loky.process_executor", "loky.reusable_executor", "cloudpickle", "logging", "asyncio"],
 )
 def test_workers_still_import_only_what_they_need(executor_factory, module):
     executor = executor_factory(max_workers=1)

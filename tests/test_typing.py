@@ -10,6 +10,8 @@ import pytest
 pytestmark = pytest.mark.timeout(300)
 
 GOOD = """
+import asyncio
+import logging
 from concurrent.futures import as_completed
 
 import loky
@@ -35,7 +37,16 @@ def main() -> None:
     use_with_joblib
 
 
+async def awaiting() -> int:
+    executor = get_reusable_executor(
+        max_workers=1, forward_logging=logging.INFO, inner_max_num_threads=1
+    )
+    result: int = await executor.submit(square, 2)
+    return result
+
+
 main()
+asyncio.run(awaiting())
 """
 
 BAD = """

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any, TypeVar
 from concurrent.futures import Future as _StdFuture
 from concurrent.futures import InvalidStateError
@@ -34,6 +34,9 @@ class Future(_StdFuture[_T]):
 
     A thread that waits on the result of an executor's future has the executor hand
     the outcome to it directly (see `_PoolState.await_outcome`).
+
+    A coroutine awaits it in any asyncio event loop (``await future``), as it would
+    ``asyncio.wrap_future(future)``.
     """
 
     _lazy_condition = None
@@ -161,6 +164,21 @@ class Future(_StdFuture[_T]):
         if self._queue is None or self._state in _DONE:
             return timeout
         return self._queue.await_outcome(self, timeout)
+
+    def __await__(self) -> Generator[Any, None, _T]:
+        """``await future``, in the event loop that runs the awaiting coroutine: its
+        result, or its exception raised. Cancelling the awaiting coroutine (a timeout,
+        ``task.cancel()``) cancels the future: a task no worker has taken yet never
+        runs; a running task runs on, unless ``terminate()`` ends it. A future the
+        executor cancelled (``terminate()``, ``shutdown(cancel_futures=True)``) raises
+        ``asyncio.CancelledError`` in the coroutine."""
+        if self._state == FINISHED:
+            return self.result()
+        import asyncio  # here: most programs never await, and workers never do
+
+        # The loop is woken from the thread that finishes the future; cancelling the
+        # asyncio future cancels this one.
+        return (yield from asyncio.wrap_future(self).__await__())
 
     def cancel(self) -> bool:
         if self._state == FINISHED:

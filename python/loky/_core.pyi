@@ -33,7 +33,10 @@ __all__ = [
     "InitFailed",
     "StartFailed",
     "PoolClosed",
+    "WorkerLog",
+    "ForwardedLogs",
     "WorkerEndpoint",
+    "LogSink",
     "TaskMessage",
     "Payload",
     "SharedSegment",
@@ -273,6 +276,23 @@ class StartFailed:
 class PoolClosed:
     """The manager has stopped and every worker has exited: the last event."""
 
+@final
+class WorkerLog:
+    """A log record a worker forwarded: `body` pickles the record's attributes (see
+    `loky._worker_logs`); `pid`: the worker's."""
+
+    pid: int
+    body: Payload
+
+@final
+class ForwardedLogs:
+    """What `Pool.next_logs` gives: the records forwarded since the last call, in the
+    order each worker sent them, and how many were `dropped` meanwhile (by the workers
+    or here) because they came faster than they were taken."""
+
+    records: list[WorkerLog]
+    dropped: int
+
 _Event = (
     TaskResult
     | WorkerDied
@@ -305,6 +325,7 @@ class Pool:
         pass_fds: list[int] = ...,
         template_args: list[str] | None = None,
         max_worker_memory: int | None = None,
+        forward_logs: bool = False,
     ) -> Pool:
         """Start the manager thread. Workers run `program` with `args` (plus the
         environment overrides `env` and the inherited descriptors `pass_fds`) and get
@@ -314,7 +335,9 @@ class Pool:
         `template_args`, replacements are forked from a template process started with
         those arguments. With `max_worker_memory` (bytes), the resident memory of
         workers running a task is looked at every 25 ms, and one past the limit by half
-        again is ended at once (TaskEnded, MEMORY_LIMIT)."""
+        again is ended at once (TaskEnded, MEMORY_LIMIT). With `forward_logs`, the
+        workers' LOG messages are kept (bounded: records that find the queue full are
+        dropped and counted) for `next_logs`."""
 
     def submit(
         self,
@@ -367,6 +390,12 @@ class Pool:
         """Wait (without the GIL) for at least one event, or `timeout` seconds, and
         return every event queued by then."""
 
+    def next_logs(self, timeout: float | None = None) -> ForwardedLogs | None:
+        """Wait (without the GIL) up to `timeout` seconds (None: as long as needed) for
+        log records the workers forwarded, and take them: an empty batch if the time
+        ran out; None once the pool has closed and every record was taken, or if the
+        pool was made without `forward_logs`."""
+
     def wait_outcome(
         self,
         task_id: int,
@@ -388,6 +417,17 @@ class Pool:
         applied): a closing pool leaves their futures to that thread."""
 
 # -- a worker's side of its channel; the template --------------------------------------
+
+@final
+class LogSink:
+    """Where a worker's logging handler puts the records it forwards
+    (`WorkerEndpoint.forward_logs`)."""
+
+    def put(self, record: bytes) -> bool:
+        """Queue a pickled record for the parent, from any thread, without waiting.
+        False if it was dropped: the queue was full (the drop is counted and reported
+        in the parent) or closed, or this process is not the worker (a task forked
+        it)."""
 
 @final
 class TaskMessage:
@@ -437,6 +477,15 @@ class WorkerEndpoint:
         self, task_id: int, body: bytes, segment: OutgoingSegment | None = None
     ) -> None:
         """The outcome of task `task_id`, with the segment holding its large buffers."""
+
+    def forward_logs(self) -> LogSink:
+        """Forward log records to the parent from now on: the sink the worker's logging
+        handler puts them in; a thread of the core sends them as they come (bounded:
+        see `crate::logs`), and each message of this endpoint goes after the records
+        put before it."""
+
+    def finish_logs(self) -> None:
+        """Send the log records put so far, and forward no more (the worker exits)."""
 
     def retiring(self, over_limit: bool = False) -> None:
         """This worker leaves on its own: its memory grew past

@@ -275,7 +275,7 @@ def apply(settings):
         from multiprocessing import util
 
         util.log_to_stderr(settings["mp_log_level"])
-    identity = _MultiprocessingIdentity(settings.get("authkey"), settings.get("process_name"))
+    identity = _MultiprocessingIdentity(settings.get("authkey"), process_name(settings))
     mp_process = sys.modules.get("multiprocessing.process")
     if mp_process is not None:
         identity.give_to(mp_process)
@@ -283,6 +283,12 @@ def apply(settings):
         # Set when (if ever) a task imports multiprocessing: a bare worker does not
         # pay for importing it.
         sys.meta_path.insert(0, identity)
+
+
+def process_name(settings):
+    """This process's multiprocessing name (``LokyProcess-<pid>``), or None."""
+    prefix = settings.get("process_name")
+    return None if prefix is None else f"{prefix}-{os.getpid()}"
 
 
 def import_main(info):
@@ -300,9 +306,9 @@ class _MultiprocessingIdentity:
     Also a one-shot meta path finder: when ``multiprocessing.process`` is first
     imported, it loads it normally, then sets them."""
 
-    def __init__(self, authkey, name_prefix):
+    def __init__(self, authkey, name):
         self.authkey = authkey
-        self.name = None if name_prefix is None else f"{name_prefix}-{os.getpid()}"
+        self.name = name
 
     def give_to(self, mp_process):
         current = mp_process.current_process()

@@ -3,8 +3,8 @@ interpreter's exit and Ctrl-C.
 
     executor starts its pool ─► add(state)        result thread ends ─► discard(state)
     interpreter exits (before threads are joined) ─► every live pool shut down, its
-        result thread joined: pending work finishes, or after an unhandled
-        KeyboardInterrupt the workers are ended at once
+        result thread (and log thread) joined: pending work finishes, or after an
+        unhandled KeyboardInterrupt the workers are ended at once
     SIGINT in the parent ─► every live pool's busy workers get SIGINT, then Python's
         default handler raises KeyboardInterrupt here
 
@@ -49,12 +49,13 @@ def _on_interpreter_exit():
     global interpreter_exiting
     interpreter_exiting = True
     how = _core.Shutdown.TERMINATE if _interrupted() else _core.Shutdown.GRACEFUL
-    for state in list(_pools):
+    states = list(_pools)
+    for state in states:
         state.pool.shutdown(how)
-    for state in list(_pools):
-        thread = state.thread
-        if thread is not threading.current_thread():
-            thread.join()
+    for state in states:
+        for thread in (state.thread, state.log_thread):
+            if thread is not None and thread is not threading.current_thread():
+                thread.join()
 
 
 _cpython.register_before_threads_join(_on_interpreter_exit)

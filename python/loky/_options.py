@@ -7,7 +7,9 @@ naming the parameter and the type given; wrong values raise `ValueError`. Nothin
 started before the checks pass.
 """
 
+import logging
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from multiprocessing.context import BaseContext
@@ -72,6 +74,29 @@ def check_task_limits(timeout, retries, retry_on_timeout):
     )
 
 
+def check_log_level(name, value):
+    """`value` as a logging level (an int >= 0, or a level name such as "INFO"), or
+    None."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        levels = logging.getLevelNamesMapping()
+        if value not in levels:
+            raise ValueError(
+                f"{name} must be a logging level or None; {value!r} is not a level name "
+                f"(one of {', '.join(sorted(levels, key=levels.__getitem__))})"
+            )
+        return levels[value]
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise TypeError(
+            f"{name} must be a logging level (an int, or a name such as 'INFO') or None, "
+            f"got {_describe(value)}"
+        )
+    if value < 0:
+        raise ValueError(f"{name} must be a logging level >= 0 or None, got {value!r}")
+    return int(value)
+
+
 def check_callable(name, value):
     if value is not None and not callable(value):
         raise TypeError(f"{name} must be a callable or None, got {_describe(value)}")
@@ -111,6 +136,20 @@ def check_initargs(initargs):
         ) from None
 
 
+# What `inner_max_num_threads` sets in the workers: the thread-count variables of the
+# BLAS and OpenMP runtimes (OpenMP, OpenBLAS, MKL, BLIS, Accelerate) and of numba and
+# numexpr, as joblib sets them for its workers.
+INNER_THREAD_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "BLIS_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMBA_NUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+)
+
+
 @dataclass(frozen=True, kw_only=True)
 class ExecutorOptions:
     """Everything an executor is built from, checked when made (in the order below,
@@ -128,6 +167,11 @@ class ExecutorOptions:
     env: dict[str, str] | None = None  # {} once checked
     max_tasks_per_child: int | None = None
     max_worker_memory: int | None = None  # bytes of resident memory per worker
+    # Records at or above this level, logged in the workers, are handled by this
+    # process's loggers (None: not forwarded).
+    forward_logging: int | None = None
+    # Set in the workers' BLAS and OpenMP thread-count variables (None: nothing set).
+    inner_max_num_threads: int | None = None
     # The start method `context` asks for. Derived, so not compared: two executors
     # asked for with the same `context` are alike, as in loky.
     start_method: str = field(init=False, compare=False)
@@ -144,9 +188,28 @@ class ExecutorOptions:
             "env": check_env(self.env),
             "max_tasks_per_child": check_int("max_tasks_per_child", self.max_tasks_per_child),
             "max_worker_memory": check_int("max_worker_memory", self.max_worker_memory),
+            "forward_logging": check_log_level("forward_logging", self.forward_logging),
+            "inner_max_num_threads": check_int(
+                "inner_max_num_threads", self.inner_max_num_threads
+            ),
         }
         for name, value in checked.items():
             object.__setattr__(self, name, value)  # frozen: set once, here
+
+    def worker_env(self):
+        """The environment variables the workers start with, beyond this process's:
+        `env`, and with `inner_max_num_threads`, the thread-count variables that
+        neither `env` nor this process's environment sets (read now, at the pool's
+        start)."""
+        if self.inner_max_num_threads is None:
+            return self.env
+        threads = str(self.inner_max_num_threads)
+        limits = dict.fromkeys(INNER_THREAD_VARIABLES, threads)
+        # As joblib does too: the workers' TBB schedulers share the cores between them.
+        limits["ENABLE_IPC"] = "1"
+        env = {name: value for name, value in limits.items() if name not in os.environ}
+        env.update(self.env)
+        return env
 
     def workers(self):
         """The number of workers asked for (`cpu_count()` when `max_workers` is None)."""

@@ -86,6 +86,7 @@ class _PoolState:
         self.processes = WorkerProcesses(pool)
         self.has_initializer = has_initializer
         self.closed = False  # the result thread has stopped
+        self.log_thread = None  # with forward_logging: hands the workers' records over
         self.warned_of_growth = False
         self._handlers = {
             _core.TaskResult: self._on_result,

@@ -288,6 +288,11 @@ def main(parent_pid):
         settings, initializer_blob = pickle.loads(init)
         del init
         _setup(settings)
+        if settings.get("forward_logging") is not None:
+            from ._inherit import process_name
+            from ._worker_logs import forward_to_parent
+
+            forward_to_parent(endpoint, settings["forward_logging"], process_name(settings))
         _signal.signal(_signal.SIGINT, _interrupt_the_task)
         runner = Runner(settings.get("pickler"))
         if settings.get("main"):

@@ -158,6 +158,16 @@ class ProcessPoolExecutor(Executor):
             after a task is replaced before its next task (no task fails); one past it
             by half again while it runs a task is ended at once, and that task fails
             with `MemoryLimitError`. None (default): not watched, at no cost.
+        forward_logging: a logging level (``logging.INFO``, or its name): records
+            logged in the workers at or above it are handled by this process's logger
+            of the same name, with the worker's pid as ``record.process``. Never
+            blocks a task: records a slow parent does not take in time are dropped,
+            and counted. None (default): the workers' logging is their own.
+        inner_max_num_threads: the number of threads each worker's BLAS and OpenMP
+            runtimes (and numba, numexpr) may use: the workers start with their
+            thread-count variables (OMP_NUM_THREADS, OPENBLAS_NUM_THREADS,
+            MKL_NUM_THREADS...) set to it, except those `env` or this process's
+            environment sets. None (default): nothing is set.
     """
 
     def __init__(
@@ -172,6 +182,8 @@ class ProcessPoolExecutor(Executor):
         env: dict[str, str] | None = None,
         max_tasks_per_child: int | None = None,
         max_worker_memory: int | None = None,
+        forward_logging: int | str | None = None,
+        inner_max_num_threads: int | None = None,
     ) -> None:
         self._setup(
             ExecutorOptions(
@@ -185,6 +197,8 @@ class ProcessPoolExecutor(Executor):
                 env=env,
                 max_tasks_per_child=max_tasks_per_child,
                 max_worker_memory=max_worker_memory,
+                forward_logging=forward_logging,
+                inner_max_num_threads=inner_max_num_threads,
             )
         )
 
@@ -220,6 +234,7 @@ class ProcessPoolExecutor(Executor):
             "sys_path": list(sys.path),
             "pickler": reduction.get_loky_pickler_name(),
             "max_worker_memory": self._options.max_worker_memory,
+            "forward_logging": self._options.forward_logging,
         }
         # Resource tracker pipe, joblib switch, authkey, __main__ (see _inherit.py).
         settings.update(child_settings)
@@ -268,13 +283,21 @@ class ProcessPoolExecutor(Executor):
         state.thread = threading.Thread(
             target=_run_results, args=(state,), name="loky-results", daemon=True
         )
+        if self._options.forward_logging is not None:
+            from ._worker_logs import handle_worker_logs
+
+            state.log_thread = threading.Thread(
+                target=handle_worker_logs, args=(pool,), name="loky-logs", daemon=True
+            )
         _live_pools.add(state)
-        try:
-            state.thread.start()
-        except RuntimeError as exc:
-            _live_pools.discard(state)
-            pool.shutdown(_core.Shutdown.KILL)
-            raise _thread_start_error("result thread", exc) from None
+        for name, thread in [("result thread", state.thread), ("log thread", state.log_thread)]:
+            try:
+                if thread is not None:
+                    thread.start()
+            except RuntimeError as exc:
+                _live_pools.discard(state)
+                pool.shutdown(_core.Shutdown.KILL)
+                raise _thread_start_error(name, exc) from None
         # An executor dropped without shutdown() finishes its work, then stops.
         weakref.finalize(self, _shut_down_unreferenced, pool, self._flags).atexit = False
         _live_pools.forward_interrupts()
@@ -287,7 +310,7 @@ class ProcessPoolExecutor(Executor):
         return _core.Pool(
             program=sys.executable,
             args=["-c", _inherit.python_code(worker_code)],
-            env=list(options.env.items()),
+            env=list(options.worker_env().items()),
             init=init,
             max_workers=self._max_workers,
             idle_timeout=options.timeout,
@@ -303,6 +326,7 @@ class ProcessPoolExecutor(Executor):
             ),
             pass_fds=pass_fds + start_fds,
             max_worker_memory=options.max_worker_memory,
+            forward_logs=options.forward_logging is not None,
         )
 
     # -- public API ---------------------------------------------------------------
@@ -478,6 +502,9 @@ class ProcessPoolExecutor(Executor):
             state.thread.join()
             while not state.pool.join(0.1):  # in slices, so signals get through
                 pass
+            # The records the workers sent before they exited are handled by now.
+            if state.log_thread not in (None, threading.current_thread()):
+                state.log_thread.join()
 
     def worker_stats(self) -> list[WorkerStats]:
         """One record per live worker (see `WorkerStats`): what each is doing now.

@@ -55,6 +55,8 @@ def get_reusable_executor(
     env: dict[str, str] | None = None,
     max_tasks_per_child: int | None = None,
     max_worker_memory: int | None = None,
+    forward_logging: int | str | None = None,
+    inner_max_num_threads: int | None = None,
 ) -> _ReusablePoolExecutor:
     """Return this thread's reusable executor, creating or adapting it as needed.
 
@@ -65,7 +67,8 @@ def get_reusable_executor(
     - A broken or shut-down executor is replaced; the old one is shut down with
       `kill_workers` as given.
     - `timeout`: seconds after which idle workers exit (they come back on demand).
-    - `max_worker_memory`: see `ProcessPoolExecutor`.
+    - `max_worker_memory`, `forward_logging`, `inner_max_num_threads`: see
+      `ProcessPoolExecutor`.
     """
     executor, _ = _ReusablePoolExecutor.get_reusable_executor(
         max_workers=max_workers,
@@ -80,6 +83,8 @@ def get_reusable_executor(
         env=env,
         max_tasks_per_child=max_tasks_per_child,
         max_worker_memory=max_worker_memory,
+        forward_logging=forward_logging,
+        inner_max_num_threads=inner_max_num_threads,
     )
     return executor
 
@@ -108,6 +113,8 @@ class _ReusablePoolExecutor(ProcessPoolExecutor):
         env=None,
         max_tasks_per_child=None,
         max_worker_memory=None,
+        forward_logging=None,
+        inner_max_num_threads=None,
     ):
         """Return ``(executor, is_reused)``; see `get_reusable_executor`."""
         if reuse not in ("auto", True, False):
@@ -123,6 +130,8 @@ class _ReusablePoolExecutor(ProcessPoolExecutor):
             env=env,
             max_tasks_per_child=max_tasks_per_child,
             max_worker_memory=max_worker_memory,
+            forward_logging=forward_logging,
+            inner_max_num_threads=inner_max_num_threads,
         )
         replaced = None
         with _executor_lock:

@@ -132,6 +132,23 @@ pub struct StartFailed {
     message: String,
 }
 
+/// A log record a worker forwarded: `body` pickles the record's attributes (see
+/// `loky._worker_logs`); `pid`: the worker's.
+#[pyclass(module = "loky._core", frozen, get_all)]
+pub struct WorkerLog {
+    pid: i32,
+    body: Py<Payload>,
+}
+
+/// What `Pool.next_logs` gives: the records forwarded since the last call, in the
+/// order each worker sent them, and how many were `dropped` meanwhile (by the workers
+/// or here) because they came faster than they were taken.
+#[pyclass(module = "loky._core", frozen, get_all)]
+pub struct ForwardedLogs {
+    records: Vec<Py<WorkerLog>>,
+    dropped: u64,
+}
+
 /// The manager has stopped and every worker has exited: the last event.
 #[pyclass(module = "loky._core", frozen)]
 pub struct PoolClosed {}
@@ -278,7 +295,7 @@ impl Pool {
 #[pymethods]
 impl Pool {
     #[new]
-    #[pyo3(signature = (*, program, args, env, init, max_workers, idle_timeout=None, max_tasks_per_child=None, pass_fds=Vec::new(), template_args=None, max_worker_memory=None))]
+    #[pyo3(signature = (*, program, args, env, init, max_workers, idle_timeout=None, max_tasks_per_child=None, pass_fds=Vec::new(), template_args=None, max_worker_memory=None, forward_logs=false))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         program: String,
@@ -291,6 +308,7 @@ impl Pool {
         pass_fds: Vec<i32>,
         template_args: Option<Vec<String>>,
         max_worker_memory: Option<u64>,
+        forward_logs: bool,
     ) -> PyResult<Self> {
         // The arguments were checked by the Python side (`loky._options`).
         let released = Arc::new(ReleasedBytes::default());
@@ -312,6 +330,7 @@ impl Pool {
             idle_timeout: seconds(idle_timeout),
             max_tasks_per_child,
             max_worker_memory,
+            forward_logs,
         };
         let manager =
             Manager::start(config).map_err(|e| os_error("could not start the pool manager", e))?;
@@ -438,6 +457,36 @@ impl Pool {
         let events = py.detach(|| manager.next_events(seconds(timeout), max_events));
         self.released.drain(py);
         events.into_iter().map(|e| to_python(py, e)).collect()
+    }
+
+    /// Wait (without the GIL) up to `timeout` seconds (None: as long as needed) for log
+    /// records the workers forwarded, and take them: an empty batch if the time ran
+    /// out; None once the pool has closed and every record was taken, or if the pool
+    /// was made without `forward_logs`.
+    #[pyo3(signature = (timeout=None))]
+    fn next_logs(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<ForwardedLogs>> {
+        let manager = self.owned()?;
+        let Some(batch) = py.detach(|| manager.next_logs(seconds(timeout))) else {
+            return Ok(None);
+        };
+        let records = batch
+            .records
+            .into_iter()
+            .map(|record| {
+                let body = Py::new(py, Payload::new(record.body))?;
+                Py::new(
+                    py,
+                    WorkerLog {
+                        pid: record.pid,
+                        body,
+                    },
+                )
+            })
+            .collect::<PyResult<_>>()?;
+        Ok(Some(ForwardedLogs {
+            records,
+            dropped: batch.dropped,
+        }))
     }
 
     /// Wait up to `timeout` seconds (None: no limit) for task `task_id`'s outcome in

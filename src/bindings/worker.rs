@@ -9,6 +9,8 @@ use pyo3::pybacked::PyBackedBytes;
 use super::buffers::{OutgoingSegment, Payload, SharedSegment};
 use super::os_error;
 use crate::endpoint::Endpoint;
+use crate::fork::generation;
+use crate::logs::{LogQueue, LogRecord};
 use crate::shm::Incoming;
 use crate::wire::Attachment;
 
@@ -22,6 +24,29 @@ pub struct TaskMessage {
     segment: Option<Py<SharedSegment>>,
     descriptor_dropped: bool,
     map_error: Option<String>,
+}
+
+/// Where a worker's logging handler puts the records it forwards (see
+/// `WorkerEndpoint.forward_logs`). Never waits; in a process a task forked, takes
+/// nothing (the channel is the worker's).
+#[pyclass(module = "loky._core", frozen)]
+pub struct LogSink {
+    queue: Arc<LogQueue>,
+    owner: u64,
+}
+
+#[pymethods]
+impl LogSink {
+    /// Queue a pickled record for the parent. False if it was dropped: the queue was
+    /// full (the parent has not taken the records before it; the drop is counted and
+    /// reported there) or closed, or this is not the worker's process.
+    fn put(&self, record: &[u8]) -> bool {
+        self.owner == generation()
+            && self.queue.push(LogRecord {
+                pid: 0,
+                body: record.to_vec(),
+            })
+    }
 }
 
 /// A worker's end of its channel to the manager (descriptor 3, taken over and made
@@ -113,6 +138,27 @@ impl WorkerEndpoint {
         let segment = segment.map(|s| s.segment.clone() as Attachment);
         let inner = &mut self.inner;
         py.detach(|| inner.send_result(task_id, body.clone(), segment))
+            .map_err(|e| os_error("", e))
+    }
+
+    /// Forward log records to the parent from now on: the sink the worker's logging
+    /// handler puts them in; a thread of the core sends them as they come, each
+    /// message of this endpoint after the records put before it.
+    fn forward_logs(&mut self) -> PyResult<LogSink> {
+        let queue = self
+            .inner
+            .forward_logs()
+            .map_err(|e| os_error("could not start the log writer thread", e))?;
+        Ok(LogSink {
+            queue,
+            owner: generation(),
+        })
+    }
+
+    /// Send the log records put so far, and forward no more (the worker exits).
+    fn finish_logs(&mut self, py: Python<'_>) -> PyResult<()> {
+        let inner = &mut self.inner;
+        py.detach(|| inner.finish_logs())
             .map_err(|e| os_error("", e))
     }
 

@@ -11,7 +11,7 @@
 //!    shutdown and nothing left ─► stop
 //!    offer an idle worker for direct sends, then wait (poll_io.rs)
 //!    withdraw the offer; handle what the wait found (events.rs)
-//!  stop: end the template, emit Closed, close the claims
+//!  stop: end the template, close the log queue, emit Closed, close the claims
 //! ```
 
 use std::sync::atomic::Ordering;
@@ -159,6 +159,9 @@ impl ManagerLoop {
             self.io.close_and_reap(Token::Template, TEMPLATE_EXIT_GRACE);
         }
         self.publish_pids();
+        if let Some(logs) = &self.shared.logs {
+            logs.close();
+        }
         self.shared.emit(Event::Closed);
         self.shared.claims.close();
         let (finished, done) = &self.shared.finished;

@@ -5,6 +5,7 @@
 //!  worker frames   READY ─► Ready        RESULT ─► the task is done: its outcome goes
 //!                  INIT_FAILED ─► it exits      to its claimer or the result thread;
 //!                  RETIRING ─► Leaving          the next one it holds starts
+//!                  LOG (forward_logs) ─► the log queue, with the worker's pid
 //!                  anything else, or a broken framing ─► killed (Faulted)
 //!  template frames READY, FORKED(pid) ─► a new worker, EXITED(pid, status) ─► its exit
 //!  an exit         its running task fails (WorkerDied) or ends (TaskEnded); tasks it
@@ -20,9 +21,10 @@ use super::poll_io::{IoEvent, Token};
 use super::tasks::{Attempt, AttemptEnd, EndCause};
 use super::worker::{Phase, Worker};
 use super::Event;
+use crate::logs::LogRecord;
 use crate::platform::ExitStatus;
 use crate::shm::Incoming;
-use crate::wire::{decode_exited, decode_retiring, Frame, Kind};
+use crate::wire::{decode_exited, decode_log, decode_retiring, Frame, Kind};
 
 impl ManagerLoop {
     pub(super) fn handle(&mut self, events: Vec<IoEvent>) {
@@ -98,7 +100,24 @@ impl ManagerLoop {
                 let unstarted: Vec<u64> = worker.held.drain(..).collect();
                 self.shared.tasks.lock().give_back(unstarted);
             }
+            Some(Kind::Log) if self.shared.logs.is_some() => self.on_log(i, frame),
             _ => self.fail(i, format!("unexpected message kind {}", frame.header.kind)),
+        }
+    }
+
+    /// Worker `i` forwards a log record: queued for the log thread, or dropped and
+    /// counted if it lags too far behind (never waits).
+    fn on_log(&self, i: usize, frame: Frame) {
+        let Some(logs) = &self.shared.logs else {
+            return;
+        };
+        let (dropped, body) = decode_log(frame);
+        logs.count_dropped(dropped);
+        if !body.is_empty() {
+            logs.push(LogRecord {
+                pid: self.workers[i].pid,
+                body,
+            });
         }
     }
 

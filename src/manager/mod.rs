@@ -14,6 +14,8 @@
 //!        owed unless the pool meant it to leave; WorkerExited says why it left
 //!  shutdown ─► graceful: queued work finishes, then the workers get EOF; kill: every
 //!        worker tree is killed, queued work dropped ─► Closed, the last event
+//!  worker ─► LOG (forward_logs) ─► events.rs ─► the log queue ─► next_logs()
+//!        (bounded, apart from the events: see `crate::logs`)
 //! ```
 //!
 //! The thread never touches Python: callers hand it pickled tasks and receive raw
@@ -49,6 +51,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::{Condvar, Mutex};
 
+use crate::logs::{LogBatch, LogQueue, Waited, PARENT_BYTES, PARENT_RECORDS};
 use crate::platform::{ExitStatus, Waker};
 pub use crate::shm::Incoming;
 use crate::shm::OutSegment;
@@ -73,6 +76,8 @@ pub struct Config {
     /// A worker whose resident memory passes this while it runs a task, by half again,
     /// is ended at once (its task fails); None: not watched.
     pub max_worker_memory: Option<u64>,
+    /// The workers forward log records (LOG messages), taken with `Manager::next_logs`.
+    pub forward_logs: bool,
 }
 
 /// What the manager reports to the Python side.
@@ -216,6 +221,8 @@ struct Shared {
     claims: Claims<Event>,
     /// Where outcomes go when nobody claims them.
     events: Sender<Event>,
+    /// With `Config::forward_logs`: the workers' log records, until taken.
+    logs: Option<LogQueue>,
 }
 
 impl Shared {
@@ -280,6 +287,9 @@ impl Manager {
             direct: Direct::default(),
             claims: Claims::default(),
             events: sender,
+            logs: config
+                .forward_logs
+                .then(|| LogQueue::new(PARENT_RECORDS, PARENT_BYTES)),
         });
         let mut run = ManagerLoop::new(config, shared.clone(), submitted);
         let thread = std::thread::Builder::new()
@@ -429,6 +439,18 @@ impl Manager {
         let events = self.shared.claims.take_batch(batch);
         events.iter().for_each(Event::populate);
         events
+    }
+
+    /// Wait up to `timeout` (None: as long as needed) for the workers' log records, and
+    /// take them (an empty batch when the time ran out). None once the manager has
+    /// stopped and every record was taken, or if the pool does not forward them.
+    pub fn next_logs(&self, timeout: Option<Duration>) -> Option<LogBatch> {
+        let logs = self.shared.logs.as_ref()?;
+        match logs.wait(timeout) {
+            Waited::Ready => Some(logs.take()),
+            Waited::TimedOut => Some(LogBatch::default()),
+            Waited::Closed => None,
+        }
     }
 
     /// Claim task `id`'s outcome for the calling thread (see `claims.rs`). False if it

@@ -72,10 +72,14 @@ pub enum Kind {
     /// Manager to worker or template: leave once everything sent before is answered,
     /// as the end of the stream says too (a channel with no half-close needs this).
     Exit = 10,
+    /// Worker to manager: a log record, pickled by the Python side (empty: none, only
+    /// a count); the task id field counts the records the worker dropped before it
+    /// (`encode_log`).
+    Log = 11,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Task,
         Kind::Init,
         Kind::Ready,
@@ -86,6 +90,7 @@ impl Kind {
         Kind::Exited,
         Kind::Result,
         Kind::Exit,
+        Kind::Log,
     ];
 
     pub fn from_u32(raw: u32) -> Option<Kind> {
@@ -119,6 +124,17 @@ pub fn encode_retiring(over_limit: bool) -> OutFrame {
 /// Whether a RETIRING message says the worker passed the pool's memory limit.
 pub fn decode_retiring(frame: &Frame) -> bool {
     frame.body.first() == Some(&1)
+}
+
+/// A LOG message: a record (empty: none), after `dropped` records the worker could not
+/// keep.
+pub fn encode_log(dropped: u64, record: Body) -> OutFrame {
+    OutFrame::new(dropped, Kind::Log, record)
+}
+
+/// The (records dropped before it, record) of a LOG message (see `encode_log`).
+pub fn decode_log(frame: Frame) -> (u64, Vec<u8>) {
+    (frame.header.task_id, frame.body)
 }
 
 /// Header flag: a descriptor travels with this frame.

@@ -15,7 +15,10 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::windows::io::{FromRawHandle, IntoRawHandle, OwnedHandle, RawHandle};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 use crate::platform::pipe::PipeEnd;
 use crate::platform::process::duplicate;
@@ -31,7 +34,8 @@ const COPY_BELOW: usize = 64 * 1024;
 const WATCH_AFTER_SEND: Duration = Duration::from_micros(200);
 
 pub struct Channel {
-    end: PipeEnd,
+    end: Arc<PipeEnd>,
+    writer: ChannelWriter,
     reader: StreamReader,
     buf: Vec<u8>,
     /// Frames read and not yet taken, oldest first.
@@ -51,9 +55,13 @@ impl Channel {
     /// nothing else in this process owns.
     pub unsafe fn from_raw(value: usize) -> io::Result<Channel> {
         // SAFETY: see the function's contract.
-        let end = unsafe { PipeEnd::from_raw(value) }?;
-        crate::platform::not_inheritable(std::os::windows::io::AsHandle::as_handle(&end))?;
+        let end = Arc::new(unsafe { PipeEnd::from_raw(value) }?);
+        crate::platform::not_inheritable(std::os::windows::io::AsHandle::as_handle(&*end))?;
         Ok(Channel {
+            writer: ChannelWriter {
+                end: end.clone(),
+                frames: Arc::default(),
+            },
             end,
             reader: StreamReader::default(),
             buf: vec![0; READ_BUFFER],
@@ -116,28 +124,66 @@ impl Channel {
         }
     }
 
-    /// Write `frame` completely, waiting for room as needed.
-    pub fn send(&mut self, frame: OutFrame) -> io::Result<()> {
-        let value = match frame.attachment() {
-            // A duplicate the manager takes (and closes here) as it reads the frame.
-            Some(attached) => {
-                let duplicate = duplicate(crate::os::borrow(&**attached), false)?;
-                Some(duplicate.into_raw_handle() as usize as u64)
-            }
-            None => None,
-        };
-        let mut bytes = encode_prefix(&frame, value);
-        let body = frame.body();
-        if body.len() <= COPY_BELOW {
-            bytes.extend_from_slice(body);
-            self.end.write_all(&bytes)?;
-        } else {
-            self.end.write_all(&bytes)?;
-            self.end.write_all(body)?;
-        }
+    /// The write side, for another thread: its sends and this end's never interleave.
+    pub fn writer(&self) -> ChannelWriter {
+        self.writer.clone()
+    }
+
+    /// Write the frames `frames` makes (see `ChannelWriter::send_with`); with a watch,
+    /// the next receive watches from then.
+    pub fn send_with<I: IntoIterator<Item = OutFrame>>(
+        &mut self,
+        frames: impl FnOnce() -> I,
+    ) -> io::Result<()> {
+        self.writer.send_with(frames)?;
         if self.watch.is_some() {
             self.sent_at = Some(Instant::now());
         }
         Ok(())
+    }
+}
+
+/// The write side of a channel, shared by the threads of a worker (its loop and its log
+/// writer). A frame may take several writes: the lock keeps frames whole.
+#[derive(Clone)]
+pub struct ChannelWriter {
+    end: Arc<PipeEnd>,
+    frames: Arc<Mutex<()>>,
+}
+
+impl ChannelWriter {
+    /// Write the frames `frames` makes, completely and with nothing between them.
+    /// `frames` is called under the lock: what it takes from a queue goes out in the
+    /// order taken, whichever thread sends.
+    pub fn send_with<I: IntoIterator<Item = OutFrame>>(
+        &self,
+        frames: impl FnOnce() -> I,
+    ) -> io::Result<()> {
+        let _whole = self.frames.lock();
+        for frame in frames() {
+            write_frame(&self.end, &frame)?;
+        }
+        Ok(())
+    }
+}
+
+/// Write one frame completely, waiting for room as needed.
+fn write_frame(end: &PipeEnd, frame: &OutFrame) -> io::Result<()> {
+    let value = match frame.attachment() {
+        // A duplicate the manager takes (and closes here) as it reads the frame.
+        Some(attached) => {
+            let duplicate = duplicate(crate::os::borrow(&**attached), false)?;
+            Some(duplicate.into_raw_handle() as usize as u64)
+        }
+        None => None,
+    };
+    let mut bytes = encode_prefix(frame, value);
+    let body = frame.body();
+    if body.len() <= COPY_BELOW {
+        bytes.extend_from_slice(body);
+        end.write_all(&bytes)
+    } else {
+        end.write_all(&bytes)?;
+        end.write_all(body)
     }
 }
