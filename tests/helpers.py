@@ -129,6 +129,23 @@ def pid_then_sleep(path, seconds):
     return "finished"
 
 
+def _sharing(call, *args):
+    """`call(*args)`, again for up to 10 s while Windows refuses it for sharing: there a
+    file cannot be opened while one of its names is being deleted, nor a name deleted
+    while the file is open without delete sharing (Python's own opens), which the
+    writers and readers below do to each other."""
+    if sys.platform != "win32":
+        return call(*args)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            return call(*args)
+        except PermissionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.001)
+
+
 def append_line(path, text):
     """Append the line `text` to `path`, so that a reader never sees a line half
     written, nor the file without its first line: the first writer links a finished
@@ -142,13 +159,13 @@ def append_line(path, text):
         with open(tmp, "wb") as f:
             f.write(data)
         try:
-            os.link(tmp, path)
+            _sharing(os.link, tmp, path)
             return
         except FileExistsError:
             pass  # another writer came first: append below
         finally:
-            os.unlink(tmp)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+            _sharing(os.unlink, tmp)
+    fd = _sharing(os.open, path, os.O_WRONLY | os.O_APPEND)
     try:
         os.write(fd, data)
     finally:
@@ -159,7 +176,7 @@ def read_lines(path):
     """The complete lines of `path` (without a line still being written); [] while
     the file does not exist."""
     try:
-        with open(path) as f:
+        with _sharing(open, path) as f:
             text = f.read()
     except FileNotFoundError:
         return []
