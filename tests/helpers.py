@@ -129,7 +129,7 @@ def pid_then_sleep(path, seconds):
     return "finished"
 
 
-def _sharing(call, *args):
+def retry_sharing(call, *args):
     """`call(*args)`, again for up to 10 s while Windows refuses it for sharing: there a
     file cannot be opened while one of its names is being deleted, nor a name deleted
     while the file is open without delete sharing (Python's own opens), which the
@@ -159,13 +159,13 @@ def append_line(path, text):
         with open(tmp, "wb") as f:
             f.write(data)
         try:
-            _sharing(os.link, tmp, path)
+            retry_sharing(os.link, tmp, path)
             return
         except FileExistsError:
             pass  # another writer came first: append below
         finally:
-            _sharing(os.unlink, tmp)
-    fd = _sharing(os.open, path, os.O_WRONLY | os.O_APPEND)
+            retry_sharing(os.unlink, tmp)
+    fd = retry_sharing(os.open, path, os.O_WRONLY | os.O_APPEND)
     try:
         os.write(fd, data)
     finally:
@@ -176,7 +176,7 @@ def read_lines(path):
     """The complete lines of `path` (without a line still being written); [] while
     the file does not exist."""
     try:
-        with _sharing(open, path) as f:
+        with retry_sharing(open, path) as f:
             text = f.read()
     except FileNotFoundError:
         return []

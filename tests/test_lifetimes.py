@@ -26,7 +26,7 @@ running = [executor.submit(helpers.start_grandchild_and_sleep, p, new_session) f
 pairs = []
 for path in paths:
     assert helpers.wait_until(lambda: os.path.exists(path), 60)
-    pairs.append([int(x) for x in open(path).read().split()])
+    pairs.append([int(x) for x in helpers.retry_sharing(open, path).read().split()])
 print(json.dumps(pairs), flush=True)
 time.sleep(300)
 """

@@ -20,11 +20,10 @@ import signal
 import sys
 import threading
 import weakref
-from multiprocessing import process as mp_process
 from multiprocessing.connection import wait
 
 from .. import _core, _cpython, _inherit
-from . import reduction
+from . import _child, reduction
 
 __all__ = ["Popen"]
 
@@ -149,28 +148,6 @@ class Popen:
 
 
 def main(fd):
-    """Body of the child: apply the settings, unpickle the process object, run it."""
+    """Body of the child: `fd` is the read end of the parent's pipe."""
     _core.close_descriptors_beyond_limit()
-    settings = {}
-    try:
-        parent_sentinel = os.dup(fd)
-        with open(fd, "rb") as from_parent:
-            settings = pickle.load(from_parent)
-            sys.path[:] = settings["sys_path"]
-            _inherit.apply(settings)
-            current = mp_process.current_process()
-            current._inheriting = True
-            try:
-                _inherit.import_main(settings["main"])
-                process_obj = pickle.load(from_parent)
-            finally:
-                del current._inheriting
-    except BaseException:
-        import traceback
-
-        name = settings.get("name", "")
-        sys.stderr.write(f"loky: could not start the process {name!r}:\n")
-        traceback.print_exc()
-        sys.exit(1)
-    exitcode = process_obj._bootstrap(parent_sentinel=parent_sentinel)
-    sys.exit(exitcode)
+    _child.run(lambda: (fd, os.dup(fd)))

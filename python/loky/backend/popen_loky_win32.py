@@ -26,11 +26,10 @@ import threading
 import weakref
 
 import _winapi
-from multiprocessing import process as mp_process
 from multiprocessing import reduction as mp_reduction
 
 from .. import _cpython, _inherit
-from . import reduction
+from . import _child, reduction
 
 __all__ = ["Popen"]
 
@@ -130,28 +129,10 @@ class Popen:
 
 
 def main(handle, parent_pid):
-    """Body of the child: apply the settings, unpickle the process object, run it."""
-    settings = {}
-    try:
-        parent_sentinel = _winapi.OpenProcess(_winapi.SYNCHRONIZE, False, parent_pid)
-        fd = msvcrt.open_osfhandle(handle, os.O_RDONLY)
-        with open(fd, "rb") as from_parent:
-            settings = pickle.load(from_parent)
-            sys.path[:] = settings["sys_path"]
-            _inherit.apply(settings)
-            current = mp_process.current_process()
-            current._inheriting = True
-            try:
-                _inherit.import_main(settings["main"])
-                process_obj = pickle.load(from_parent)
-            finally:
-                del current._inheriting
-    except BaseException:
-        import traceback
+    """Body of the child: `handle` is the read end of the parent's pipe."""
 
-        name = settings.get("name", "")
-        sys.stderr.write(f"loky: could not start the process {name!r}:\n")
-        traceback.print_exc()
-        sys.exit(1)
-    exitcode = process_obj._bootstrap(parent_sentinel=parent_sentinel)
-    sys.exit(exitcode)
+    def open_pipe():
+        parent_sentinel = _winapi.OpenProcess(_winapi.SYNCHRONIZE, False, parent_pid)
+        return msvcrt.open_osfhandle(handle, os.O_RDONLY), parent_sentinel
+
+    _child.run(open_pipe)
