@@ -38,10 +38,12 @@ def _our_processes():
     found = {}
     trackers = _tracker_pids()
     for child in me.children(recursive=True):
-        if child.pid not in trackers:
+        if child.pid not in trackers and not _is_wine_service(child):
             found[child.pid] = child
     for proc in psutil.process_iter():
         if proc.pid == me.pid or proc.pid in found or proc.pid in trackers:
+            continue
+        if _is_wine_service(proc):
             continue
         try:
             if proc.environ().get(MARKER_NAME) == MARKER:
@@ -49,6 +51,32 @@ def _our_processes():
         except (psutil.Error, OSError):
             continue
     return found
+
+
+def _running_under_wine():
+    if sys.platform != "win32":
+        return False
+    import ctypes
+
+    return hasattr(ctypes.WinDLL("ntdll"), "wine_get_version")
+
+
+RUNNING_UNDER_WINE = _running_under_wine()
+
+
+def _is_wine_service(proc):
+    """Wine starts its own programs (``explorer.exe /desktop``, ``services.exe``, ...)
+    from whichever process first needs them, with that process's environment; they
+    live as long as the Wine session and are not any test's leftovers. The tests start
+    nothing from the system folder themselves."""
+    if not RUNNING_UNDER_WINE:
+        return False
+    try:
+        exe = proc.exe()
+    except (psutil.Error, OSError):
+        return False
+    system = os.path.join(os.environ.get("SystemRoot", r"C:\windows"), "system32")
+    return os.path.normcase(os.path.dirname(exe)) == os.path.normcase(system)
 
 
 def _tracker_pids():
