@@ -395,6 +395,18 @@ def get_initialized(_=None):
     return _initialized, os.getpid()
 
 
+def write_in_initialized(index, value):
+    """Write into the initializer's array; return what this worker sees then, where its
+    memory comes from (the type of the object under the array's buffer), and its pid."""
+    array = _initialized
+    array[index] = value
+    base = array
+    while getattr(base, "base", None) is not None and not isinstance(base, memoryview):
+        base = base.base
+    owner = type(base.obj).__name__ if isinstance(base, memoryview) else type(base).__name__
+    return int(array.sum()), owner, os.getpid()
+
+
 def failing_initializer(message):
     raise RuntimeError(message)
 

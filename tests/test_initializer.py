@@ -218,3 +218,93 @@ def test_context_manager_with_failing_initializer_does_not_hang():
     assert isinstance(future.exception(timeout=1), BrokenProcessPool)
     # Generous bound: it must not hang, not be fast.
     assert time.monotonic() - start < 30
+
+
+def _big_array():
+    np = pytest.importorskip("numpy")
+    return np.arange(1 << 18, dtype=np.int64)  # 2 MiB: above the shared-memory threshold
+
+
+def test_large_initializer_arguments_are_shared_and_copy_on_write(executor_factory):
+    """A large array handed to the initializer reaches each worker through shared
+    memory; a worker's writes stay its own, as with forked workers."""
+    array = _big_array()
+    total = int(array.sum())
+    executor = executor_factory(
+        max_workers=1, initializer=helpers.set_initialized, initargs=(array,)
+    )
+    seen, owner, pid = executor.submit(helpers.write_in_initialized, 0, 1000).result(timeout=30)
+    assert owner == "SharedSegment"
+    assert seen == total + 1000
+    # The same worker sees its own write; the parent's array is untouched.
+    seen, _, same_pid = executor.submit(helpers.write_in_initialized, 1, 1001).result(
+        timeout=30
+    )
+    assert same_pid == pid and seen == total + 1000 + 1001 - 1
+    assert int(array.sum()) == total and array[0] == 0
+
+
+def test_replacement_workers_map_the_initializer_arguments_afresh(executor_factory):
+    """Replacements (forked by the template, or started again after a crash) get the
+    arguments as they were, not a dead worker's writes."""
+    array = _big_array()
+    total = int(array.sum())
+    executor = executor_factory(
+        max_workers=1,
+        max_tasks_per_child=1,
+        initializer=helpers.set_initialized,
+        initargs=(array,),
+    )
+    pids = set()
+    for value in (5, 6, 7):
+        seen, owner, pid = executor.submit(helpers.write_in_initialized, 0, value).result(
+            timeout=30
+        )
+        assert (seen, owner) == (total + value, "SharedSegment")
+        pids.add(pid)
+    assert len(pids) == 3
+    executor.submit(helpers.exit_with, 1).exception(timeout=30)
+    seen, owner, _ = executor.submit(helpers.write_in_initialized, 0, 8).result(timeout=30)
+    assert (seen, owner) == (total + 8, "SharedSegment")
+
+
+def test_large_initializer_arguments_travel_in_band_without_shared_memory(
+    executor_factory, monkeypatch
+):
+    """No segment to be had (out of descriptors or memory): the arguments travel inside
+    the start message instead, and nothing fails."""
+    from loky import _core
+
+    def refuse(buffers):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(_core, "write_lasting_segment", refuse)
+    array = _big_array()
+    executor = executor_factory(
+        max_workers=1, initializer=helpers.set_initialized, initargs=(array,)
+    )
+    seen, owner, _ = executor.submit(helpers.write_in_initialized, 0, 3).result(timeout=30)
+    assert seen == int(array.sum()) + 3 and owner != "SharedSegment"
+
+
+@pytest.mark.posix_only("counts the descriptors in /proc/self/fd")
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+def test_the_initializer_arguments_segment_is_closed_with_the_pool(executor_factory):
+    before = set(os.listdir("/proc/self/fd"))
+    executor = executor_factory(
+        max_workers=1, initializer=helpers.set_initialized, initargs=(_big_array(),)
+    )
+    executor.submit(helpers.get_initialized).result(timeout=30)
+    links = [os.readlink(f"/proc/self/fd/{fd}") for fd in set(os.listdir("/proc/self/fd")) - before
+             if os.path.exists(f"/proc/self/fd/{fd}")]
+    # Segment files (a memfd, or an unlinked file on the portable path): the
+    # arguments', and the workers' task ledger.
+    def segment_files(links):
+        return [link for link in links if "loky-buffers" in link or "loky-segment" in link]
+
+    assert segment_files(links), links
+    executor.shutdown(wait=True)
+    after = set(os.listdir("/proc/self/fd"))
+    left = [os.readlink(f"/proc/self/fd/{fd}") for fd in after - before
+            if os.path.exists(f"/proc/self/fd/{fd}")]
+    assert not segment_files(left), left

@@ -47,6 +47,8 @@ __all__ = [
     "children_reaped_by_kernel",
     "watch_parent",
     "write_segment",
+    "write_lasting_segment",
+    "map_inherited_segment",
     "configure_segment_cache",
     "close_descriptors_beyond_limit",
     "segment_cache_usage",
@@ -77,9 +79,11 @@ class Payload(Buffer):
 
 @final
 class SharedSegment(Buffer):
-    """A received shared-memory segment, mapped and writable through the buffer
-    protocol. The segment is released to its sender once the last view is gone, and
-    only by the process that received it. Holds no file descriptor."""
+    """A shared-memory segment, mapped and writable through the buffer protocol. One
+    received with a message is released to its sender once the last view is gone, and
+    only by the process that received it; one inherited at start
+    (`map_inherited_segment`) is mapped copy-on-write and releases nothing. Holds no
+    file descriptor."""
 
     def __len__(self) -> int: ...
     if sys.version_info >= (3, 12):  # the buffer protocol is Python-visible from 3.12
@@ -87,14 +91,26 @@ class SharedSegment(Buffer):
 
 @final
 class OutgoingSegment:
-    """A segment this process filled with large buffers, to send with one message."""
+    """A segment this process filled with large buffers, to send with one message, or
+    for processes to inherit (`write_lasting_segment`)."""
 
     def __len__(self) -> int: ...
+    def fileno(self) -> int:
+        """Its descriptor (Windows: its section's handle), owned by this object."""
 
 def write_segment(buffers: Sequence[Buffer]) -> tuple[OutgoingSegment, list[int]]:
     """Copy C-contiguous `buffers` into a segment of this process's sending cache;
     returns it with each buffer's offset. Raises OSError when no segment can be made
     (out of descriptors or memory): send the buffers in-band then."""
+
+def write_lasting_segment(buffers: Sequence[Buffer]) -> tuple[OutgoingSegment, list[int]]:
+    """Copy C-contiguous `buffers` into a new segment that no cache keeps and no
+    receiver releases: it lives while a descriptor of it is open. Raises OSError as
+    `write_segment` does."""
+
+def map_inherited_segment(fd: int) -> SharedSegment:
+    """Map, copy-on-write, the segment whose descriptor (Windows: handle) `fd` this
+    process inherited; takes the descriptor and closes it."""
 
 def configure_segment_cache(max_bytes: int, max_segments: int | None = None, /) -> None:
     """Bound this process's sending cache (each kept segment holds one descriptor;

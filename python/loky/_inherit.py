@@ -152,7 +152,7 @@ class _SpawningScope:
 
     def duplicate_for_child(self, fd):
         if fd not in self.duplicates:
-            self.duplicates[fd] = _inheritable_duplicate(fd)
+            self.duplicates[fd] = inheritable_duplicate(fd)
         return self.duplicates[fd]
 
     class DupFd:
@@ -180,7 +180,7 @@ def dumps_at_start(dumps):
         set_spawning_popen(outer)
 
 
-def _inheritable_duplicate(fd):
+def inheritable_duplicate(fd):
     """A duplicate of `fd` that children can inherit under its number: above the
     worker's channel (fd 3) and close-on-exec (the core passes it on explicitly); on
     Windows, of the handle `fd`, inheritable."""

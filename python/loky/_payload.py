@@ -49,11 +49,11 @@ def release_cached_segments():
     _core.release_cached_segments()
 
 
-def pack(dumps, obj):
+def pack(dumps, obj, write_segment=_core.write_segment):
     """Pickle `obj` with the first of `dumps` that takes it. Each is called as
     ``dump(obj, buffer_callback) -> bytes``; all but the last may decline by returning
     None or raising. Returns (body, segment): segment holds the large buffers
-    (an `_core.OutgoingSegment`), or None."""
+    (an `_core.OutgoingSegment` made by `write_segment`), or None."""
     large = []
 
     def keep_large_apart(buffer):
@@ -77,7 +77,7 @@ def pack(dumps, obj):
     if not large:
         return data, None
     try:
-        segment, offsets = _core.write_segment(large)
+        segment, offsets = write_segment(large)
     except OSError:
         # No segment to be had: the buffers travel inside the pickle.
         return dump(obj, None), None

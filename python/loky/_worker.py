@@ -302,8 +302,13 @@ def main(parent_pid):
 
             import_main(settings["main"])
         stage = INITIALIZER
-        initializer, initargs, runner.result_reducers = pickle.loads(initializer_blob)
-        del initializer_blob
+        shared = settings.get("initializer_segment")
+        if shared is not None:
+            from ._core import map_inherited_segment
+
+            shared = map_inherited_segment(shared)
+        initializer, initargs, runner.result_reducers = unpack(initializer_blob, shared)
+        del initializer_blob, shared
         if initializer is not None:
             initializer(*initargs)
     except BaseException as exc:

@@ -228,7 +228,9 @@ class ProcessPoolExecutor(Executor):
 
         The initializer and its arguments are pickled as at a process start, so that
         locks, events, queues and the like made from a multiprocessing context can be
-        handed to the workers through `initargs`, as with multiprocessing's pools."""
+        handed to the workers through `initargs`, as with multiprocessing's pools.
+        Their large buffers (arrays...) are written once to a shared segment that every
+        worker inherits and maps copy-on-write, as forked workers would share them."""
         settings = {
             "depth": _CURRENT_DEPTH + 1,
             "sys_path": list(sys.path),
@@ -244,12 +246,22 @@ class ProcessPoolExecutor(Executor):
             initializer, fds = pickle.dumps((None, (), None), protocol=5), []
         else:
             reducers = {**_inherit.multiprocessing_reducers(), **(options.job_reducers or {})}
-            initializer, fds = _inherit.dumps_at_start(
-                lambda: reduction.dumps_bytes(
+            (initializer, segment), fds = _inherit.dumps_at_start(
+                lambda: pack(
+                    [
+                        lambda obj, keep_apart: reduction.dumps_bytes(
+                            obj, reducers=reducers, buffer_callback=keep_apart
+                        )
+                    ],
                     (options.initializer, options.initargs, options.reducers_for_results),
-                    reducers=reducers,
+                    write_segment=_core.write_lasting_segment,
                 )
             )
+            if segment is not None:
+                # The workers' duplicate holds it (the parent's mapping goes with
+                # `segment`); the pool closes it at its end, with the others in `fds`.
+                fds.append(_inherit.inheritable_duplicate(segment.fileno()))
+                settings["initializer_segment"] = fds[-1]
         # The settings are plain values.
         return pickle.dumps((settings, initializer), protocol=5), fds
 

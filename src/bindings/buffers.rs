@@ -7,7 +7,7 @@ use std::sync::Arc;
 use pyo3::exceptions::PyBufferError;
 use pyo3::prelude::*;
 
-use crate::shm::{Mapping, OutSegment};
+use crate::shm::{Mapping, OutSegment, Region};
 
 /// Fill a buffer view of `len` bytes at `ptr`, owned by `owner`.
 ///
@@ -70,24 +70,45 @@ impl Payload {
     }
 }
 
-/// A received shared-memory segment, mapped: its bytes through the buffer protocol
-/// (``memoryview(segment)``), writable. Once the last view is gone the segment is
-/// released to its sender. Holds no file descriptor.
+/// A shared-memory segment, mapped: its bytes through the buffer protocol
+/// (``memoryview(segment)``), writable. A segment received with a message is released
+/// to its sender once its last view is gone; one inherited at start is mapped
+/// copy-on-write and releases nothing. Holds no file descriptor.
 #[pyclass(module = "loky._core", frozen)]
 pub struct SharedSegment {
-    mapping: Mapping,
+    memory: Memory,
+}
+
+enum Memory {
+    Received(Mapping),
+    CopyOnWrite(Region),
 }
 
 impl SharedSegment {
     pub fn new(mapping: Mapping) -> SharedSegment {
-        SharedSegment { mapping }
+        SharedSegment {
+            memory: Memory::Received(mapping),
+        }
+    }
+
+    pub fn copy_on_write(region: Region) -> SharedSegment {
+        SharedSegment {
+            memory: Memory::CopyOnWrite(region),
+        }
+    }
+
+    fn bytes(&self) -> (*mut u8, usize) {
+        match &self.memory {
+            Memory::Received(mapping) => (mapping.as_ptr(), mapping.len()),
+            Memory::CopyOnWrite(region) => (region.as_ptr(), region.len()),
+        }
     }
 }
 
 #[pymethods]
 impl SharedSegment {
     fn __len__(&self) -> usize {
-        self.mapping.len()
+        self.bytes().1
     }
 
     unsafe fn __getbuffer__(
@@ -95,18 +116,9 @@ impl SharedSegment {
         view: *mut pyo3::ffi::Py_buffer,
         flags: std::ffi::c_int,
     ) -> PyResult<()> {
-        let mapping = &slf.get().mapping;
+        let (ptr, len) = slf.get().bytes();
         // SAFETY: the mapping lives as long as `slf`; the view holds a reference to it.
-        unsafe {
-            fill_view(
-                slf.as_any(),
-                view,
-                mapping.as_ptr(),
-                mapping.len(),
-                false,
-                flags,
-            )
-        }
+        unsafe { fill_view(slf.as_any(), view, ptr, len, false, flags) }
     }
 }
 
@@ -120,5 +132,15 @@ pub struct OutgoingSegment {
 impl OutgoingSegment {
     fn __len__(&self) -> usize {
         self.segment.capacity()
+    }
+
+    /// Its file descriptor (Windows: its section's handle), which this object owns:
+    /// to be duplicated for processes that inherit it (see `map_inherited_segment`).
+    fn fileno(&self) -> isize {
+        #[cfg(unix)]
+        return std::os::fd::AsRawFd::as_raw_fd(&crate::os::borrow(&*self.segment)) as isize;
+        #[cfg(windows)]
+        return std::os::windows::io::AsRawHandle::as_raw_handle(&crate::os::borrow(&*self.segment))
+            as isize;
     }
 }

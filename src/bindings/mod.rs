@@ -16,7 +16,7 @@ use pyo3::exceptions::{PyBufferError, PyOSError, PyRuntimeError};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
 
-use crate::shm::CACHE;
+use crate::shm::{OutSegment, CACHE};
 use buffers::OutgoingSegment;
 
 /// `err` as the OSError Python raises for its errno (BlockingIOError for EAGAIN, and
@@ -119,6 +119,7 @@ unsafe impl Sync for Span {}
 pub fn write_segment(
     py: Python<'_>,
     buffers: &[Bound<'_, PyAny>],
+    lasting: bool,
 ) -> PyResult<(OutgoingSegment, Vec<usize>)> {
     let views = buffers
         .iter()
@@ -140,7 +141,11 @@ pub fn write_segment(
                 .iter()
                 .map(|s| unsafe { std::slice::from_raw_parts(s.0, s.1) })
                 .collect();
-            CACHE.write(&slices)
+            if lasting {
+                OutSegment::filled(&slices).map(|(segment, offsets)| (Arc::new(segment), offsets))
+            } else {
+                CACHE.write(&slices)
+            }
         })
         .map_err(|e| os_error("", e))?;
     Ok((OutgoingSegment { segment }, offsets))

@@ -105,7 +105,40 @@ fn write_segment(
     py: Python<'_>,
     buffers: Vec<Bound<'_, PyAny>>,
 ) -> PyResult<(OutgoingSegment, Vec<usize>)> {
-    super::write_segment(py, &buffers)
+    super::write_segment(py, &buffers, false)
+}
+
+/// Copy `buffers` into a new shared segment that no cache keeps and no receiver
+/// releases: it lives as long as a descriptor of it (the returned object's, and the
+/// duplicates of it that processes inherit; see `map_inherited_segment`). Returns the
+/// segment and each buffer's offset; raises OSError as `write_segment` does.
+#[pyfunction]
+fn write_lasting_segment(
+    py: Python<'_>,
+    buffers: Vec<Bound<'_, PyAny>>,
+) -> PyResult<(OutgoingSegment, Vec<usize>)> {
+    super::write_segment(py, &buffers, true)
+}
+
+/// Map the segment whose descriptor (Windows: handle) `fd` this process inherited,
+/// copy-on-write: what this process writes there stays its own, as after fork().
+/// Takes the descriptor and closes it.
+#[pyfunction]
+fn map_inherited_segment(fd: isize) -> PyResult<SharedSegment> {
+    // SAFETY: the caller hands over a descriptor (handle) it inherited and owns.
+    #[cfg(unix)]
+    let owned =
+        unsafe { <crate::os::OwnedObject as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
+    #[cfg(windows)]
+    let owned = unsafe {
+        <crate::os::OwnedObject as std::os::windows::io::FromRawHandle>::from_raw_handle(
+            fd as std::os::windows::io::RawHandle,
+        )
+    };
+    let region = crate::shm::Region::map_copy_on_write(crate::os::borrow(&owned))
+        .map_err(|e| super::os_error("could not map the initializer's shared arguments", e))?;
+    region.populate();
+    Ok(SharedSegment::copy_on_write(region))
 }
 
 /// Limit this process's sending cache of segments to `max_bytes` and `max_segments`
@@ -229,6 +262,8 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
         wrap_pyfunction!(children_reaped_by_kernel, m)?,
         wrap_pyfunction!(watch_parent, m)?,
         wrap_pyfunction!(write_segment, m)?,
+        wrap_pyfunction!(write_lasting_segment, m)?,
+        wrap_pyfunction!(map_inherited_segment, m)?,
         wrap_pyfunction!(configure_segment_cache, m)?,
         wrap_pyfunction!(close_descriptors_beyond_limit, m)?,
         wrap_pyfunction!(segment_cache_usage, m)?,

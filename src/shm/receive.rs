@@ -64,15 +64,9 @@ impl Mapping {
         self.region.len()
     }
 
-    /// Fault every page in now (where the kernel can), so the first reads of the
-    /// buffers run at memory speed. Best effort.
+    /// Fault every page in now (see `Region::populate`).
     pub fn populate(&self) {
-        #[cfg(unix)]
-        {
-            const MADV_POPULATE_READ: libc::c_int = 22; // Linux 5.14
-                                                        // SAFETY: advice on our own live mapping; failure (old kernel) is harmless.
-            unsafe { libc::madvise(self.as_ptr().cast(), self.len(), MADV_POPULATE_READ) };
-        }
+        self.region.populate();
     }
 }
 

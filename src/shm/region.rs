@@ -25,6 +25,12 @@ pub fn page_size() -> usize {
     4096
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Sharing {
+    Shared,
+    CopyOnWrite,
+}
+
 #[derive(Debug)]
 pub struct Region {
     #[cfg(unix)]
@@ -47,16 +53,26 @@ impl Region {
         if len < SEGMENT_HEADER_LEN {
             return Err(io::Error::other("segment shorter than its header"));
         }
-        Region::map_at_most(fd, len)
+        Region::map_as(fd, len, Sharing::Shared)
     }
 
     /// The whole segment `fd`, mapped.
     pub fn map_whole(fd: BorrowedObject<'_>) -> io::Result<Region> {
+        Region::map_whole_as(fd, Sharing::Shared)
+    }
+
+    /// The whole segment `fd`, mapped copy-on-write: this process's writes stay its
+    /// own (as after fork()), and it never writes the state word others read.
+    pub fn map_copy_on_write(fd: BorrowedObject<'_>) -> io::Result<Region> {
+        Region::map_whole_as(fd, Sharing::CopyOnWrite)
+    }
+
+    fn map_whole_as(fd: BorrowedObject<'_>, sharing: Sharing) -> io::Result<Region> {
         #[cfg(unix)]
         let len = nix::sys::stat::fstat(fd).map_err(io::Error::from)?.st_size as usize;
         #[cfg(windows)]
         let len = usize::MAX;
-        let region = Region::map_at_most(fd, len)?;
+        let region = Region::map_as(fd, len, sharing)?;
         if region.len() < SEGMENT_HEADER_LEN {
             return Err(io::Error::other("segment shorter than its header"));
         }
@@ -64,8 +80,12 @@ impl Region {
     }
 
     #[cfg(unix)]
-    fn map_at_most(fd: BorrowedObject<'_>, len: usize) -> io::Result<Region> {
+    fn map_as(fd: BorrowedObject<'_>, len: usize, sharing: Sharing) -> io::Result<Region> {
         use std::os::fd::AsRawFd;
+        let flags = match sharing {
+            Sharing::Shared => libc::MAP_SHARED,
+            Sharing::CopyOnWrite => libc::MAP_PRIVATE,
+        };
         // SAFETY: a fresh mapping at an address the kernel picks; no existing memory
         // is affected. The result is checked before use.
         let ptr = unsafe {
@@ -73,7 +93,7 @@ impl Region {
                 std::ptr::null_mut(),
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
+                flags,
                 fd.as_raw_fd(),
                 0,
             )
@@ -87,8 +107,8 @@ impl Region {
 
     /// The whole section (`len`: the least it must hold).
     #[cfg(windows)]
-    fn map_at_most(section: BorrowedObject<'_>, len: usize) -> io::Result<Region> {
-        let view = crate::platform::section::View::of(section)?;
+    fn map_as(section: BorrowedObject<'_>, len: usize, sharing: Sharing) -> io::Result<Region> {
+        let view = crate::platform::section::View::of(section, sharing == Sharing::CopyOnWrite)?;
         if len != usize::MAX && view.len() < len {
             return Err(io::Error::other("segment shorter than expected"));
         }
@@ -107,6 +127,17 @@ impl Region {
         return self.len;
         #[cfg(windows)]
         return self.view.len();
+    }
+
+    /// Fault every page in now (where the kernel can), so the first reads of the
+    /// buffers run at memory speed. Best effort.
+    pub fn populate(&self) {
+        #[cfg(unix)]
+        {
+            const MADV_POPULATE_READ: libc::c_int = 22; // Linux 5.14
+                                                        // SAFETY: advice on our own live mapping; failure (old kernel) is harmless.
+            unsafe { libc::madvise(self.as_ptr().cast(), self.len(), MADV_POPULATE_READ) };
+        }
     }
 
     /// The state word at its start.

@@ -60,6 +60,56 @@ impl OutSegment {
         self.region.state()
     }
 
+    /// A new segment holding `buffers` (offsets returned), kept by no cache and
+    /// released by no receiver: it lives as long as its descriptor. For data that
+    /// every worker of a pool maps copy-on-write (`Region::map_copy_on_write`).
+    pub fn filled(buffers: &[&[u8]]) -> io::Result<(OutSegment, Vec<usize>)> {
+        let (offsets, size) = layout(buffers);
+        let capacity = size.div_ceil(page_size()) * page_size();
+        #[cfg(unix)]
+        {
+            use std::os::fd::AsFd;
+            use std::os::unix::fs::FileExt;
+            // write(2) allocates each page as it fills it, where copying through a fresh
+            // mapping takes a page fault per page; a full tmpfs is an error here. Its
+            // state word is never written: nobody releases this segment.
+            let file = std::fs::File::from(crate::platform::segment_file()?);
+            file.set_len(capacity as u64)?;
+            for (buffer, &offset) in buffers.iter().zip(&offsets) {
+                file.write_all_at(buffer, offset as u64)?;
+            }
+            let fd = std::os::fd::OwnedFd::from(file);
+            let region = Region::map(fd.as_fd(), capacity)?;
+            Ok((OutSegment { fd, region }, offsets))
+        }
+        #[cfg(windows)]
+        {
+            let segment = OutSegment::create(capacity)?;
+            // SAFETY: new, so mapped by nobody else.
+            unsafe { segment.copy_in(buffers, &offsets) };
+            Ok((segment, offsets))
+        }
+    }
+
+    /// Copy `buffers` to their `offsets` (from `layout`, which fit the segment).
+    ///
+    /// SAFETY (for callers): no other process or thread reads or writes the segment
+    /// meanwhile.
+    unsafe fn copy_in(&self, buffers: &[&[u8]], offsets: &[usize]) {
+        for (buffer, &offset) in buffers.iter().zip(offsets) {
+            assert!(offset >= SEGMENT_HEADER_LEN && offset + buffer.len() <= self.capacity());
+            // SAFETY: within the segment (checked), past the header; `layout` makes
+            // the buffers' places disjoint; see the function's contract.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    buffer.as_ptr(),
+                    self.region.as_ptr().add(offset),
+                    buffer.len(),
+                )
+            };
+        }
+    }
+
     pub(super) fn is_free(&self) -> bool {
         self.state().load(Ordering::Acquire) == SEGMENT_FREE
     }
@@ -141,18 +191,8 @@ impl SegmentCache {
         // sizes fit it whatever their alignment.
         let segment = self.take(size, size + PAGE_PHASE * buffers.len())?;
         segment.state().store(SEGMENT_LENT, Ordering::Relaxed);
-        for (buffer, &offset) in buffers.iter().zip(&offsets) {
-            // SAFETY: the segment holds `size` bytes and the buffers lie within it, at
-            // offsets past the header that do not overlap; no receiver maps it now
-            // (it was FREE and unreferenced, or is new).
-            unsafe {
-                std::ptr::copy_nonoverlapping(
-                    buffer.as_ptr(),
-                    segment.region.as_ptr().add(offset),
-                    buffer.len(),
-                )
-            };
-        }
+        // SAFETY: no receiver maps it now (it was FREE and unreferenced, or is new).
+        unsafe { segment.copy_in(buffers, &offsets) };
         Ok((segment, offsets))
     }
 
@@ -241,6 +281,33 @@ mod tests {
 
     fn receive(segment: &OutSegment) -> Mapping {
         Mapping::new(crate::os::borrow(segment)).unwrap()
+    }
+
+    #[test]
+    fn a_lasting_segment_is_read_copy_on_write_by_each_process() {
+        let a = vec![7u8; 3 * PAGE_PHASE + 5];
+        let b = vec![9u8; 100];
+        let (segment, offsets) = OutSegment::filled(&[&a, &b]).unwrap();
+        let readers = [0, 1].map(|_| {
+            let region = Region::map_copy_on_write(crate::os::borrow(&segment)).unwrap();
+            region.populate();
+            region
+        });
+        // SAFETY: offsets and lengths lie within the mappings, owned by this test.
+        let bytes = |region: &Region, offset: usize, len: usize| unsafe {
+            std::slice::from_raw_parts(region.as_ptr().add(offset), len).to_vec()
+        };
+        // SAFETY: a write within the first reader's private mapping.
+        unsafe { *readers[0].as_ptr().add(offsets[1]) = 1 };
+        assert_eq!(bytes(&readers[0], offsets[1], 2), [1, 9]);
+        assert_eq!(bytes(&readers[1], offsets[0], a.len()), a);
+        assert_eq!(
+            bytes(&readers[1], offsets[1], b.len()),
+            b,
+            "the write stayed private"
+        );
+        let fresh = Region::map_copy_on_write(crate::os::borrow(&segment)).unwrap();
+        assert_eq!(bytes(&fresh, offsets[1], b.len()), b);
     }
 
     #[test]

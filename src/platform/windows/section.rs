@@ -25,7 +25,7 @@ use windows_sys::Win32::Foundation::{
     DuplicateHandle, DUPLICATE_CLOSE_SOURCE, DUPLICATE_SAME_ACCESS, HANDLE, INVALID_HANDLE_VALUE,
 };
 use windows_sys::Win32::System::Memory::{
-    CreateFileMappingW, MapViewOfFile, UnmapViewOfFile, VirtualQuery, FILE_MAP_READ,
+    CreateFileMappingW, MapViewOfFile, UnmapViewOfFile, VirtualQuery, FILE_MAP_COPY, FILE_MAP_READ,
     FILE_MAP_WRITE, MEMORY_BASIC_INFORMATION, MEMORY_MAPPED_VIEW_ADDRESS, PAGE_READWRITE,
     SEC_COMMIT,
 };
@@ -67,7 +67,7 @@ impl Section {
     /// Map the whole section, readable and writable.
     #[cfg(test)]
     pub fn map(&self) -> io::Result<View> {
-        View::of(self.as_handle())
+        View::of(self.as_handle(), false)
     }
 
     /// The section's handle, owned.
@@ -122,19 +122,17 @@ unsafe impl Send for View {}
 unsafe impl Sync for View {}
 
 impl View {
-    /// Map the whole of `section` (the caller may close the handle afterwards). Its
-    /// length is the view's, a whole number of pages.
-    pub fn of(section: BorrowedHandle<'_>) -> io::Result<View> {
-        // SAFETY: maps a live section handle at an address the system picks; checked.
-        let view = unsafe {
-            MapViewOfFile(
-                section.as_raw_handle() as HANDLE,
-                FILE_MAP_READ | FILE_MAP_WRITE,
-                0,
-                0,
-                0,
-            )
+    /// Map the whole of `section` (the caller may close the handle afterwards), or a
+    /// private copy-on-write view of it. Its length is the view's, a whole number of
+    /// pages.
+    pub fn of(section: BorrowedHandle<'_>, copy_on_write: bool) -> io::Result<View> {
+        let access = if copy_on_write {
+            FILE_MAP_COPY
+        } else {
+            FILE_MAP_READ | FILE_MAP_WRITE
         };
+        // SAFETY: maps a live section handle at an address the system picks; checked.
+        let view = unsafe { MapViewOfFile(section.as_raw_handle() as HANDLE, access, 0, 0, 0) };
         let Some(ptr) = NonNull::new(view.Value.cast::<u8>()) else {
             return Err(io::Error::last_os_error());
         };
@@ -212,7 +210,7 @@ mod tests {
     fn two_views_share_memory_and_outlive_the_handle() {
         let section = Section::new(3 * PAGE).unwrap();
         let a = section.map().unwrap();
-        let b = View::of(section.as_handle()).unwrap();
+        let b = View::of(section.as_handle(), false).unwrap();
         drop(section);
         assert_eq!((a.len(), b.len()), (3 * PAGE, 3 * PAGE));
         // SAFETY: this test is the only user of both views.
@@ -266,7 +264,7 @@ mod tests {
             u64::from_le_bytes(answer) as usize,
         )
         .unwrap();
-        let their_view = View::of(theirs.as_handle()).unwrap();
+        let their_view = View::of(theirs.as_handle(), false).unwrap();
         // SAFETY: the child is done writing its section.
         assert_eq!(unsafe { &their_view.bytes()[..4] }, b"mine");
         drop(server);

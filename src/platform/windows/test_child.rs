@@ -208,7 +208,7 @@ fn section_peer() -> i32 {
     }
     // SAFETY: the parent duplicated this handle into us for us to own.
     let handle = unsafe { take(u64::from_le_bytes(raw) as usize) };
-    let view = View::of(std::os::windows::io::AsHandle::as_handle(&handle)).unwrap();
+    let view = View::of(std::os::windows::io::AsHandle::as_handle(&handle), false).unwrap();
     drop(handle);
     // SAFETY: the parent does not touch the view until it hears back.
     let bytes = unsafe { view.bytes_mut() };
