@@ -335,3 +335,16 @@ def test_template_starts_while_a_worker_is_starting(executor_factory, tmp_path):
         if parent != os.getpid() or time.monotonic() > deadline:
             break
     assert parent != os.getpid(), "no worker was forked by the template"
+
+
+@pytest.mark.posix_only("workers forked by the template: Windows has no fork()")
+def test_every_replacement_of_a_recycling_pool_is_forked_by_the_template(executor_factory):
+    # The template starts once a worker has spent its tasks; a replacement due while it
+    # is still starting waits for it rather than start a whole interpreter.
+    executor = executor_factory(max_workers=2, max_tasks_per_child=10)
+    seen = list(executor.map(tasks.pid_and_parent, range(200)))
+    workers = dict(seen)
+    exec_started = sorted(pid for pid, parent in workers.items() if parent == os.getpid())
+    assert len(workers) >= 10
+    # Only the pool's first two workers were started by this process.
+    assert len(exec_started) <= 2, seen

@@ -232,15 +232,20 @@ class MemoryGuard:
         interval = getattr(executor_module, "_MEMORY_LEAK_CHECK_DELAY", self.CHECK_INTERVAL)
         if self.reference is not None and now - self.last_check < interval:
             return False
+        if self.reference is None:
+            # Without a collection first: in a worker forked by the template, a
+            # collection would copy every page holding the template's objects, which
+            # costs more than the short lives of recycled workers. Its later checks,
+            # collected, are measured against this reference, which errs large.
+            self.reference = self.resident_bytes()
+            self.last_check = monotonic()
+            return False
         import gc
 
         gc.collect()
         self.last_check = monotonic()
         size = self.resident_bytes()
         if size is None:
-            return False
-        if self.reference is None:
-            self.reference = size
             return False
         return size - self.reference > self.limit
 
@@ -373,10 +378,13 @@ def serve_template(parent_pid):
     # code.
     import atexit  # noqa: F401
     import faulthandler  # noqa: F401
-    import gc  # noqa: F401
+    import gc
 
     from . import _cpython, _inherit  # noqa: F401
 
+    # The template's objects, out of the collector's sight: a collection in a forked
+    # worker then does not touch (and copy) the pages that hold them.
+    gc.freeze()
     template_pid = serve(parent_pid)
     code = 0
     try:

@@ -89,6 +89,13 @@ impl ManagerLoop {
     /// after the grace period are killed, as are workers that stopped in the middle
     /// of a message.
     pub(super) fn enforce_deadlines(&mut self, now: Instant) {
+        if let Some(template) = self.template.as_mut() {
+            if template.start_deadline().is_some_and(|d| d <= now) {
+                // Its exit (seen as any) hands its requests over to exec'd workers.
+                template.given_up = true;
+                self.io.kill(Token::Template, Stop::Kill);
+            }
+        }
         let look_at_memory = self.memory_watch_due().is_some_and(|d| d <= now);
         if look_at_memory {
             self.memory_seen = now;
@@ -208,7 +215,8 @@ impl ManagerLoop {
             .chain(tasks)
             .chain(grace)
             .chain(stalls)
-            .chain(self.memory_watch_due());
+            .chain(self.memory_watch_due())
+            .chain(self.template.as_ref().and_then(|t| t.start_deadline()));
         policy::time_to_next(Instant::now(), all)
     }
 }

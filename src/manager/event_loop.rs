@@ -120,10 +120,11 @@ impl ManagerLoop {
             }
             self.terminate_tasks(&terminate);
             self.enforce_deadlines(Instant::now());
-            self.adjust_pool(max_workers, shutdown.is_some());
             if shutdown.is_none() {
+                // First: the replacements this turn owes are then asked of it.
                 self.maybe_start_template();
             }
+            self.adjust_pool(max_workers, shutdown.is_some());
             self.dispatch();
             self.retire_idle(shutdown.is_some());
             self.io.flush();
@@ -234,9 +235,10 @@ impl ManagerLoop {
         }
     }
 
-    /// Start one worker: forked by the template when it is ready, else exec'd.
+    /// Start one worker: forked by the template when there is one (starting: once it
+    /// is ready, see `forking::START_LIMIT`), else exec'd.
     fn start_worker(&mut self) -> std::io::Result<()> {
-        if let Some(template) = self.template.as_mut().filter(|t| t.ready) {
+        if let Some(template) = self.template.as_mut() {
             let frame = template.request()?;
             self.io.queue(Token::Template, frame);
             return Ok(());
@@ -264,9 +266,10 @@ impl ManagerLoop {
     }
 
     /// Start the template once the first workers are up, so it does not compete with
-    /// them for the CPU during a cold start; or once a worker is ready and another has
-    /// spent its tasks, even if a worker is starting: when replacements follow each other,
-    /// one is nearly always starting, and the template would never start.
+    /// them for the CPU during a cold start; or as soon as a worker has spent its tasks,
+    /// even if a worker is starting: its replacement is due soon, and waits for the
+    /// template rather than start a whole interpreter (when replacements follow each
+    /// other, one is nearly always starting, and the template would never start).
     fn maybe_start_template(&mut self) {
         let Some(command) = &self.config.template else {
             return;
@@ -276,13 +279,13 @@ impl ManagerLoop {
         }
         let starting = self.workers.iter().any(|w| w.phase == Phase::Starting);
         let ready = self.workers.iter().any(|w| w.phase == Phase::Ready);
-        if !ready || (starting && !self.recycling) {
+        if !self.recycling && (!ready || starting) {
             return;
         }
         match spawn_worker(command) {
             Ok(spawned) => {
                 self.io.add(Token::Template, spawned, true);
-                self.template = Some(Template::default());
+                self.template = Some(Template::new());
             }
             Err(_) => self.template_failed = true,
         }

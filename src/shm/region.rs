@@ -62,7 +62,7 @@ impl Region {
     }
 
     /// The whole segment `fd`, mapped copy-on-write: this process's writes stay its
-    /// own (as after fork()), and it never writes the state word others read.
+    /// own, as after fork().
     pub fn map_copy_on_write(fd: BorrowedObject<'_>) -> io::Result<Region> {
         Region::map_whole_as(fd, Sharing::CopyOnWrite)
     }
