@@ -161,6 +161,27 @@ def test_changed_initializer_and_env_take_effect():
     third.shutdown(wait=True)
 
 
+def test_arrays_in_initargs_are_compared_by_identity():
+    """An array's == gives an array, no truth value: the same array object keeps the
+    executor, another array (even equal) makes a new one, and neither raises."""
+    np = pytest.importorskip("numpy")
+    table = np.arange(10)
+    first = get_reusable_executor(
+        max_workers=1, initializer=helpers.set_initialized, initargs=(table,)
+    )
+    assert get_reusable_executor(
+        max_workers=1, initializer=helpers.set_initialized, initargs=(table,)
+    ) is first
+    second = get_reusable_executor(
+        max_workers=1, initializer=helpers.set_initialized, initargs=(np.arange(10) + 1,)
+    )
+    assert second is not first
+    assert list(second.submit(helpers.get_initialized).result(timeout=30)[0]) == list(
+        range(1, 11)
+    )
+    second.shutdown(wait=True)
+
+
 def test_old_executor_pending_work_finishes_when_replaced_without_kill():
     old = get_reusable_executor(max_workers=1)
     futures = [old.submit(helpers.sleep_and_return, 0.2, i) for i in range(3)]

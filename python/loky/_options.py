@@ -221,5 +221,12 @@ class ExecutorOptions:
         return self.job_reducers if self.result_reducers is None else self.result_reducers
 
     def same_but_size(self, other):
-        """True if `other` differs from these options in `max_workers` at most."""
-        return other is not None and replace(other, max_workers=self.max_workers) == self
+        """True if `other` differs from these options in `max_workers` at most. Values
+        whose comparison is no truth value (numpy arrays in `initargs`) are alike only
+        if they are the same object."""
+        if other is None:
+            return False
+        try:
+            return replace(other, max_workers=self.max_workers) == self
+        except (ValueError, TypeError):
+            return False

@@ -293,6 +293,11 @@ def main(parent_pid):
         settings, initializer_blob = pickle.loads(init)
         del init
         _setup(settings)
+        shared = settings.get("initializer_segment")
+        if shared is not None:
+            from ._core import map_inherited_segment
+
+            shared = map_inherited_segment(shared)
         if settings.get("forward_logging") is not None:
             from ._inherit import process_name
             from ._worker_logs import forward_to_parent
@@ -307,11 +312,6 @@ def main(parent_pid):
 
             import_main(settings["main"])
         stage = INITIALIZER
-        shared = settings.get("initializer_segment")
-        if shared is not None:
-            from ._core import map_inherited_segment
-
-            shared = map_inherited_segment(shared)
         initializer, initargs, runner.result_reducers = unpack(initializer_blob, shared)
         del initializer_blob, shared
         if initializer is not None:

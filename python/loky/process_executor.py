@@ -260,7 +260,11 @@ class ProcessPoolExecutor(Executor):
             if segment is not None:
                 # The workers' duplicate holds it (the parent's mapping goes with
                 # `segment`); the pool closes it at its end, with the others in `fds`.
-                fds.append(_inherit.inheritable_duplicate(segment.fileno()))
+                try:
+                    fds.append(_inherit.inheritable_duplicate(segment.fileno()))
+                except OSError as exc:
+                    _inherit.close_passed(fds)
+                    raise _refused_error(exc) from None
                 settings["initializer_segment"] = fds[-1]
         # The settings are plain values.
         return pickle.dumps((settings, initializer), protocol=5), fds
