@@ -125,10 +125,17 @@ fn write_lasting_segment(
 /// Takes the descriptor and closes it.
 #[pyfunction]
 fn map_inherited_segment(fd: isize) -> PyResult<SharedSegment> {
-    // SAFETY: the caller hands over a descriptor (handle) it inherited and owns.
+    if fd < 0 || (cfg!(unix) && fd > i32::MAX as isize) {
+        return Err(pyo3::exceptions::PyValueError::new_err(format!(
+            "{fd} is not a descriptor"
+        )));
+    }
+    // SAFETY: the caller hands over a descriptor it inherited and owns (a number that
+    // is no open descriptor only makes the mapping fail).
     #[cfg(unix)]
     let owned =
         unsafe { <crate::os::OwnedObject as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
+    // SAFETY: the caller hands over a handle it inherited and owns.
     #[cfg(windows)]
     let owned = unsafe {
         <crate::os::OwnedObject as std::os::windows::io::FromRawHandle>::from_raw_handle(
