@@ -1,12 +1,30 @@
-"""The child's side of a `LokyProcess` start, the same on every platform (the parent's
-side is `popen_loky_posix` or `popen_loky_win32`): read the settings and the process
-object from the parent's pipe, set this interpreter up as they say, run the process."""
+"""What a `LokyProcess` start sends through the parent's pipe, the same on every
+platform (how the pipe and the process are made is `popen_loky_posix`'s or
+`popen_loky_win32`'s): the parent pickles the settings and the process object
+(`start_message`); the child reads them, sets this interpreter up as they say and runs
+the process (`run`)."""
 
+import io
 import pickle
 import sys
 from multiprocessing import process as mp_process
 
-from .. import _inherit
+from .. import _cpython, _inherit
+from . import reduction
+
+
+def start_message(popen, settings, process_obj):
+    """The bytes for the child's pipe. Multiprocessing's objects inside `process_obj`
+    ask `popen` for the descriptors (Windows: handles) the child must inherit, as they
+    are pickled."""
+    payload = io.BytesIO()
+    _cpython.set_spawning_popen(popen)
+    try:
+        pickle.dump(settings, payload, protocol=pickle.HIGHEST_PROTOCOL)
+        reduction.dump(process_obj, payload, reducers=_cpython.mp_reducers())
+    finally:
+        _cpython.set_spawning_popen(None)
+    return payload.getbuffer()
 
 
 def run(open_pipe):

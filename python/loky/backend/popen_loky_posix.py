@@ -13,17 +13,15 @@ open while the child runs: the child sees it close if the parent dies
 (`multiprocessing.parent_process()`).
 """
 
-import io
 import os
-import pickle
 import signal
 import sys
 import threading
 import weakref
 from multiprocessing.connection import wait
 
-from .. import _core, _cpython, _inherit
-from . import _child, reduction
+from .. import _core, _inherit
+from . import _child
 
 __all__ = ["Popen"]
 
@@ -75,13 +73,7 @@ class Popen:
         self._fds.extend(pass_fds)
         settings["name"] = process_obj.name
         settings["sys_path"] = list(sys.path)
-        payload = io.BytesIO()
-        _cpython.set_spawning_popen(self)
-        try:
-            pickle.dump(settings, payload, protocol=pickle.HIGHEST_PROTOCOL)
-            reduction.dump(process_obj, payload, reducers=_cpython.mp_reducers())
-        finally:
-            _cpython.set_spawning_popen(None)
+        message = _child.start_message(self, settings, process_obj)
 
         child_r, parent_w = os.pipe()
         code = _inherit.python_code(
@@ -102,7 +94,7 @@ class Popen:
             os.close(child_r)
         self._finalizer = weakref.finalize(self, _close_fds, parent_w, self.sentinel)
         with open(parent_w, "wb", closefd=False) as pipe:
-            pipe.write(payload.getbuffer())
+            pipe.write(message)
 
     def poll(self, flag=os.WNOHANG):
         # One thread at a time: another thread polling (multiprocessing's start() polls

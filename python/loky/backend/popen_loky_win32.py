@@ -15,10 +15,8 @@ is pickled with the loky pickler (cloudpickle: the target may be a lambda or a c
 plus multiprocessing's reducers.
 """
 
-import io
 import msvcrt
 import os
-import pickle
 import signal
 import subprocess
 import sys
@@ -28,8 +26,8 @@ import weakref
 import _winapi
 from multiprocessing import reduction as mp_reduction
 
-from .. import _cpython, _inherit
-from . import _child, reduction
+from .. import _inherit
+from . import _child
 
 __all__ = ["Popen"]
 
@@ -82,14 +80,7 @@ class Popen:
                 self.sentinel = self._handle
                 child.returncode = 0  # waited for here, through `_handle`
                 self._finalizer = weakref.finalize(self, _close_handles, self._handle)
-                payload = io.BytesIO()
-                _cpython.set_spawning_popen(self)
-                try:
-                    pickle.dump(settings, payload, protocol=pickle.HIGHEST_PROTOCOL)
-                    reduction.dump(process_obj, payload, reducers=_cpython.mp_reducers())
-                finally:
-                    _cpython.set_spawning_popen(None)
-                pipe.write(payload.getbuffer())
+                pipe.write(_child.start_message(self, settings, process_obj))
         finally:
             os.close(write_end)
             if read_end is not None:
